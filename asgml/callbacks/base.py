@@ -1,0 +1,46 @@
+"""The extension point every balancing method builds on.
+
+A method is a Lightning :class:`~lightning.pytorch.callbacks.Callback`. Besides the
+ordinary Lightning hooks (``on_after_backward`` to edit gradients after
+``manual_backward``, ``on_train_epoch_end`` for epoch-level schedules, ...) a
+:class:`BalancingCallback` may implement :meth:`on_train_losses`, which
+:class:`~asgml.module.MultimodalModule` calls inside ``training_step`` after the
+forward pass and before the backward pass. There a method can add, reweight or
+replace loss terms, register tensor hooks on the published features, or run extra
+passes it needs (e.g. masked-modality passes) -- without editing the module or
+``train.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import lightning as L
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from asgml.module import MultimodalModule
+    from asgml.types import StepOutput
+
+
+class BalancingCallback(L.Callback):
+    """Base class of the balancing methods.
+
+    Subclasses keep every piece of state that changes during training in
+    :meth:`state_dict` / :meth:`load_state_dict` so a resumed run continues exactly.
+    """
+
+    def on_train_losses(
+        self,
+        trainer: L.Trainer,
+        module: MultimodalModule,
+        out: StepOutput,
+        losses: dict[str, Tensor],
+    ) -> None:
+        """Edit ``losses`` (a name -> scalar tensor dict) in place before backward."""
+
+    @property
+    def state_key(self) -> str:
+        # One instance per class is the norm; a ``name`` attribute disambiguates more.
+        name = getattr(self, "name", None)
+        return f"{type(self).__qualname__}[{name}]" if name else type(self).__qualname__

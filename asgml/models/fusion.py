@@ -1,0 +1,133 @@
+"""Fusion heads, after OGM-GE's ``models/fusion_modules.py``
+(https://github.com/GeWu-Lab/OGM-GE_CVPR2022).
+
+Every head maps ``{modality: (B, d_m)}`` to fused logits ``(B, C)``. Heads that allow it
+also *derive* per-modality (unimodal) logits from their own weights, exactly as OGM-GE's
+``main.py`` does:
+
+* concat: ``logits_m = f_m @ W[:, block_m].T + b / N`` (the modality's column block);
+* sum: ``logits_m = fc_m(f_m)`` with the branch's full bias (OGM-GE since commit 5480329).
+
+FiLM and gated fusion (two modalities, as in OGM-GE) have no such decomposition;
+they need separate unimodal heads (``model.unimodal_heads=true``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+class Fusion(nn.Module):
+    """Base class: ``forward(features) -> logits``; ``unimodal_logits(features)``."""
+
+    supports_unimodal: bool = True
+
+    def __init__(self, feature_dims: Mapping[str, int], num_classes: int) -> None:
+        super().__init__()
+        if len(feature_dims) < 2:
+            raise ValueError(f"fusion needs >= 2 modalities, got {list(feature_dims)}")
+        self.modalities = list(feature_dims)
+        self.feature_dims = dict(feature_dims)
+        self.num_classes = num_classes
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} cannot derive unimodal logits")
+
+
+class ConcatFusion(Fusion):
+    """``Linear(sum d_m, C)`` on the concatenated features (modality order = config order)."""
+
+    def __init__(self, feature_dims: Mapping[str, int], num_classes: int) -> None:
+        super().__init__(feature_dims, num_classes)
+        self.fc_out = nn.Linear(sum(self.feature_dims.values()), num_classes)
+        offsets, start = {}, 0
+        for m, d in self.feature_dims.items():
+            offsets[m] = (start, start + d)
+            start += d
+        self.blocks = offsets
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        return self.fc_out(torch.cat([features[m] for m in self.modalities], dim=1))
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        w, b = self.fc_out.weight, self.fc_out.bias
+        n = len(self.modalities)
+        out = {}
+        for m in self.modalities:
+            lo, hi = self.blocks[m]
+            out[m] = features[m] @ w[:, lo:hi].t() + b / n
+        return out
+
+
+class SumFusion(Fusion):
+    """``sum_m fc_m(f_m)``: one ``Linear(d_m, C)`` per modality."""
+
+    def __init__(self, feature_dims: Mapping[str, int], num_classes: int) -> None:
+        super().__init__(feature_dims, num_classes)
+        self.fc = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in feature_dims.items()})
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        return torch.stack([self.fc[m](features[m]) for m in self.modalities]).sum(0)
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {m: self.fc[m](features[m]) for m in self.modalities}
+
+
+class FiLMFusion(Fusion):
+    """FiLM (Perez et al. 2018) as in OGM-GE: ``gamma, beta = Linear(d, 2d)(x_film)``,
+    ``logits = fc_out(gamma * x_other + beta)``. The first modality conditions the second."""
+
+    supports_unimodal = False
+
+    def __init__(self, feature_dims: Mapping[str, int], num_classes: int) -> None:
+        super().__init__(feature_dims, num_classes)
+        if len(self.modalities) != 2:
+            raise ValueError(f"model.fusion=film supports exactly 2 modalities, got {self.modalities}")
+        d_film, d_other = (self.feature_dims[m] for m in self.modalities)
+        if d_film != d_other:
+            raise ValueError(f"FiLM needs equal feature dims, got {self.feature_dims}")
+        self.film = nn.Linear(d_film, 2 * d_other)
+        self.fc_out = nn.Linear(d_other, num_classes)
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        x, y = (features[m] for m in self.modalities)
+        gamma, beta = self.film(x).chunk(2, dim=1)
+        return self.fc_out(gamma * y + beta)
+
+
+class GatedFusion(Fusion):
+    """Gated fusion as in OGM-GE: ``fc_out(sigmoid(fc_x(x)) * fc_y(y))`` (x gates y)."""
+
+    supports_unimodal = False
+
+    def __init__(
+        self, feature_dims: Mapping[str, int], num_classes: int, hidden_dim: int = 512
+    ) -> None:
+        super().__init__(feature_dims, num_classes)
+        if len(self.modalities) != 2:
+            raise ValueError(f"model.fusion=gated supports exactly 2 modalities, got {self.modalities}")
+        dx, dy = (self.feature_dims[m] for m in self.modalities)
+        self.fc_x = nn.Linear(dx, hidden_dim)
+        self.fc_y = nn.Linear(dy, hidden_dim)
+        self.fc_out = nn.Linear(hidden_dim, num_classes)
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        x, y = (features[m] for m in self.modalities)
+        return self.fc_out(torch.sigmoid(self.fc_x(x)) * self.fc_y(y))
+
+
+FUSIONS: dict[str, type[Fusion]] = {
+    "concat": ConcatFusion,
+    "sum": SumFusion,
+    "film": FiLMFusion,
+    "gated": GatedFusion,
+}
+
+
+def build_fusion(name: str, feature_dims: Mapping[str, int], num_classes: int) -> Fusion:
+    if name not in FUSIONS:
+        raise ValueError(f"model.fusion must be one of {sorted(FUSIONS)}, got {name!r}")
+    return FUSIONS[name](feature_dims, num_classes)

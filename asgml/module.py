@@ -1,0 +1,294 @@
+"""The multimodal LightningModule (manual optimization) every method trains."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from asgml.models.fusion import build_fusion
+from asgml.types import StepOutput
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class MultimodalModule(L.LightningModule):
+    """A late-fusion classifier over N >= 2 modalities.
+
+    ``encoders[m](x_m) -> features[m]``; ``fusion(features) -> logits``; unimodal logits per
+    modality are derived from the fusion layer (OGM-GE) or come from separate heads.
+    The training loss is ``CE(fused) + gamma * sum_m CE(unimodal_m)`` plus whatever the
+    method callbacks add in ``on_train_losses``.
+
+    Optimization is manual (``automatic_optimization = False``) so gradient callbacks run
+    at ``on_after_backward`` between ``manual_backward`` and ``optimizer.step()``.
+    The optimizer has one parameter group per encoder (``name = "encoder.<m>"``) and one
+    for the rest (``"head"``), so epoch-level methods can set per-modality learning rates.
+
+    Args:
+        encoders: ``{modality: nn.Module}`` in a fixed order; each exposes ``feature_dim``.
+        num_classes: number of classes.
+        fusion: ``concat`` (default), ``sum``, ``film`` or ``gated``.
+        gamma: weight of the unimodal CE terms.
+        unimodal_heads: separate ``Linear(d_m, C)`` unimodal heads instead of slices of the
+            fusion layer (needed for film/gated).
+        optimizer: partial optimizer, called with the parameter groups.
+        scheduler: partial LR scheduler, stepped once per epoch; ``None`` for none.
+        nonfinite: what a non-finite training loss does: ``skip`` the step with a warning,
+            or ``raise``.
+    """
+
+    def __init__(
+        self,
+        encoders: Mapping[str, nn.Module],
+        num_classes: int,
+        fusion: str = "concat",
+        gamma: float = 0.0,
+        unimodal_heads: bool = False,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        nonfinite: str = "skip",
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        if not isinstance(encoders, Mapping) or len(encoders) < 2:
+            raise ValueError(
+                f"model.encoders must map >= 2 modality names to encoders, got "
+                f"{list(encoders) if isinstance(encoders, Mapping) else type(encoders).__name__}"
+            )
+        if num_classes < 2:
+            raise ValueError(f"model.num_classes must be >= 2, got {num_classes}")
+        if gamma < 0:
+            raise ValueError(f"model.gamma must be >= 0, got {gamma}")
+        if nonfinite not in ("skip", "raise"):
+            raise ValueError(f"model.nonfinite must be 'skip' or 'raise', got {nonfinite!r}")
+        self.modalities: list[str] = list(encoders)
+        self.encoders = nn.ModuleDict(dict(encoders))
+        dims = {}
+        for m, enc in encoders.items():
+            if not hasattr(enc, "feature_dim"):
+                raise ValueError(f"model.encoders.{m} ({type(enc).__name__}) has no feature_dim")
+            dims[m] = int(enc.feature_dim)
+        self.num_classes = num_classes
+        self.fusion = build_fusion(fusion, dims, num_classes)
+        if not unimodal_heads and not self.fusion.supports_unimodal:
+            raise ValueError(
+                f"model.fusion={fusion} cannot derive unimodal logits: set model.unimodal_heads=true"
+            )
+        self.unimodal_heads = (
+            nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in dims.items()})
+            if unimodal_heads
+            else None
+        )
+        self.gamma = float(gamma)
+        self.nonfinite = nonfinite
+        self._optimizer_factory = optimizer
+        self._scheduler_factory = scheduler
+        self.save_hyperparameters(
+            {
+                "modalities": self.modalities,
+                "num_classes": num_classes,
+                "fusion": fusion,
+                "gamma": float(gamma),
+                "unimodal_heads": bool(unimodal_heads),
+            }
+        )
+        self.step_output: StepOutput | None = None
+        self.run_config: dict[str, Any] | None = None  # set by asgml.train, saved in ckpts
+        self._encoder_params: dict[str, tuple[nn.Parameter, ...]] = {}
+        self.skipped_nonfinite_steps = 0
+
+        def _metrics() -> MetricCollection:
+            ms: dict[str, Any] = {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }
+            for m in self.modalities:
+                ms[f"acc_{m}"] = MulticlassAccuracy(num_classes, average="micro")
+                ms[f"f1_{m}"] = MulticlassF1Score(num_classes, average="macro")
+            return MetricCollection(ms)
+
+        self.train_metrics = MetricCollection(
+            {"acc": MulticlassAccuracy(num_classes, average="micro")}, prefix="train/"
+        )
+        self.val_metrics = _metrics().clone(prefix="val/")
+        self.test_metrics = _metrics().clone(prefix="test/")
+        self.val_acc_best = MaxMetric()
+
+    # ------------------------------------------------------------------ access
+    def encoder_parameters(self, modality: str) -> tuple[nn.Parameter, ...]:
+        """The trainable parameters of one modality's encoder (cached)."""
+        if modality not in self._encoder_params:
+            if modality not in self.encoders:
+                raise KeyError(f"unknown modality {modality!r}; have {self.modalities}")
+            self._encoder_params[modality] = tuple(
+                p for p in self.encoders[modality].parameters() if p.requires_grad
+            )
+        return self._encoder_params[modality]
+
+    def encoder_named_parameters(self, modality: str) -> Iterable[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.encoders[modality].named_parameters() if p.requires_grad)
+
+    # ----------------------------------------------------------------- forward
+    def split_batch(self, batch: Mapping[str, Any]) -> tuple[dict, dict, Tensor]:
+        missing = [m for m in self.modalities if m not in batch]
+        if missing or "label" not in batch:
+            raise KeyError(
+                f"batch lacks {missing + ([] if 'label' in batch else ['label'])}; "
+                f"expected keys {self.modalities + ['label']}, got {sorted(batch)}"
+            )
+        inputs = {m: batch[m] for m in self.modalities}
+        lengths = dict(batch.get("lengths", {}) or {})
+        return inputs, lengths, batch["label"]
+
+    def encode(self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None):
+        lengths = lengths or {}
+        feats = {}
+        for m in self.modalities:
+            if m in lengths:
+                feats[m] = self.encoders[m](inputs[m], lengths=lengths[m])
+            else:
+                feats[m] = self.encoders[m](inputs[m])
+        return feats
+
+    def heads(self, features: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Fused and unimodal logits from features."""
+        logits = self.fusion(features)
+        if self.unimodal_heads is not None:
+            uni = {m: self.unimodal_heads[m](features[m]) for m in self.modalities}
+        else:
+            uni = self.fusion.unimodal_logits(features)
+        return logits, uni
+
+    def forward(
+        self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """``inputs -> (fused logits, unimodal logits, features)``."""
+        feats = self.encode(inputs, lengths)
+        logits, uni = self.heads(feats)
+        return logits, uni, feats
+
+    # ---------------------------------------------------------------- training
+    def _loss_hooks(self) -> list:
+        from asgml.callbacks.base import BalancingCallback
+
+        return [c for c in self.trainer.callbacks if isinstance(c, BalancingCallback)]
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        opt = self.optimizers()
+        inputs, lengths, y = self.split_batch(batch)
+        logits, uni, feats = self(inputs, lengths)
+        losses: dict[str, Tensor] = {"fused": F.cross_entropy(logits, y)}
+        if self.gamma > 0:
+            for m in self.modalities:
+                losses[f"unimodal_{m}"] = self.gamma * F.cross_entropy(uni[m], y)
+        out = StepOutput(
+            features=feats,
+            logits=logits,
+            unimodal_logits=uni,
+            labels=y,
+            inputs=inputs,
+            lengths=lengths,
+            losses=losses,
+            step=self.trainer.global_step,
+        )
+        self.step_output = out
+        for cb in self._loss_hooks():
+            cb.on_train_losses(self.trainer, self, out, losses)
+        loss = torch.stack([v.float() for v in losses.values()]).sum()
+
+        if not torch.isfinite(loss.detach()):
+            msg = f"non-finite training loss at step {self.trainer.global_step} ({loss.item()})"
+            if self.nonfinite == "raise":
+                raise FloatingPointError(msg + " (model.nonfinite=raise)")
+            self.skipped_nonfinite_steps += 1
+            warnings.warn(msg + ": step skipped (model.nonfinite=skip)", stacklevel=1)
+            self.step_output = None
+            return loss.detach()
+
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+
+        bs = y.shape[0]
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=bs)
+        for k, v in losses.items():
+            if k != "fused" or len(losses) > 1:
+                self.log(f"train/loss_{k}", v.detach(), on_step=False, on_epoch=True, batch_size=bs)
+        self.train_metrics["acc"].update(logits.detach(), y)
+        self.log("train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, batch_size=bs)
+        return loss.detach()
+
+    def on_train_epoch_end(self) -> None:
+        sch = self.lr_schedulers()
+        if sch is not None:
+            sch.step()
+
+    # -------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: Mapping[str, Any], metrics: MetricCollection, stage: str) -> None:
+        inputs, lengths, y = self.split_batch(batch)
+        logits, uni, _ = self(inputs, lengths)
+        loss = F.cross_entropy(logits, y)
+        metrics["acc"].update(logits, y)
+        metrics["f1"].update(logits, y)
+        for m in self.modalities:
+            metrics[f"acc_{m}"].update(uni[m], y)
+            metrics[f"f1_{m}"].update(uni[m], y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=y.shape[0])
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.log_dict(values)
+        self.val_metrics.reset()
+        if not self.trainer.sanity_checking:
+            self.val_acc_best.update(values["val/acc"])
+        self.log("val/acc_best", self.val_acc_best.compute() if self.val_acc_best.update_called else 0.0)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    # -------------------------------------------------------------- optimizers
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One group per encoder (``encoder.<m>``) and one ``head`` group for the rest."""
+        groups, seen = [], set()
+        for m in self.modalities:
+            ps = list(self.encoder_parameters(m))
+            seen.update(id(p) for p in ps)
+            groups.append({"params": ps, "name": f"encoder.{m}"})
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
+        groups.append({"params": rest, "name": "head"})
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        factory = self._optimizer_factory or (
+            lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+        )
+        opt = factory(self.param_groups())
+        if self._scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self._scheduler_factory(opt)}}
+
+    # ------------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["asgml_config"] = self.run_config
+        checkpoint["asgml_skipped_nonfinite_steps"] = self.skipped_nonfinite_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_nonfinite_steps = int(checkpoint.get("asgml_skipped_nonfinite_steps", 0))
+

@@ -67,7 +67,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         datamodule.val_dataloader = datamodule.test_dataloader
 
     module_opts = to_container(cfg.method.get("module", {}) or {})
-    model = instantiate(cfg.model, **module_opts)
+    model_cfg = cfg.model
+    # a datamodule may fill encoder arguments it reads from the data (e.g. MMSA feature dims)
+    if hasattr(datamodule, "encoder_overrides"):
+        model_cfg = OmegaConf.merge(cfg.model, {"encoders": datamodule.encoder_overrides()})
+    model = instantiate(model_cfg, **module_opts)
     model.run_config = to_container(cfg)
 
     callbacks = build_callbacks(cfg)

@@ -34,11 +34,7 @@ def to_container(cfg: Any) -> Any:
 
 def method_callback_configs(method_cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     """The ``(key, config)`` of every callback in a method config, in config order."""
-    return [
-        (k, v)
-        for k, v in method_cfg.items()
-        if isinstance(v, DictConfig) and "_target_" in v
-    ]
+    return [(k, v) for k, v in method_cfg.items() if isinstance(v, DictConfig) and "_target_" in v]
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -47,9 +43,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"select_on must be 'val' or 'test', got {cfg.select_on!r}")
     encoders = cfg.model.get("encoders")
     if encoders is None or len(encoders) < 2:
-        raise ValueError(
-            f"model.encoders must name >= 2 modalities, got {list(encoders or [])}"
-        )
+        raise ValueError(f"model.encoders must name >= 2 modalities, got {list(encoders or [])}")
     module_opts = cfg.method.get("module", {}) or {}
     unknown = set(module_opts) - set(cfg.model)
     if unknown:

@@ -224,7 +224,9 @@ class MultimodalModule(L.LightningModule):
             if k != "fused" or len(losses) > 1:
                 self.log(f"train/loss_{k}", v.detach(), on_step=False, on_epoch=True, batch_size=bs)
         self.train_metrics["acc"].update(logits.detach(), y)
-        self.log("train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, batch_size=bs)
+        self.log(
+            "train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, batch_size=bs
+        )
         return loss.detach()
 
     def on_train_epoch_end(self) -> None:
@@ -253,7 +255,9 @@ class MultimodalModule(L.LightningModule):
         self.val_metrics.reset()
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(values["val/acc"])
-        self.log("val/acc_best", self.val_acc_best.compute() if self.val_acc_best.update_called else 0.0)
+        self.log(
+            "val/acc_best", self.val_acc_best.compute() if self.val_acc_best.update_called else 0.0
+        )
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
@@ -291,4 +295,3 @@ class MultimodalModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_nonfinite_steps = int(checkpoint.get("asgml_skipped_nonfinite_steps", 0))
-

@@ -63,7 +63,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset.datamodule)
     check_datamodule_matches(datamodule, cfg.model)
     if cfg.select_on == "test":
-        log.warning("select_on=test: the best epoch is chosen on the TEST split (official-script mode)")
+        log.warning(
+            "select_on=test: the best epoch is chosen on the TEST split (official-script mode)"
+        )
         datamodule.val_dataloader = datamodule.test_dataloader
 
     module_opts = to_container(cfg.method.get("module", {}) or {})
@@ -76,15 +78,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
+    for lg in loggers:
+        lg.log_hyperparams({"cfg": to_container(cfg)})
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
     result: dict[str, Any] = {}
     try:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-            result.update({f"fit/{k}": v for k, v in _scalar_metrics(trainer.callback_metrics).items()})
+            result.update(
+                {f"fit/{k}": v for k, v in _scalar_metrics(trainer.callback_metrics).items()}
+            )
         if cfg.get("test", True):
-            ckpt = "best" if cfg.get("train", True) and trainer.checkpoint_callback else cfg.get("ckpt_path")
+            ckpt = (
+                "best"
+                if cfg.get("train", True) and trainer.checkpoint_callback
+                else cfg.get("ckpt_path")
+            )
             if ckpt == "best" and not trainer.checkpoint_callback.best_model_path:
                 log.warning("no best checkpoint was saved; testing the current weights")
                 ckpt = None

@@ -19,9 +19,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # Small, fast settings used by every end-to-end test (override as needed).
 FAST = [
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=2",
-    "+trainer.limit_test_batches=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "dataset.datamodule.num_train=96",
@@ -37,9 +37,7 @@ def compose_cfg(
     """Compose ``conf/train.yaml`` with overrides (as ``python -m asgml.train`` would)."""
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="asgml.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="train", overrides=[*(FAST if fast else []), *overrides]
-        )
+        cfg = compose(config_name="train", overrides=[*(FAST if fast else []), *overrides])
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)

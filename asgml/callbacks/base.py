@@ -39,6 +39,17 @@ class BalancingCallback(L.Callback):
     ) -> None:
         """Edit ``losses`` (a name -> scalar tensor dict) in place before backward."""
 
+    @staticmethod
+    def log_now(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+        """Send values straight to every logger at the current step.
+
+        For quantities measured every few steps (probe accuracies, boost scales):
+        ``LightningModule.log`` would only flush them on ``log_every_n_steps`` boundaries
+        and could drop them."""
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
     @property
     def state_key(self) -> str:
         # One instance per class is the norm; a ``name`` attribute disambiguates more.

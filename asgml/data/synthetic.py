@@ -72,7 +72,9 @@ def make_synthetic(
     data = {}
     for m, spec in specs.items():
         noise = torch.randn((num_samples, *protos[m].shape[1:]), generator=g)
-        data[m] = float(spec["strength"]) * protos[m][labels] + float(spec.get("noise", 1.0)) * noise
+        data[m] = (
+            float(spec["strength"]) * protos[m][labels] + float(spec.get("noise", 1.0)) * noise
+        )
     return data, labels
 
 
@@ -113,7 +115,9 @@ class SyntheticDataModule(L.LightningDataModule):
         for m in names[:num_modalities]:
             spec = dict(modalities[m])
             if spec.get("kind") not in KINDS:
-                raise ValueError(f"dataset.modalities.{m}.kind must be one of {KINDS}, got {spec.get('kind')!r}")
+                raise ValueError(
+                    f"dataset.modalities.{m}.kind must be one of {KINDS}, got {spec.get('kind')!r}"
+                )
             if "strength" not in spec:
                 raise ValueError(f"dataset.modalities.{m}.strength is required")
             specs[m] = spec

@@ -85,7 +85,9 @@ class FiLMFusion(Fusion):
     def __init__(self, feature_dims: Mapping[str, int], num_classes: int) -> None:
         super().__init__(feature_dims, num_classes)
         if len(self.modalities) != 2:
-            raise ValueError(f"model.fusion=film supports exactly 2 modalities, got {self.modalities}")
+            raise ValueError(
+                f"model.fusion=film supports exactly 2 modalities, got {self.modalities}"
+            )
         d_film, d_other = (self.feature_dims[m] for m in self.modalities)
         if d_film != d_other:
             raise ValueError(f"FiLM needs equal feature dims, got {self.feature_dims}")
@@ -108,7 +110,9 @@ class GatedFusion(Fusion):
     ) -> None:
         super().__init__(feature_dims, num_classes)
         if len(self.modalities) != 2:
-            raise ValueError(f"model.fusion=gated supports exactly 2 modalities, got {self.modalities}")
+            raise ValueError(
+                f"model.fusion=gated supports exactly 2 modalities, got {self.modalities}"
+            )
         dx, dy = (self.feature_dims[m] for m in self.modalities)
         self.fc_x = nn.Linear(dx, hidden_dim)
         self.fc_y = nn.Linear(dy, hidden_dim)

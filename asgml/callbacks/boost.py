@@ -1,0 +1,108 @@
+"""ASGML v2 continuous boost of weak modalities (SEED.md sections 3.2 and 7.1).
+
+From the utilization scores published by :class:`asgml.callbacks.probe.ProbeMonitor`,
+
+    rel_weakness_m = 1 - (s_m - s_min) / (s_max - s_min)
+    scale_m        = min(1 + alpha * rel_weakness_m, scale_max)
+    ema:  scale_m <- ema_alpha * scale_m + (1 - ema_alpha) * previous_scale_m
+
+(every scale is 1 when the gap is ~0), and every step multiplies each gradient of modality
+m's encoder by its current scale (cached between probe evaluations) with one fused
+``torch._foreach_mul_`` per modality. Hooked at ``on_after_backward``, after any
+throttling callback (OGM-GE) and after the probe monitor, so scales computed at step t
+apply at step t. Any N >= 2 modalities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+
+from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.grads import present_grads, scale_
+
+
+def continuous_scales(
+    scores: Mapping[str, float], alpha: float = 0.5, scale_max: float = 2.0, eps: float = 1e-8
+) -> dict[str, float]:
+    """SEED.md 3.2: ``1 + alpha * relative weakness``, capped at ``scale_max``."""
+    s_max, s_min = max(scores.values()), min(scores.values())
+    gap = s_max - s_min
+    if gap <= eps:
+        return {m: 1.0 for m in scores}
+    return {m: min(1.0 + alpha * (1.0 - (s - s_min) / gap), scale_max) for m, s in scores.items()}
+
+
+def ema_update(
+    old: Mapping[str, float], new: Mapping[str, float], ema_alpha: float
+) -> dict[str, float]:
+    """``ema_alpha * new + (1 - ema_alpha) * old`` per modality (old defaults to 1.0)."""
+    return {m: ema_alpha * v + (1.0 - ema_alpha) * old.get(m, 1.0) for m, v in new.items()}
+
+
+class ASGMLBoost(BalancingCallback):
+    """Scale up the weak modalities' encoder gradients by probe-derived scales.
+
+    Args:
+        alpha: boost strength (>= 0).
+        scale_max: upper bound of a scale (>= 1).
+        ema: smooth scales with an EMA (``false`` for the ablation: use computed scales).
+        ema_alpha: EMA weight of the newly computed scale, in (0, 1].
+    """
+
+    def __init__(
+        self, alpha: float = 0.5, scale_max: float = 2.0, ema: bool = True, ema_alpha: float = 0.3
+    ) -> None:
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"method.boost.alpha must be >= 0, got {alpha}")
+        if scale_max < 1:
+            raise ValueError(f"method.boost.scale_max must be >= 1, got {scale_max}")
+        if not 0 < ema_alpha <= 1:
+            raise ValueError(f"method.boost.ema_alpha must be in (0, 1], got {ema_alpha}")
+        self.alpha = alpha
+        self.scale_max = scale_max
+        self.ema = ema
+        self.ema_alpha = ema_alpha
+        self.scales: dict[str, float] = {}
+        self.seen_version = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from asgml.callbacks.probe import ProbeMonitor
+
+        cbs = list(trainer.callbacks)
+        probes = [i for i, c in enumerate(cbs) if isinstance(c, ProbeMonitor)]
+        if not probes:
+            raise ValueError(
+                "ASGMLBoost needs a ProbeMonitor callback (method.probe) to publish utilization scores"
+            )
+        if probes[0] > cbs.index(self):
+            raise ValueError(
+                "method.probe must come before method.boost so scales apply at the same step"
+            )
+        for m in pl_module.modalities:
+            self.scales.setdefault(m, 1.0)
+
+    def update(self, scores: Mapping[str, float]) -> dict[str, float]:
+        computed = continuous_scales(scores, self.alpha, self.scale_max)
+        self.scales = ema_update(self.scales, computed, self.ema_alpha) if self.ema else computed
+        return self.scales
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        util = getattr(pl_module, "utilization", None)
+        if util is not None and util.version != self.seen_version and util.scores:
+            self.seen_version = util.version
+            self.update(util.scores)
+            self.log_now(trainer, {f"boost/scale_{m}": s for m, s in self.scales.items()})
+        for m, s in self.scales.items():
+            if s != 1.0:
+                scale_(present_grads(pl_module.encoder_parameters(m)), s)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scales": dict(self.scales), "seen_version": self.seen_version}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.scales = {k: float(v) for k, v in state_dict.get("scales", {}).items()}
+        self.seen_version = int(state_dict.get("seen_version", 0))

@@ -1,0 +1,256 @@
+"""OGM-GE: On-the-fly Gradient Modulation with Generalization Enhancement.
+
+Paper: Peng, Wei, Deng, Wang, Hu, "Balanced Multimodal Learning via On-the-fly Gradient
+Modulation", CVPR 2022 (arXiv 2203.15332).
+Official code: https://github.com/GeWu-Lab/OGM-GE_CVPR2022 (``main.py``, ``train_epoch``).
+
+Two modes:
+
+``official`` (exactly 2 modalities; the first in config order plays OGM-GE's *audio*, the
+second its *visual*), as ``main.py`` is today:
+
+    score_m  = sum_i softmax(unimodal_logits_m)[i, y_i]        (summed over the batch)
+    ratio_v  = score_v / score_a ;  ratio_a = 1 / ratio_v
+    if ratio_v > 1: coeff_v = 1 - tanh(alpha * relu(ratio_v)), coeff_a = 1
+    else:           coeff_a = 1 - tanh(alpha * relu(ratio_a)), coeff_v = 1
+
+Only 4-D (conv weight) gradients of each encoder are modulated (selected by module type,
+not by name-splitting, which in the official code only works under DataParallel). With
+``variant=pre2022`` the argument is ``ratio - 1`` (the formula before commit a974f3c,
+2022-05-29, that several papers quote).
+
+``generalized`` (any N >= 2, SEED.md section 10.1; deviation from the official code):
+``ratio_m = score_m / mean_{k != m} score_k`` and ``coeff_m = 1 - tanh(alpha * relu(ratio_m - 1))``
+for every modality (so only modalities above the mean of the others are damped, and the
+coefficient is continuous at ratio 1). For N = 2 this is the pre-2022 formula. Which
+parameters: ``conv`` (4-D only), ``weights`` (every conv/linear weight: MLP encoders are
+modulated; default) or ``all`` (biases and norm parameters too). ``weights`` is the default
+because it keeps OGM-GE's rule of leaving normalisation and bias parameters alone while
+reaching the Linear layers of MLP encoders (as BalanceBenchmark does and as the OGM-GE
+maintainers advise in issue #22).
+
+GE (``mode=OGM_GE``): after scaling, Gaussian noise ``N(0, std(g_original) + 1e-8)`` (one std
+per tensor, from the un-modulated gradient) is added to every modulated tensor of *every*
+modality, including those with coefficient 1. ``mode=OGM`` scales only. Modulation runs
+while ``modulation_starts <= epoch <= modulation_ends`` (0-based, inclusive).
+
+Mixed precision: under ``16-mixed`` the gradients seen at ``on_after_backward`` are
+multiplied by the loss scale S. Scaling commutes with it; the noise std is taken from the
+same scaled tensor, so ``std(S g) = S std(g)``, and the epsilon is scaled too
+(``S * 1e-8``), so after unscaling the noise is exactly ``N(0, std(g) + 1e-8)``.
+
+Guards: a score of 0 is clamped to ``eps`` before dividing; if any gradient is
+non-finite the step is left unmodulated (coefficients 1, no noise) and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.grads import all_finite, present_grads, scale_, select_parameters
+
+MODES = ("OGM_GE", "OGM")
+VARIANTS = ("official", "pre2022", "generalized")
+
+
+def ogm_scores(unimodal_logits: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+    """``sum_i softmax(z_m)[i, y_i]`` per modality (0-d tensors, float32)."""
+    return {
+        m: torch.softmax(z.float(), dim=1).gather(1, labels[:, None]).sum()
+        for m, z in unimodal_logits.items()
+    }
+
+
+def official_coefficients(
+    score_a: Tensor, score_v: Tensor, alpha: float, pre2022: bool = False, eps: float = 1e-8
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """OGM-GE ``main.py``: returns ``(coeff_a, coeff_v, ratio_a, ratio_v)``.
+
+    With ``pre2022`` the argument of tanh is ``ratio - 1`` (before commit a974f3c)."""
+    ratio_v = score_v / score_a.clamp_min(eps)
+    ratio_a = 1.0 / ratio_v.clamp_min(eps)
+    shift = 1.0 if pre2022 else 0.0
+    one = torch.ones_like(ratio_v)
+    damp_v = 1 - torch.tanh(alpha * torch.relu(ratio_v - shift))
+    damp_a = 1 - torch.tanh(alpha * torch.relu(ratio_a - shift))
+    v_dominant = ratio_v > 1
+    coeff_v = torch.where(v_dominant, damp_v, one)
+    coeff_a = torch.where(v_dominant, one, damp_a)
+    return coeff_a, coeff_v, ratio_a, ratio_v
+
+
+def generalized_coefficients(
+    scores: Mapping[str, Tensor], alpha: float, eps: float = 1e-8
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """N-modality OGM: ``ratio_m = s_m / mean_{k != m} s_k``,
+    ``coeff_m = 1 - tanh(alpha * relu(ratio_m - 1))``. Returns ``(coeffs, ratios)``."""
+    mods = list(scores)
+    if len(mods) < 2:
+        raise ValueError("OGM needs >= 2 modalities")
+    s = torch.stack([scores[m] for m in mods])
+    others = (s.sum() - s) / (len(mods) - 1)
+    ratios = s / others.clamp_min(eps)
+    coeffs = 1 - torch.tanh(alpha * torch.relu(ratios - 1))
+    return dict(zip(mods, coeffs.unbind())), dict(zip(mods, ratios.unbind()))
+
+
+def modulate_(
+    grads: Sequence[Tensor],
+    coeff: Tensor | float,
+    noise: bool,
+    loss_scale: Tensor | float = 1.0,
+    enabled: Tensor | bool = True,
+    generator: torch.Generator | None = None,
+) -> None:
+    """``g <- g * coeff (+ N(0, std(g) + 1e-8 * loss_scale))`` in place, fused over tensors.
+
+    ``enabled`` (a 0-d bool tensor is fine: no host sync) turns the whole edit off."""
+    if not grads:
+        return
+    grads = list(grads)
+    en = torch.as_tensor(enabled, device=grads[0].device)
+    if noise:
+        stds = [
+            g.float().std() if g.numel() > 1 else torch.zeros((), device=g.device) for g in grads
+        ]
+        std = torch.stack(stds) + 1e-8 * torch.as_tensor(loss_scale, device=grads[0].device)
+        std = torch.where(en, std, torch.zeros_like(std))
+    c = torch.where(en, torch.as_tensor(coeff, device=grads[0].device), 1.0).to(grads[0].dtype)
+    scale_(grads, c)
+    if noise:
+        noises = [
+            torch.randn(g.shape, device=g.device, dtype=g.dtype, generator=generator) for g in grads
+        ]
+        torch._foreach_mul_(noises, list(std.to(grads[0].dtype).unbind()))
+        torch._foreach_add_(grads, noises)
+
+
+class OGMGE(BalancingCallback):
+    """OGM / OGM-GE gradient modulation at ``on_after_backward``.
+
+    Args:
+        alpha: modulation strength (official README: 0.8 for CREMA-D, 0.1 for VGGSound).
+        mode: ``OGM_GE`` (scaling + noise) or ``OGM`` (scaling only).
+        variant: ``official`` (2 modalities, ``ratio``), ``pre2022`` (2 modalities,
+            ``ratio - 1``) or ``generalized`` (N >= 2, ratio to the mean of the others).
+        params: parameter selection for ``generalized``: ``conv``, ``weights`` or ``all``
+            (``official``/``pre2022`` always use ``conv``, as the official code).
+        modulation_starts, modulation_ends: inclusive 0-based epoch window.
+        eps: guard for a zero score.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.8,
+        mode: str = "OGM_GE",
+        variant: str = "official",
+        params: str = "weights",
+        modulation_starts: int = 0,
+        modulation_ends: int = 50,
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"method.ogm.alpha must be >= 0, got {alpha}")
+        if mode not in MODES:
+            raise ValueError(f"method.ogm.mode must be one of {MODES}, got {mode!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"method.ogm.variant must be one of {VARIANTS}, got {variant!r}")
+        if modulation_ends < modulation_starts:
+            raise ValueError(
+                f"method.ogm.modulation_ends ({modulation_ends}) < modulation_starts ({modulation_starts})"
+            )
+        self.alpha = alpha
+        self.mode = mode
+        self.variant = variant
+        self.params = "conv" if variant in ("official", "pre2022") else params
+        select_parameters(torch.nn.Identity(), self.params)  # validates the name
+        self.modulation_starts = modulation_starts
+        self.modulation_ends = modulation_ends
+        self.eps = eps
+        self._params: dict[str, list] = {}
+        self.nonfinite_steps = 0
+        self._nonfinite = None  # running 0-d tensor counter (no per-step sync)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        mods = pl_module.modalities
+        if self.variant != "generalized" and len(mods) != 2:
+            raise ValueError(
+                f"OGM-GE variant={self.variant!r} supports exactly 2 modalities, got {mods}; "
+                "use method.ogm.variant=generalized for N > 2"
+            )
+        self._params = {m: select_parameters(pl_module.encoders[m], self.params) for m in mods}
+        empty = [m for m, ps in self._params.items() if not ps]
+        if empty:
+            raise ValueError(
+                f"OGM-GE params={self.params!r} selects no parameter of encoder(s) {empty}; "
+                "use method.ogm.params=weights (or all) with MLP encoders"
+            )
+
+    def in_window(self, epoch: int) -> bool:
+        return self.modulation_starts <= epoch <= self.modulation_ends
+
+    def coefficients(
+        self, unimodal_logits: Mapping[str, Tensor], labels: Tensor
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        scores = ogm_scores(unimodal_logits, labels)
+        if self.variant == "generalized":
+            return generalized_coefficients(scores, self.alpha, self.eps)
+        a, v = list(scores)
+        ca, cv, ra, rv = official_coefficients(
+            scores[a], scores[v], self.alpha, pre2022=self.variant == "pre2022", eps=self.eps
+        )
+        return {a: ca, v: cv}, {a: ra, v: rv}
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = getattr(pl_module, "step_output", None)
+        if out is None or not self.in_window(trainer.current_epoch):
+            return
+        coeffs, ratios = self.coefficients(
+            {m: z.detach() for m, z in out.unimodal_logits.items()}, out.labels
+        )
+        grads = {m: present_grads(ps) for m, ps in self._params.items()}
+        finite = all_finite([g for gs in grads.values() for g in gs])
+        self._nonfinite = (~finite).long() + (0 if self._nonfinite is None else self._nonfinite)
+        loss_scale = _loss_scale(trainer)
+        for m, gs in grads.items():
+            modulate_(gs, coeffs[m], self.mode == "OGM_GE", loss_scale=loss_scale, enabled=finite)
+        for m in coeffs:
+            pl_module.log(f"ogm/coeff_{m}", coeffs[m], on_step=True, on_epoch=False)
+            pl_module.log(f"ogm/ratio_{m}", ratios[m], on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._nonfinite is not None:
+            n = int(self._nonfinite)
+            self._nonfinite = None
+            if n:
+                self.nonfinite_steps += n
+                # Under 16-mixed an overflowing step is expected (the scaler skips it).
+                if _loss_scale(trainer) == 1.0:
+                    import warnings
+
+                    warnings.warn(
+                        f"OGM-GE left {n} step(s) of epoch {trainer.current_epoch} unmodulated: "
+                        "non-finite gradients",
+                        stacklevel=1,
+                    )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"nonfinite_steps": self.nonfinite_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.nonfinite_steps = int(state_dict.get("nonfinite_steps", 0))
+
+
+def _loss_scale(trainer: L.Trainer) -> Tensor | float:
+    """The AMP loss scale the gradients currently carry (1.0 without a GradScaler)."""
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return 1.0
+    return scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else scaler.get_scale()

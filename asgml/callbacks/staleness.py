@@ -1,0 +1,179 @@
+"""ASGML v1: staleness / update-frequency scheduling (SEED.md sections 1.3 and Appendix A).
+
+The "original ASGML" row of the paper. A dual signal measures each modality's learning
+speed,
+
+    grad_ratio_m  = G_m / mean_k G_k       (G_m: mean encoder-gradient L2 norm over the window)
+    loss_ratio_m  = D_m / mean_k D_k       (D_m: relative descent of the unimodal CE loss)
+    speed_m       = beta * grad_ratio_m + (1 - beta) * loss_ratio_m
+    tau_m         = clamp(tau_base * speed_m, 1, tau_max)
+
+and modality m's encoder is updated only on steps where ``step % round(tau_m) == 0``; on
+the other steps its gradients are zeroed (``skip=zero``, as the seed describes; SGD's
+momentum and weight decay still move the weights) or removed (``skip=none``: the optimizer
+leaves the encoder untouched that step).
+
+Where the seed is silent we chose (and document):
+
+* the signals are averaged over windows of ``update_freq`` steps; tau is recomputed at the
+  end of each window and used during the next (all tau = 1 during the first window);
+* ``D_m = max(L_prev - L_cur, 0) / L_prev`` with ``L`` the window mean of CE(unimodal_m)
+  (unimodal logits as published by the module); for the first window ``D_m = 1`` (no
+  history), so only the gradient signal counts there;
+* both ratios are normalised by the mean over modalities (the normalisation that SEED.md
+  1.3 identifies as why v1 rarely skips); ``eps`` guards zero means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.grads import present_grads
+
+
+def learning_speed(
+    grad_norms: Mapping[str, float],
+    loss_descent: Mapping[str, float],
+    beta: float = 0.5,
+    eps: float = 1e-8,
+) -> dict[str, float]:
+    """``beta * G_m / mean(G) + (1 - beta) * D_m / mean(D)``."""
+    mods = list(grad_norms)
+    g_mean = sum(grad_norms.values()) / len(mods)
+    d_mean = sum(loss_descent.values()) / len(mods)
+    out = {}
+    for m in mods:
+        g = grad_norms[m] / g_mean if g_mean > eps else 1.0
+        d = loss_descent[m] / d_mean if d_mean > eps else 1.0
+        out[m] = beta * g + (1 - beta) * d
+    return out
+
+
+def staleness(
+    speed: Mapping[str, float], tau_base: float = 2.0, tau_max: float = 8.0
+) -> dict[str, float]:
+    """``tau_m = clamp(tau_base * speed_m, 1, tau_max)``."""
+    return {m: float(min(max(tau_base * s, 1.0), tau_max)) for m, s in speed.items()}
+
+
+def should_update(step: int, tau: float) -> bool:
+    """The encoder of a modality with staleness ``tau`` updates when ``step % round(tau) == 0``."""
+    return step % max(1, round(tau)) == 0
+
+
+class StalenessScheduler(BalancingCallback):
+    """ASGML v1 update skipping.
+
+    Args:
+        beta: weight of the gradient signal vs the loss-descent signal.
+        tau_base: staleness of a modality learning at the mean speed.
+        tau_max: upper bound of tau.
+        update_freq: window length (steps) over which the signals are averaged.
+        skip: ``zero`` (zero the grads) or ``none`` (set them to None: no update at all).
+    """
+
+    def __init__(
+        self,
+        beta: float = 0.5,
+        tau_base: float = 2.0,
+        tau_max: float = 8.0,
+        update_freq: int = 20,
+        skip: str = "zero",
+    ) -> None:
+        super().__init__()
+        if not 0 <= beta <= 1:
+            raise ValueError(f"method.staleness.beta must be in [0, 1], got {beta}")
+        if tau_base <= 0 or tau_max < 1:
+            raise ValueError(
+                f"method.staleness: need tau_base > 0 and tau_max >= 1, got {tau_base}, {tau_max}"
+            )
+        if update_freq < 1:
+            raise ValueError(f"method.staleness.update_freq must be >= 1, got {update_freq}")
+        if skip not in ("zero", "none"):
+            raise ValueError(f"method.staleness.skip must be 'zero' or 'none', got {skip!r}")
+        self.beta, self.tau_base, self.tau_max = beta, tau_base, tau_max
+        self.update_freq, self.skip = update_freq, skip
+        self.tau: dict[str, float] = {}
+        self.skips: dict[str, int] = {}
+        self.prev_loss: dict[str, float] = {}
+        self._acc: dict[str, Tensor] = {}  # running sums on device: [grad_norm, loss]
+        self._count = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for m in pl_module.modalities:
+            self.tau.setdefault(m, 1.0)
+            self.skips.setdefault(m, 0)
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = getattr(pl_module, "step_output", None)
+        if out is None:
+            return
+        step = out.step
+        for m in pl_module.modalities:
+            grads = present_grads(pl_module.encoder_parameters(m))
+            gnorm = (
+                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                if grads
+                else torch.zeros(())
+            )
+            loss = F.cross_entropy(out.unimodal_logits[m].detach().float(), out.labels)
+            stat = torch.stack([gnorm.float(), loss])
+            self._acc[m] = stat if m not in self._acc else self._acc[m] + stat
+        self._count += 1
+        for m in pl_module.modalities:
+            if not should_update(step, self.tau[m]):
+                self.skips[m] += 1
+                for p in pl_module.encoder_parameters(m):
+                    if p.grad is not None:
+                        if self.skip == "zero":
+                            p.grad.zero_()
+                        else:
+                            p.grad = None
+        if self._count >= self.update_freq:
+            self._recompute(trainer, pl_module)
+
+    def _recompute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        mods = list(self._acc)
+        stats = torch.stack([self._acc[m] for m in mods]) / self._count
+        if trainer.world_size > 1:
+            stats = trainer.strategy.reduce(stats, reduce_op="mean")
+        values = stats.tolist()  # one host sync per window
+        grad_norms = {m: v[0] for m, v in zip(mods, values)}
+        losses = {m: v[1] for m, v in zip(mods, values)}
+        descent = {
+            m: (max(self.prev_loss[m] - losses[m], 0.0) / self.prev_loss[m])
+            if self.prev_loss.get(m, 0.0) > 0
+            else 1.0
+            for m in mods
+        }
+        self.tau = staleness(
+            learning_speed(grad_norms, descent, self.beta), self.tau_base, self.tau_max
+        )
+        self.prev_loss = losses
+        self._acc, self._count = {}, 0
+        logged = {f"staleness/tau_{m}": self.tau[m] for m in mods}
+        logged.update({f"staleness/skips_{m}": float(self.skips[m]) for m in mods})
+        self.log_now(trainer, logged)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tau": dict(self.tau),
+            "skips": dict(self.skips),
+            "prev_loss": dict(self.prev_loss),
+            "acc": {m: t.detach().cpu() for m, t in self._acc.items()},
+            "count": self._count,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.tau = dict(state_dict.get("tau", {}))
+        self.skips = dict(state_dict.get("skips", {}))
+        self.prev_loss = dict(state_dict.get("prev_loss", {}))
+        self._acc = dict(state_dict.get("acc", {}))
+        self._count = int(state_dict.get("count", 0))

@@ -1,0 +1,92 @@
+"""Tiny models, data and recorders for gradient-level tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from asgml.data.synthetic import DictTensorDataset
+from asgml.models.encoders import MLPEncoder, ResNet18Encoder
+from asgml.module import MultimodalModule
+
+
+def tiny_mlp_module(
+    modalities: Sequence[str] = ("audio", "visual"), num_classes: int = 3, **kw
+) -> MultimodalModule:
+    torch.manual_seed(0)
+    encs = {
+        m: MLPEncoder(input_dim=4, hidden_dim=8, feature_dim=8, dropout=0.0) for m in modalities
+    }
+    return MultimodalModule(encs, num_classes=num_classes, **kw)
+
+
+def tiny_resnet_module(num_classes: int = 3, **kw) -> MultimodalModule:
+    torch.manual_seed(0)
+    encs = {
+        "audio": ResNet18Encoder(in_channels=1, width=4),
+        "visual": ResNet18Encoder(in_channels=3, temporal=True, width=4),
+    }
+    return MultimodalModule(encs, num_classes=num_classes, **kw)
+
+
+def vector_loader(
+    modalities: Sequence[str] = ("audio", "visual"),
+    n: int = 32,
+    num_classes: int = 3,
+    batch_size: int = 8,
+    strengths: Sequence[float] | None = None,
+) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    strengths = strengths or [2.0 / (i + 1) for i in range(len(modalities))]
+    protos = {m: torch.randn(num_classes, 4, generator=g) for m in modalities}
+    data = {
+        m: s * protos[m][y] + torch.randn(n, 4, generator=g) for m, s in zip(modalities, strengths)
+    }
+    return DataLoader(DictTensorDataset(data, y), batch_size=batch_size, shuffle=False)
+
+
+def image_loader(n: int = 8, num_classes: int = 3, batch_size: int = 4) -> DataLoader:
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    data = {
+        "audio": torch.randn(n, 1, 16, 16, generator=g),
+        "visual": torch.randn(n, 3, 2, 16, 16, generator=g),
+    }
+    return DataLoader(DictTensorDataset(data, y), batch_size=batch_size, shuffle=False)
+
+
+class GradRecorder(L.Callback):
+    """Copies every parameter's gradient at ``on_after_backward`` (place it before/after
+    the callbacks under test)."""
+
+    def __init__(self) -> None:
+        self.grads: list[dict[str, torch.Tensor]] = []
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.grads.append(
+            {
+                n: p.grad.detach().clone()
+                for n, p in pl_module.named_parameters()
+                if p.grad is not None
+            }
+        )
+
+
+def fit(module, loader, callbacks, max_steps: int = 2, **trainer_kw) -> L.Trainer:
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
+        **trainer_kw,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    return trainer

@@ -1,0 +1,291 @@
+"""ASGML v2: probe monitor, continuous boost (SEED.md 3), and the v1 staleness mode."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from asgml.callbacks.boost import ASGMLBoost, continuous_scales, ema_update
+from asgml.callbacks.probe import ProbeMonitor
+from asgml.callbacks.staleness import StalenessScheduler, learning_speed, should_update, staleness
+from asgml.train import run
+from asgml.types import Utilization
+from tests.conftest import compose_cfg
+from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
+
+# ---------------------------------------------------------------- the formulas
+
+
+def test_seed_worked_example():
+    """SEED.md 3.2: audio 0.65, visual 0.35, alpha 0.5 -> 1.0 / 1.5."""
+    s = continuous_scales({"audio": 0.65, "visual": 0.35}, alpha=0.5, scale_max=2.0)
+    assert s == {"audio": 1.0, "visual": 1.5}
+
+
+def test_three_modalities_and_cap():
+    s = continuous_scales({"a": 0.8, "b": 0.5, "c": 0.2}, alpha=0.5)
+    assert s["a"] == 1.0
+    assert s["b"] == pytest.approx(1.25)
+    assert s["c"] == pytest.approx(1.5)
+    capped = continuous_scales({"a": 0.8, "b": 0.5, "c": 0.2}, alpha=2.0, scale_max=1.5)
+    assert capped == pytest.approx({"a": 1.0, "b": 1.5, "c": 1.5})
+
+
+def test_zero_gap_gives_unit_scales():
+    assert continuous_scales({"a": 0.4, "b": 0.4, "c": 0.4}, alpha=1.0) == {
+        "a": 1.0,
+        "b": 1.0,
+        "c": 1.0,
+    }
+
+
+def test_ema():
+    s1 = ema_update({"v": 1.0}, {"v": 1.5}, 0.3)
+    assert s1["v"] == pytest.approx(1.15)
+    s2 = ema_update(s1, {"v": 1.5}, 0.3)
+    assert s2["v"] == pytest.approx(0.3 * 1.5 + 0.7 * 1.15)
+    boost = ASGMLBoost(alpha=0.5, ema=True, ema_alpha=0.3)
+    boost.scales = {"audio": 1.0, "visual": 1.0}
+    assert boost.update({"audio": 0.65, "visual": 0.35}) == pytest.approx(
+        {"audio": 1.0, "visual": 1.15}
+    )
+    no_ema = ASGMLBoost(alpha=0.5, ema=False)
+    assert no_ema.update({"audio": 0.65, "visual": 0.35}) == pytest.approx(
+        {"audio": 1.0, "visual": 1.5}
+    )
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "key"),
+    [
+        (ASGMLBoost, {"alpha": -0.1}, "method.boost.alpha"),
+        (ASGMLBoost, {"scale_max": 0.9}, "method.boost.scale_max"),
+        (ASGMLBoost, {"ema_alpha": 0.0}, "method.boost.ema_alpha"),
+        (ASGMLBoost, {"ema_alpha": 1.5}, "method.boost.ema_alpha"),
+        (ProbeMonitor, {"eval_freq": 0}, "method.probe.eval_freq"),
+        (ProbeMonitor, {"probe_train_steps": 0}, "method.probe.probe_train_steps"),
+        (ProbeMonitor, {"probe_type": "deep"}, "method.probe.probe_type"),
+    ],
+)
+def test_bad_values_name_the_key(cls, kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        cls(**kwargs)
+
+
+def test_batch_size_guard():
+    with pytest.raises(ValueError, match="batch size >= 4"):
+        fit(
+            tiny_mlp_module(),
+            vector_loader(n=6, batch_size=3),
+            [ProbeMonitor(), ASGMLBoost()],
+            max_steps=1,
+        )
+    # without split_batch a batch of 3 is enough
+    fit(
+        tiny_mlp_module(),
+        vector_loader(n=6, batch_size=3),
+        [ProbeMonitor(split_batch=False)],
+        max_steps=1,
+    )
+
+
+# ------------------------------------------------------------ gradient effects
+
+
+class FixedScores(ProbeMonitor):
+    """A monitor publishing fixed scores (to test the boost in isolation)."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.fixed = scores
+
+    def measure(self, trainer, module, features, labels):
+        self.scores = dict(self.fixed)
+        self.version += 1
+        self._publish(module)
+
+
+def test_boost_multiplies_encoder_grads_by_scale():
+    before, after = GradRecorder(), GradRecorder()
+    boost = ASGMLBoost(alpha=0.5, ema=False)
+    module = tiny_mlp_module()
+    fit(
+        module,
+        vector_loader(),
+        [before, FixedScores({"audio": 0.65, "visual": 0.35}), boost, after],
+        max_steps=2,
+    )
+    assert boost.scales == {"audio": 1.0, "visual": 1.5}
+    for b, a in zip(before.grads, after.grads):
+        for name, g in b.items():
+            factor = 1.5 if name.startswith("encoders.visual.") else 1.0
+            torch.testing.assert_close(a[name], g * factor, rtol=0, atol=0)
+
+
+def test_probe_monitor_never_changes_training():
+    """Probe on vs off (boost off): encoder parameters bitwise equal after several steps."""
+    torch.manual_seed(0)
+    m_off = tiny_mlp_module()
+    fit(m_off, vector_loader(), [], max_steps=6)
+    m_on = tiny_mlp_module()
+    probe = ProbeMonitor(eval_freq=2, probe_train_steps=3)
+    fit(m_on, vector_loader(), [probe], max_steps=6)
+    assert probe.version == 3  # steps 0, 2, 4
+    for (n, p_off), (_, p_on) in zip(m_off.named_parameters(), m_on.named_parameters()):
+        assert torch.equal(p_off, p_on), n
+
+
+def test_probe_split_batch_uses_halves():
+    seen = {}
+
+    class Spy(ProbeMonitor):
+        def measure(self, trainer, module, features, labels):
+            bank_fit, bank_eval = self.bank.fit, self.bank.evaluate
+            self.bank.fit = lambda f, y, o, s: (
+                seen.setdefault("fit", y.shape[0]) and bank_fit(f, y, o, s)
+            )
+            self.bank.evaluate = lambda f, y: (
+                seen.setdefault("eval", y.shape[0]) and bank_eval(f, y)
+            )
+            super().measure(trainer, module, features, labels)
+            self.bank.fit, self.bank.evaluate = bank_fit, bank_eval
+
+    fit(tiny_mlp_module(), vector_loader(batch_size=8), [Spy(eval_freq=1)], max_steps=1)
+    assert seen == {"fit": 4, "eval": 4}
+    seen.clear()
+    fit(
+        tiny_mlp_module(),
+        vector_loader(batch_size=8),
+        [Spy(eval_freq=1, split_batch=False)],
+        max_steps=1,
+    )
+    assert seen == {"fit": 8, "eval": 8}
+
+
+def test_probe_scores_are_accuracies_and_published():
+    module = tiny_mlp_module()
+    probe = ProbeMonitor(eval_freq=1, probe_train_steps=50, lr=0.05, split_batch=False)
+    fit(module, vector_loader(strengths=[4.0, 0.0], batch_size=32), [probe], max_steps=1)
+    util = module.utilization
+    assert isinstance(util, Utilization) and util.version == 1
+    # audio carries the label, visual is pure noise
+    assert util.scores["audio"] > util.scores["visual"]
+    for v in util.scores.values():
+        assert v * 32 == pytest.approx(round(v * 32))  # a count of correct predictions over 32
+
+
+def test_probe_state_survives_checkpoint(tmp_path):
+    module = tiny_mlp_module()
+    probe = ProbeMonitor(eval_freq=1, probe_train_steps=2)
+    trainer = fit(module, vector_loader(), [probe], max_steps=2)
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
+    state = ckpt["callbacks"]["ProbeMonitor"]
+    assert state["version"] == 2 and set(state["scores"]) == {"audio", "visual"}
+    fresh = ProbeMonitor(eval_freq=1, probe_train_steps=2)
+    fresh.load_state_dict(state)
+    fresh.on_fit_start(None, tiny_mlp_module())
+    for k, v in probe.bank.state_dict().items():
+        torch.testing.assert_close(fresh.bank.state_dict()[k], v)
+    assert (
+        fresh.optimizer.state_dict()["state"].keys() == probe.optimizer.state_dict()["state"].keys()
+    )
+    assert fresh.scores == probe.scores
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_method_boost_boosts_visual_on_synthetic_default(tmp_path):
+    """Acceptance: on the synthetic default, boost logs a visual scale > 1 and audio 1."""
+    cfg = compose_cfg(
+        [
+            "method=boost",
+            "method.probe.eval_freq=4",
+            "trainer.limit_train_batches=16",
+            "trainer.max_epochs=2",
+            "dataset.datamodule.num_train=1024",
+            "dataset.datamodule.batch_size=64",
+        ],
+        output_dir=tmp_path,
+    )
+    run(cfg)
+    df = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    scales = df[["step", "boost/scale_audio", "boost/scale_visual"]].dropna()
+    assert len(scales) == 8  # steps 0, 4, ..., 28
+    assert (scales["boost/scale_audio"] == 1.0).all()
+    assert (scales["boost/scale_visual"] > 1.0).all()
+    probes = df[["probe/acc_audio", "probe/acc_visual"]].dropna()
+    assert (probes["probe/acc_audio"] > probes["probe/acc_visual"]).mean() > 0.5
+
+
+def test_cli_overrides_reach_callbacks(tmp_path):
+    cfg = compose_cfg(
+        [
+            "method=boost",
+            "method.boost.alpha=0.75",
+            "method.probe.eval_freq=50",
+            "method.probe.probe_type=mlp_1layer",
+            "method.boost.ema=false",
+            "method.probe.split_batch=false",
+        ],
+        output_dir=tmp_path,
+    )
+    from asgml.train import build_callbacks
+
+    cbs = {type(c).__name__: c for c in build_callbacks(cfg)}
+    assert cbs["ASGMLBoost"].alpha == 0.75 and cbs["ASGMLBoost"].ema is False
+    assert cbs["ProbeMonitor"].eval_freq == 50 and cbs["ProbeMonitor"].probe_type == "mlp_1layer"
+    assert cbs["ProbeMonitor"].split_batch is False
+
+
+def test_boost_needs_probe_first():
+    with pytest.raises(ValueError, match="ProbeMonitor"):
+        fit(tiny_mlp_module(), vector_loader(), [ASGMLBoost()], max_steps=1)
+    with pytest.raises(ValueError, match="before method.boost"):
+        fit(tiny_mlp_module(), vector_loader(), [ASGMLBoost(), ProbeMonitor()], max_steps=1)
+
+
+# ----------------------------------------------------------- v1 (staleness)
+
+
+def test_staleness_formulas():
+    speed = learning_speed({"a": 3.0, "v": 1.0}, {"a": 0.2, "v": 0.2}, beta=0.5)
+    # grad ratios 1.5 / 0.5, loss ratios 1 / 1
+    assert speed == pytest.approx({"a": 1.25, "v": 0.75})
+    tau = staleness(speed, tau_base=2.0, tau_max=8.0)
+    assert tau == pytest.approx({"a": 2.5, "v": 1.5})
+    assert staleness({"a": 10.0, "v": 0.1}, 2.0, 8.0) == {"a": 8.0, "v": 1.0}
+    assert [should_update(s, 2.5) for s in range(5)] == [
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]  # round(2.5)=2
+
+
+def test_staleness_zeroes_skipped_encoder_grads():
+    sched = StalenessScheduler(update_freq=2, tau_base=2.0)
+    expected_skip: list[dict[str, bool]] = []
+
+    class Spy(GradRecorder):
+        def on_after_backward(self, trainer, pl_module):
+            super().on_after_backward(trainer, pl_module)
+            step = pl_module.step_output.step
+            expected_skip.append(
+                {m: not should_update(step, sched.tau.get(m, 1.0)) for m in ("audio", "visual")}
+            )
+
+    before, after = Spy(), GradRecorder()
+    fit(tiny_mlp_module(), vector_loader(strengths=[3.0, 0.2]), [before, sched, after], max_steps=8)
+    assert any(any(s.values()) for s in expected_skip)  # something was skipped
+    assert sum(sched.skips.values()) == sum(sum(s.values()) for s in expected_skip)
+    for skip, b, a in zip(expected_skip, before.grads, after.grads):
+        for name, g in b.items():
+            m = name.split(".")[1] if name.startswith("encoders.") else None
+            if m is not None and skip[m]:
+                assert torch.count_nonzero(a[name]) == 0, name
+            else:
+                assert torch.equal(a[name], g), name

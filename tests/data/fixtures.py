@@ -1,0 +1,201 @@
+"""Writers of tiny datasets in the real on-disk formats (wav via soundfile, jpg via PIL,
+pickles, .npy), shared by the data tests and ``benchmarks/data_throughput.py``.
+
+Frame ``k`` of every clip is a solid colour ``frame_value(k)`` (all channels equal), so a
+test can tell which frames a loader picked.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
+
+CREMAD_LABELS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
+
+
+def frame_value(k: int) -> int:
+    """Grey level of frame ``k`` (0-based, in name order)."""
+    return 20 + 20 * k
+
+
+def frame_ids(visual: torch.Tensor) -> list[int]:
+    """Which fixture frames a (3, T, H, W) eval-transformed tensor shows."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    grey = (visual.mean(dim=(2, 3)) * std[:, None] + mean[:, None]).mean(0) * 255
+    return [int(round((g.item() - frame_value(0)) / 20)) for g in grey]
+
+
+def write_frames(
+    folder: Path, n: int, size_hw: tuple[int, int], pattern: str, textured: bool = False
+) -> None:
+    """``n`` jpgs; solid ``frame_value(k)`` grey, or (``textured``) a photo-like gradient
+    with noise, for realistic decode costs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(folder)))
+    for k in range(n):
+        if textured:
+            yy, xx = np.mgrid[0 : size_hw[0], 0 : size_hw[1]]
+            base = (xx[..., None] * [0.3, 0.5, 0.2] + yy[..., None] * [0.4, 0.1, 0.6]) % 255
+            noise = rng.normal(0, 12, (*size_hw, 3))
+            arr = np.clip(base + noise + 10 * k, 0, 255).astype(np.uint8)
+        else:
+            arr = np.full((*size_hw, 3), frame_value(k), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / pattern.format(k), quality=95)
+
+
+def write_wav(path: Path, seconds: float, sr: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed % 7) * t) + 0.05 * rng.standard_normal(t.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x.astype(np.float32), sr, subtype="PCM_16")
+
+
+def make_cremad(
+    root: Path,
+    n_train_per_class: int = 3,
+    n_test_per_class: int = 1,
+    frames_per_clip: int = 3,
+    frame_hw: tuple[int, int] = (36, 48),
+    seconds: float = 1.2,
+    sr: int = 16000,
+    labels: Sequence[str] = CREMAD_LABELS,
+    textured: bool = False,
+) -> Path:
+    """CREMA-D in the OGM-GE layout: ``train.csv``/``test.csv``, ``AudioWAV/``, ``Image-01-FPS/``."""
+    root.mkdir(parents=True, exist_ok=True)
+    k = 0
+    for split, n in (("train", n_train_per_class), ("test", n_test_per_class)):
+        rows = []
+        for lab in labels:
+            for _ in range(n):
+                clip = f"{1001 + k}_IEO_{lab}_XX"
+                write_wav(root / "AudioWAV" / f"{clip}.wav", seconds, sr, seed=k)
+                write_frames(
+                    root / "Image-01-FPS" / clip, frames_per_clip, frame_hw, "{:05d}.jpg", textured
+                )
+                rows.append(f"{clip},{lab}")
+                k += 1
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_ave(
+    root: Path,
+    classes: Sequence[str] = ("Church bell", "Male speech", "Dog barking"),
+    n_train_per_class: int = 2,
+    n_test_per_class: int = 1,
+    spec_shape: tuple[int, int] = (257, 1004),
+    frame_hw: tuple[int, int] = (32, 40),
+) -> Path:
+    """AVE in the OGM-GE AVDataset layout (``stat.txt``, ``my_{train,test}.txt`` with
+    ``class,name`` rows, ``audio_spec/<name>.pkl``, ``visual/<name>/frame_0000k.jpg``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "stat.txt").write_text("\n".join(classes) + "\n")  # unsorted on purpose
+    rng = np.random.default_rng(0)
+    k = 0
+    for split, n in (("train", n_train_per_class), ("test", n_test_per_class)):
+        rows = []
+        for cls in classes:
+            for _ in range(n):
+                name = f"vid{k:04d}"
+                spec = rng.standard_normal(spec_shape).astype(np.float32)
+                (root / "audio_spec").mkdir(exist_ok=True)
+                with open(root / "audio_spec" / f"{name}.pkl", "wb") as f:
+                    pickle.dump(spec, f)
+                write_frames(root / "visual" / name, 10, frame_hw, "frame_{:05d}.jpg")
+                rows.append(f"{cls},{name}")
+                k += 1
+        (root / f"my_{split}.txt").write_text("\n".join(rows) + "\n")
+    # OGM-GE names frames frame_00001..frame_00010 (1-based): rename to match
+    for d in (root / "visual").iterdir():
+        for p in sorted(d.iterdir(), reverse=True):
+            idx = int(p.stem.split("_")[1])
+            p.rename(d / f"frame_{idx + 1:05d}.jpg")
+    return root
+
+
+def make_ks(
+    root: Path,
+    num_classes: int = 31,
+    labels: Sequence[int] = (0, 4, 30),
+    n_train_per_class: int = 2,
+    n_test_per_class: int = 1,
+    frames_per_clip: int = 10,
+    frame_hw: tuple[int, int] = (32, 40),
+) -> Path:
+    """Kinetics-Sounds with OGM-GE's shipped list format (``<ytid>_<s>_<e>,10,<label>``),
+    ``audio/<name>.npy`` fbanks (1024 x 128) and ``visual/<name>/*.jpg``."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    k = 0
+    for split, n in (("train", n_train_per_class), ("test", n_test_per_class)):
+        rows = []
+        for lab in labels:
+            for _ in range(n):
+                name = f"-yt{k:04d}x_{k:06d}_{k + 10:06d}"
+                (root / "audio").mkdir(exist_ok=True)
+                np.save(
+                    root / "audio" / f"{name}.npy",
+                    rng.standard_normal((1024, 128)).astype(np.float32),
+                )
+                write_frames(root / "visual" / name, frames_per_clip, frame_hw, "{:05d}.jpg")
+                rows.append(f"{name},10,{lab}")
+                k += 1
+        (root / f"my_{split}.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def mmsa_split(
+    n: int,
+    text_shape: tuple[int, int] = (39, 768),
+    audio_shape: tuple[int, int] = (40, 33),
+    vision_shape: tuple[int, int] = (11, 709),
+    labels: Sequence[float] | None = None,
+    seed: int = 0,
+) -> dict:
+    """One split of an MMSA pickle with the real keys (small lengths for speed)."""
+    rng = np.random.default_rng(seed)
+    lt = text_shape[0]
+    text_bert = np.zeros((n, 3, lt), dtype=np.float32)
+    text_len = rng.integers(3, lt + 1, n)
+    for i, m in enumerate(text_len):
+        text_bert[i, 0, :m] = rng.integers(100, 2000, m)
+        text_bert[i, 1, :m] = 1
+    audio = rng.standard_normal((n, *audio_shape)).astype(np.float32)
+    audio[0, 0, 0] = -np.inf
+    y = (
+        np.asarray(labels, dtype=np.float32)
+        if labels is not None
+        else np.round(rng.uniform(-1, 1, n) * 5) / 5
+    ).astype(np.float32)
+    return {
+        "raw_text": np.array([f"text {i}" for i in range(n)]),
+        "id": np.array([f"vid{i}$_$1" for i in range(n)]),
+        "text": rng.standard_normal((n, *text_shape)).astype(np.float32),
+        "text_bert": text_bert,
+        "audio": audio,
+        "vision": rng.standard_normal((n, *vision_shape)).astype(np.float32),
+        "audio_lengths": rng.integers(1, audio_shape[0] + 1, n),
+        "vision_lengths": rng.integers(1, vision_shape[0] + 1, n),
+        "annotations": np.array(["Neutral"] * n),
+        "regression_labels": y,
+    }
+
+
+def make_mmsa(path: Path, sizes: tuple[int, int, int] = (24, 8, 8), **kw: object) -> Path:
+    """A CH-SIMS-style MMSA pickle (``train``/``valid``/``test``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        split: mmsa_split(n, seed=i, **kw)  # type: ignore[arg-type]
+        for i, (split, n) in enumerate(zip(("train", "valid", "test"), sizes))
+    }
+    with open(path, "wb") as f:
+        pickle.dump(data, f, protocol=4)
+    return path

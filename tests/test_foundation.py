@@ -259,3 +259,21 @@ def test_configs_ship_with_a_regular_install(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "boost_ogm"
+
+
+DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_dataset_config_composes_and_its_model_instantiates(dataset, tmp_path):
+    cfg = compose_cfg([f"dataset={dataset}"], output_dir=tmp_path, fast=False)
+    model_cfg = cfg.model
+    mlp = {m: e for m, e in cfg.dataset.encoders.items() if e._target_.endswith("MLPEncoder")}
+    if mlp:  # MMSA dims come from the pickle at run time (encoder_overrides)
+        model_cfg = OmegaConf.merge(model_cfg, {"encoders": {m: {"input_dim": 7} for m in mlp}})
+    model = instantiate(model_cfg)
+    assert model.modalities == list(cfg.dataset.encoders)
+    assert model.num_classes == cfg.dataset.num_classes
+    if dataset != "synthetic":
+        with pytest.raises(Exception, match="data_dir"):
+            instantiate(cfg.dataset.datamodule)

@@ -1,0 +1,201 @@
+"""Per-step cost of each balancing method relative to the baseline, in one process.
+
+Two cases:
+
+* ``resnet``: CREMA-D-shaped inputs -- audio ``(B, 1, 257, 188)`` spectrograms and visual
+  ``(B, 3, T, H, W)`` frames -- through two ResNet-18 encoders (batch, H x W and T
+  configurable so it runs on a CPU);
+* ``mlp``: a MOSEI-like 3-modality case (text 50 x 768, audio 500 x 74, vision 500 x 35)
+  with MLP encoders, where per-step Python overhead matters most.
+
+Every method is the one users run: its callbacks are built from ``conf/method/<name>.yaml``.
+Each (method, repetition) trains a fresh model for ``warmup + steps`` steps through a real
+Lightning ``Trainer``; the time from ``on_train_batch_start`` to ``on_train_batch_end`` of
+the last ``steps`` steps is recorded. Methods are interleaved across repetitions so drift
+in machine load hits all of them alike. Printed: the median step time per method and its
+ratio to the baseline's median.
+
+    python benchmarks/step_overhead.py                       # CPU-sized defaults
+    python benchmarks/step_overhead.py --case resnet --batch 64 --size 224 --frames 3 \
+        --precision bf16-mixed --accelerator gpu             # the full-size GPU run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from asgml.config import method_callback_configs
+from asgml.data.synthetic import DictTensorDataset
+from asgml.models.encoders import MLPEncoder, ResNet18Encoder
+from asgml.module import MultimodalModule
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
+DEFAULT_METHODS = [
+    "baseline",
+    "ogm",
+    "boost",
+    "boost_ogm",
+    "staleness",
+    "inforeg",
+    "miles",
+    "cggm",
+    "boost_cggm",
+    "agm",
+    "mmpareto",
+    "arl",
+]
+
+
+class StepTimer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def _sync(self, module: L.LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync(pl_module)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sync(pl_module)
+        if batch_idx >= self.warmup:
+            self.times.append(time.perf_counter() - self._t0)
+
+
+def method_callbacks(name: str, case: str) -> list[L.Callback]:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    overrides = [f"method={name}"]
+    if case == "mlp" and name in ("ogm", "boost_ogm"):
+        overrides.append("method.ogm.variant=generalized")
+    with initialize_config_module(config_module="asgml.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    return [instantiate(c) for _, c in method_callback_configs(cfg.method)], cfg.method.get(
+        "module", {}
+    )
+
+
+def make_case(args: argparse.Namespace) -> tuple[callable, DataLoader]:
+    n = args.batch * (args.warmup + args.steps)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 6, (n,), generator=g)
+    if args.case == "resnet":
+        data = {
+            "audio": torch.randn(n, 1, 257, 188, generator=g),
+            "visual": torch.randn(n, 3, args.frames, args.size, args.size, generator=g),
+        }
+
+        def build(**opts) -> MultimodalModule:
+            torch.manual_seed(0)
+            encs = {
+                "audio": ResNet18Encoder(in_channels=1),
+                "visual": ResNet18Encoder(in_channels=3, temporal=True),
+            }
+            return MultimodalModule(encs, num_classes=6, **opts)
+
+    else:
+        dims = {"text": (50, 768), "audio": (500, 74), "vision": (500, 35)}
+        data = {m: torch.randn(n, *d, generator=g) for m, d in dims.items()}
+
+        def build(**opts) -> MultimodalModule:
+            torch.manual_seed(0)
+            encs = {m: MLPEncoder(input_dim=d[1]) for m, d in dims.items()}
+            return MultimodalModule(encs, num_classes=6, **opts)
+
+    loader = DataLoader(DictTensorDataset(data, y), batch_size=args.batch, shuffle=False)
+    return build, loader
+
+
+def run_once(name: str, build, loader, args) -> list[float]:
+    cbs, module_opts = method_callbacks(name, args.case)
+    timer = StepTimer(args.warmup)
+    trainer = L.Trainer(
+        max_steps=args.warmup + args.steps,
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[*cbs, timer],
+    )
+    trainer.fit(build(**dict(module_opts)), train_dataloaders=loader)
+    return timer.times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--case", choices=["resnet", "mlp", "both"], default="both")
+    p.add_argument("--methods", nargs="*", default=None)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=64, help="visual H = W")
+    p.add_argument("--frames", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per repetition")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--precision", default="32-true")
+    p.add_argument("--accelerator", default="cpu")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    methods = args.methods or [m for m in DEFAULT_METHODS if (CONF / f"{m}.yaml").exists()]
+    cases = ["resnet", "mlp"] if args.case == "both" else [args.case]
+    for case in cases:
+        args.case = case
+        build, loader = make_case(args)
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        failed: dict[str, str] = {}
+        for _ in range(args.reps):
+            for m in methods:
+                if m in failed:
+                    continue
+                try:
+                    times[m].extend(run_once(m, build, loader, args))
+                except Exception as e:  # a method that does not support this case
+                    failed[m] = f"{type(e).__name__}: {str(e).splitlines()[0][:70]}"
+        shape = (
+            f"audio 1x257x188, visual 3x{args.frames}x{args.size}x{args.size}"
+            if case == "resnet"
+            else "text 50x768, audio 500x74, vision 500x35"
+        )
+        print(
+            f"\n## {case}: {shape}, batch {args.batch}, {args.precision} on {args.accelerator}; "
+            f"median of {args.reps} x {args.steps} steps"
+        )
+        print("| method | median step (ms) | x baseline |")
+        print("|---|---:|---:|")
+        base = statistics.median(times["baseline"])
+        for m in methods:
+            if m in failed:
+                print(f"| {m} | n/a | {failed[m]} |")
+                continue
+            med = statistics.median(times[m])
+            print(f"| {m} | {1000 * med:.2f} | {med / base:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""AGM: Adaptive Gradient Modulation with Shapley-style unimodal logits.
+
+Paper: Li et al., "Boosting Multi-modal Model Performance with Adaptive Gradient
+Modulation", ICCV 2023.
+Official code: https://github.com/lihong2303/AGM_ICCV2023 (issues answered at lihongcs/AGM).
+
+Per step (official code):
+
+* The fused network runs on the full input ``T = f(all)`` (train mode) and on masked inputs
+  (missing modalities zeroed) in **eval mode, with gradients**.
+* Shapley-style unimodal logits. 2 modalities (official): ``m_a = 1/2 (T - f(v) + f(a))``,
+  ``m_v = 1/2 (T - f(a) + f(v))`` (no ``f(empty)`` term, so ``m_a + m_v == T``). N >= 3:
+  the exact Shapley value over all ``2^N`` subsets, including ``f(empty)`` (the official
+  3-modality UR-Funny model runs 8 passes). ``empty_baseline`` switches the ``f(empty)``
+  term on/off for any N.
+* The loss is ``CE(sum_m m_m, y)``; each ``m_m`` passes through an identity whose backward
+  multiplies the gradient by ``c_m`` (official: a full backward hook).
+* ``s_m = mean_batch -log(max(softmax(m_m)[y], 1e-8))``,
+  ``r_m = exp((mean_k s_k - s_m) * N / (N - 1))`` (``= exp(s_v - s_a)`` for audio when N = 2),
+  ``rbar_m`` the same from ``sbar`` (cumulative mean of ``s`` over all previous iterations,
+  0 before the first, so ``rbar = 1`` at step 0),
+  ``c_m = exp(alpha * min(rbar_m - r_m, clip))`` with ``clip`` 10 (N = 2) or 7 (N >= 3);
+  ``sbar`` is updated after the coefficients.
+* After backward: if any entry of the fusion output-layer weight gradient is outside
+  ``[-1, 1]``, ``clip_grad_norm_(all parameters, 1.0)``.
+* Modulation only while ``modulation_starts <= epoch <= modulation_ends``.
+
+Official bug kept behind a switch: outside the window the official hooks stay registered and
+keep applying the *last* coefficients (nothing resets them to 1). Default
+(``outside_window=reset``, the paper's intent): outside the window training is plain fused
+CE (no extra passes, coefficients 1). ``outside_window=keep_last`` reproduces the official
+behaviour.
+
+Other deviations: masked inputs are zeros of the input's shape (sequence ``lengths`` are
+passed unchanged); ``sbar`` starting at 0 is unverified against the official code.
+Logged: ``agm/coeff_<m>``, ``agm/score_<m>``. Cost: ``2^N - 2`` extra forward passes
+(``2^N - 1`` with ``empty_baseline``) in the window, and their backward.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.grads import present_grads, scale_
+
+if TYPE_CHECKING:
+    from asgml.module import MultimodalModule
+    from asgml.types import StepOutput
+
+OUTSIDE_WINDOW = ("reset", "keep_last")
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``scale`` (a 0-d tensor)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor) -> Tensor:
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale.to(grad.dtype), None
+
+
+def grad_scale(x: Tensor, scale: Tensor | float) -> Tensor:
+    """``x`` in the forward pass, ``scale * grad`` in the backward pass."""
+    return _GradScale.apply(x, torch.as_tensor(scale, device=x.device, dtype=torch.float32))
+
+
+def shapley_logits(
+    subset_logits: Mapping[frozenset, Tensor], modalities: Sequence[str], empty_baseline: bool
+) -> dict[str, Tensor]:
+    """Shapley value of every modality from ``{subset: f(subset)}`` (subset = frozenset of
+    present modalities): ``phi_m = sum_{S without m} |S|!(N-|S|-1)!/N! (f(S+m) - f(S))``.
+    ``f(empty)`` is taken as 0 unless ``empty_baseline``."""
+    n = len(modalities)
+    full = subset_logits[frozenset(modalities)]
+    out = {}
+    for m in modalities:
+        rest = [k for k in modalities if k != m]
+        phi = torch.zeros_like(full)
+        for r in range(n):
+            w = math.factorial(r) * math.factorial(n - r - 1) / math.factorial(n)
+            for s in itertools.combinations(rest, r):
+                s = frozenset(s)
+                lo = subset_logits[s] if (s or empty_baseline) else torch.zeros_like(full)
+                phi = phi + w * (subset_logits[s | {m}] - lo)
+        out[m] = phi
+    return out
+
+
+def agm_scores(logits: Mapping[str, Tensor], labels: Tensor) -> Tensor:
+    """``s_m = mean_i -log(max(softmax(z_m)[i, y_i], 1e-8))`` as an (N,) tensor."""
+    s = []
+    for z in logits.values():
+        p = torch.softmax(z.detach().float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+        s.append(-torch.log(p.clamp_min(1e-8)).mean())
+    return torch.stack(s)
+
+
+def agm_ratio(scores: Tensor) -> Tensor:
+    """``r_m = exp((mean_k s_k - s_m) * N / (N - 1))`` (N = 2: ``r_a = exp(s_v - s_a)``)."""
+    n = scores.numel()
+    return torch.exp((scores.mean() - scores) * n / (n - 1))
+
+
+def agm_coefficients(scores: Tensor, mean_scores: Tensor, alpha: float, clip: float) -> Tensor:
+    """``c_m = exp(alpha * min(rbar_m - r_m, clip))``."""
+    return torch.exp(alpha * torch.clamp(agm_ratio(mean_scores) - agm_ratio(scores), max=clip))
+
+
+def fusion_output_weight(fusion: torch.nn.Module) -> list[Tensor]:
+    """The fusion output-layer weight(s) whose gradient triggers AGM's clipping."""
+    if hasattr(fusion, "fc_out"):
+        return [fusion.fc_out.weight]
+    if hasattr(fusion, "fc"):
+        return [fc.weight for fc in fusion.fc.values()]
+    return [p for p in fusion.parameters() if p.dim() == 2]
+
+
+class AGM(BalancingCallback):
+    """Adaptive gradient modulation.
+
+    Args:
+        alpha: modulation strength (official default 1.0; the author's CREMA-D setting 1.5).
+        modulation_starts, modulation_ends: inclusive 0-based epoch window (official 0, 20).
+        clip: cap of ``rbar - r``; ``null``: 10 for N = 2, 7 for N >= 3 (official).
+        empty_baseline: include ``f(empty)`` in the Shapley values; ``null``: off for N = 2,
+            on for N >= 3 (official).
+        grad_clip: the official conditional ``clip_grad_norm_(all, 1.0)``.
+        outside_window: ``reset`` (coefficients 1, default) or ``keep_last`` (official).
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        modulation_starts: int = 0,
+        modulation_ends: int = 20,
+        clip: float | None = None,
+        empty_baseline: bool | None = None,
+        grad_clip: bool = True,
+        outside_window: str = "reset",
+    ) -> None:
+        super().__init__()
+        if modulation_ends < modulation_starts:
+            raise ValueError(
+                f"method.agm.modulation_ends ({modulation_ends}) < modulation_starts ({modulation_starts})"
+            )
+        if outside_window not in OUTSIDE_WINDOW:
+            raise ValueError(f"method.agm.outside_window must be one of {OUTSIDE_WINDOW}")
+        self.alpha = alpha
+        self.modulation_starts = modulation_starts
+        self.modulation_ends = modulation_ends
+        self.clip_arg = clip
+        self.empty_baseline_arg = empty_baseline
+        self.grad_clip = grad_clip
+        self.outside_window = outside_window
+        self.sbar: Tensor | None = None
+        self.count = 0
+        self.coeffs: Tensor | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.modalities = list(pl_module.modalities)
+        n = len(self.modalities)
+        self.clip = self.clip_arg if self.clip_arg is not None else (10.0 if n == 2 else 7.0)
+        self.empty_baseline = (
+            self.empty_baseline_arg if self.empty_baseline_arg is not None else n >= 3
+        )
+
+    def in_window(self, epoch: int) -> bool:
+        return self.modulation_starts <= epoch <= self.modulation_ends
+
+    def subset_logits(self, pl_module: L.LightningModule, out: Any) -> dict[frozenset, Tensor]:
+        """``f(S)`` for every subset S (the full set from the step's forward pass)."""
+        mods = self.modalities
+        res = {frozenset(mods): out.logits}
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            for r in range(len(mods) - 1, -1, -1):
+                if r == 0 and not self.empty_baseline:
+                    continue
+                for s in itertools.combinations(mods, r):
+                    inputs = {
+                        m: (x if m in s else torch.zeros_like(x)) for m, x in out.inputs.items()
+                    }
+                    res[frozenset(s)] = pl_module(inputs, out.lengths)[0]
+        finally:
+            pl_module.train(was_training)
+        return res
+
+    def on_train_losses(
+        self,
+        trainer: L.Trainer,
+        pl_module: MultimodalModule,
+        out: StepOutput,
+        losses: dict[str, Tensor],
+    ) -> None:
+        active = self.in_window(trainer.current_epoch)
+        if not active and (self.outside_window == "reset" or self.coeffs is None):
+            return  # plain fused CE (coefficients 1)
+        phi = shapley_logits(
+            self.subset_logits(pl_module, out), self.modalities, self.empty_baseline
+        )
+        if active:
+            s = agm_scores(phi, out.labels)
+            sbar = self.sbar if self.sbar is not None else torch.zeros_like(s)
+            self.coeffs = agm_coefficients(s, sbar, self.alpha, self.clip)
+            self.sbar = (sbar * self.count + s) / (self.count + 1)
+            self.count += 1
+            for i, m in enumerate(self.modalities):
+                pl_module.log(f"agm/score_{m}", s[i], on_step=True, on_epoch=False)
+        z = sum(grad_scale(phi[m], self.coeffs[i]) for i, m in enumerate(self.modalities))
+        losses["fused"] = F.cross_entropy(z, out.labels)
+        for i, m in enumerate(self.modalities):
+            pl_module.log(f"agm/coeff_{m}", self.coeffs[i], on_step=True, on_epoch=False)
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.grad_clip or getattr(pl_module, "step_output", None) is None:
+            return
+        w = [p.grad for p in fusion_output_weight(pl_module.fusion) if p.grad is not None]
+        if not w:
+            return
+        trigger = torch.stack([g.abs().amax() for g in w]).amax() > 1
+        grads = present_grads(pl_module.parameters())
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        coef = torch.where(trigger, (1.0 / (total + 1e-6)).clamp(max=1.0), torch.ones_like(total))
+        scale_(grads, coef)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sbar": None if self.sbar is None else self.sbar.cpu(),
+            "count": self.count,
+            "coeffs": None if self.coeffs is None else self.coeffs.cpu(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.sbar = state_dict.get("sbar")
+        self.count = int(state_dict.get("count", 0))
+        self.coeffs = state_dict.get("coeffs")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dev = pl_module.device
+        self.sbar = None if self.sbar is None else self.sbar.to(dev)
+        self.coeffs = None if self.coeffs is None else self.coeffs.to(dev)

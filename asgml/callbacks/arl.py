@@ -1,0 +1,161 @@
+"""ARL: asymmetric representation learning ("Improving Multimodal Learning via Imbalanced
+Learning").
+
+Paper: Wei et al., "Improving Multimodal Learning via Imbalanced Learning", ICCV 2025.
+Official code: https://github.com/shicaiwei123/ICCV2025-ARL (``main_arl_variance.py``,
+``models/basic_model.py``).
+
+Per step (official code):
+
+* Unimodal logits from the shared concat head with the other modalities zero-padded
+  (``ConcatFusion_AUXI``): ``z_m = f_m W[:, block_m]^T + b`` (full bias).
+* Loss ``CE(fused) + g * sum_m CE(z_m)`` with ``g = gamma`` after warm-up
+  (``epoch > start``) and ``g = 1`` before (official default ``gamma`` 1.0, 4.0 in the CREMA-D
+  script; ``start`` 5).
+* A ``GradScale`` op on every encoder output multiplies the gradient flowing back into the
+  encoder by ``(1 + w_m)``.
+* Weights (the README's "weight for ARL"), from the batch's unimodal logits (detached):
+  ``c_m = sum_classes mean_batch |z_m|`` normalised to sum 1; ``H_m`` = batch-mean entropy
+  of ``softmax(z_m)`` (``+1e-16`` in the log), normalised to sum 1 and clamped at >= 0.3;
+  ``a_m = (1/H_m) / sum_k (1/H_k)``; ``w = softmax(T * [c_v a_a, c_a a_v])`` (``T`` 8).
+  Before warm-up ``w_m = 0.5``.
+* ``clip_grad_norm_(all, 40)`` after backward.
+
+Official bug kept behind a switch: in the released ``main_arl_variance.py`` (commit 358af4f)
+the computed ``weight`` is only printed; ``audio_weight``/``visual_weight`` stay 0.5, so both
+encoders get a symmetric x1.5. Default ``weights=entropy`` applies the weights as the paper
+and README describe; ``weights=official`` reproduces the constant 0.5.
+
+Deviations: N >= 2 -- the crossed term ``c_v a_a`` generalises to ``(1 - c_m) a_m`` (for
+N = 2, ``1 - c_a = c_v``) and the warm-up weight to ``1/N``; the official gate
+``acc_a + acc_v != 0`` (a validation has run) is reduced to ``epoch > start``. With a
+non-concat fusion the module's unimodal logits are used. Logged: ``arl/weight_<m>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.grads import present_grads, scale_
+from asgml.models.fusion import ConcatFusion
+
+if TYPE_CHECKING:
+    from asgml.module import MultimodalModule
+    from asgml.types import StepOutput
+
+WEIGHTS = ("entropy", "official")
+
+
+def arl_weights(unimodal_logits: Mapping[str, Tensor], temperature: float = 8.0) -> Tensor:
+    """The entropy/magnitude weights ``softmax(T * (1 - c_m) * a_m)`` as an (N,) tensor."""
+    mods = list(unimodal_logits)
+    z = [unimodal_logits[m].detach().float() for m in mods]
+    mag = torch.stack([x.abs().mean(0).sum() for x in z])
+    c = mag / mag.sum()
+    ent = []
+    for x in z:
+        p = torch.softmax(x, dim=1)
+        ent.append((-p * torch.log(p + 1e-16)).sum(1).mean())
+    h = torch.stack(ent)
+    h = (h / h.sum()).clamp_min(0.3)
+    a = 1.0 / h
+    a = a / a.sum()
+    return torch.softmax(temperature * (1 - c) * a, dim=0)
+
+
+def zero_padded_logits(
+    fusion: torch.nn.Module, features: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """``fc_out(concat with the other modalities zeroed)``: ``f_m W_m^T + b``."""
+    w, b = fusion.fc_out.weight, fusion.fc_out.bias
+    out = {}
+    for m, (lo, hi) in fusion.blocks.items():
+        z = features[m] @ w[:, lo:hi].t()
+        out[m] = z + b if b is not None else z
+    return out
+
+
+class ARL(BalancingCallback):
+    """ARL: weighted unimodal losses after warm-up and encoder-output gradient scaling.
+
+    Args:
+        gamma: unimodal-loss weight after warm-up (official default 1.0; 4.0 for CREMA-D).
+        start: warm-up epochs (modulation for ``epoch > start``; official 5).
+        temperature: ``T`` of the weight softmax (official 8.0).
+        weights: ``entropy`` (paper/README, default) or ``official`` (constant 0.5 as released).
+        clip: ``clip_grad_norm_`` max norm (official 40); ``null`` disables it.
+    """
+
+    def __init__(
+        self,
+        gamma: float = 1.0,
+        start: int = 5,
+        temperature: float = 8.0,
+        weights: str = "entropy",
+        clip: float | None = 40.0,
+    ) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"method.arl.gamma must be >= 0, got {gamma}")
+        if weights not in WEIGHTS:
+            raise ValueError(f"method.arl.weights must be one of {WEIGHTS}, got {weights!r}")
+        if clip is not None and clip <= 0:
+            raise ValueError(f"method.arl.clip must be > 0 or null, got {clip}")
+        self.gamma = gamma
+        self.start = start
+        self.temperature = temperature
+        self.weights = weights
+        self.clip = clip
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.modalities = list(pl_module.modalities)
+
+    def step_weights(self, epoch: int, unimodal_logits: Mapping[str, Tensor]) -> Tensor:
+        """``w`` for this step: ``1/N`` before warm-up or with ``weights=official`` (0.5 for N = 2)."""
+        n = len(self.modalities)
+        if epoch > self.start and self.weights == "entropy":
+            return arl_weights(unimodal_logits, self.temperature)
+        ref = next(iter(unimodal_logits.values()))
+        return torch.full((n,), 1.0 / n, device=ref.device)
+
+    def on_train_losses(
+        self,
+        trainer: L.Trainer,
+        pl_module: MultimodalModule,
+        out: StepOutput,
+        losses: dict[str, Tensor],
+    ) -> None:
+        epoch = trainer.current_epoch
+        if isinstance(pl_module.fusion, ConcatFusion) and pl_module.unimodal_heads is None:
+            uni = zero_padded_logits(pl_module.fusion, out.features)
+        else:
+            uni = out.unimodal_logits
+        g = self.gamma if epoch > self.start else 1.0
+        for m in self.modalities:
+            losses[f"unimodal_{m}"] = g * F.cross_entropy(uni[m], out.labels)
+        w = self.step_weights(epoch, uni)
+        for i, m in enumerate(self.modalities):
+            factor = 1.0 + w[i]
+            out.features[m].register_hook(lambda grad, f=factor: grad * f.to(grad.dtype))
+            pl_module.log(f"arl/weight_{m}", w[i], on_step=True, on_epoch=False)
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.clip is None or getattr(pl_module, "step_output", None) is None:
+            return
+        grads = present_grads(pl_module.parameters())
+        if grads:
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            scale_(grads, (self.clip / (total + 1e-6)).clamp(max=1.0))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass

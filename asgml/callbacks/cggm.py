@@ -1,0 +1,228 @@
+"""CGGM: Classifier-Guided Gradient Modulation.
+
+Paper: Guo et al., "Classifier-guided Gradient Modulation for
+Enhanced Multimodal Learning", NeurIPS 2024.
+Official code: https://github.com/zrguo/CGGM (``src/msatrain.py``, ``models/msamodel.py``).
+
+One training step, as the official code does it:
+
+1. ``loss = task_loss + lamda * L_gm`` with ``L_gm`` from the *previous* step; backward.
+2. One classifier per modality, fed the *detached* encoder features and trained by its own
+   optimizer (here: a :class:`~asgml.models.probes.ProbeBank` of linear probes, Adam,
+   ``cls_lr``), is run on the batch; its summed CE is backpropagated into the classifiers.
+3. ``acc_i`` = classifier i's batch accuracy (before its update); ``d_i = acc_i(t) - acc_i(t-1)``
+   (``acc_i(-1) = 0``).
+4. ``coeff_i = (sum_j d_j - d_i) / (sum_j d_j + 1e-8)`` -- unbounded, as in the official code.
+5. ``L_gm = (sum_i |coeff_i| - sum_i coeff_i * cos(W_i, W_fus)) / M``, kept for the next step.
+   As in the code, ``W_i`` / ``W_fus`` are the output-layer *weights* of classifier i and of the
+   fusion head (the variables are called ``*_grad`` but hold parameters); the term is
+   differentiable in ``W_fus`` only (the classifier's share is zeroed before its own step).
+6. Every gradient of encoder i is multiplied by ``rou * coeff_i``.
+7. The classifier optimizer steps; ``clip_grad_norm_(model, clip)``; the model optimizer steps.
+
+Deviations:
+
+* Classifiers: linear probes on the pooled features (``probe_type=mlp_1layer`` is refused:
+  ``W_i`` must have the shape of the fusion weight block) instead of the official 2-layer
+  transformer classifiers over token sequences.
+* ``W_fus`` for modality i is the fusion layer's weight block that reads modality i
+  (``ConcatFusion``: ``fc_out.weight[:, block_i]``; ``SumFusion``: ``fc[i].weight``). The
+  official MSA model has one fused ``out_layer`` of the same shape as every classifier's.
+  FiLM/gated fusion are refused at start-up.
+* ``L_gm`` of step t is re-built at step t+1 from values saved at step t (so its value and
+  its gradient are those of step t, exactly as the official code's retained graph gives),
+  with the gradient routed into the current ``W_fus`` parameter.
+* With N modalities the sum runs over all of them (the official scripts hard-code the index
+  terms per dataset: 2, 3 or 4 modalities). Works for N >= 2.
+
+Logged: ``cggm/coeff_<m>``, ``cggm/acc_<m>``, ``cggm/l_gm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.grads import present_grads, scale_
+from asgml.models.fusion import ConcatFusion, SumFusion
+from asgml.models.probes import ProbeBank
+
+if TYPE_CHECKING:
+    from asgml.module import MultimodalModule
+    from asgml.types import StepOutput
+
+
+def cggm_coefficients(acc_now: Tensor, acc_prev: Tensor, eps: float = 1e-8) -> Tensor:
+    """``coeff_i = (sum_j d_j - d_i) / (sum_j d_j + eps)``, ``d = acc_now - acc_prev`` ((M,) tensors)."""
+    d = acc_now - acc_prev
+    total = d.sum()
+    return (total - d) / (total + eps)
+
+
+def cggm_direction_loss(coeffs: Tensor, cosines: Tensor) -> Tensor:
+    """``L_gm = (sum_i |coeff_i| - sum_i coeff_i * cos_i) / M``."""
+    return (coeffs.abs().sum() - (coeffs * cosines).sum()) / coeffs.numel()
+
+
+def flat_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine similarity of two tensors flattened (as ``cal_cos`` in the official code)."""
+    return F.cosine_similarity(a.reshape(-1), b.reshape(-1), dim=0)
+
+
+def fusion_weight_block(fusion: torch.nn.Module, modality: str) -> Tensor:
+    """The fusion-layer weight that reads ``modality``: ``(C, d_m)``."""
+    if isinstance(fusion, ConcatFusion):
+        lo, hi = fusion.blocks[modality]
+        return fusion.fc_out.weight[:, lo:hi]
+    if isinstance(fusion, SumFusion):
+        return fusion.fc[modality].weight
+    raise ValueError(
+        f"CGGM needs concat or sum fusion (a per-modality fusion weight block), got "
+        f"{type(fusion).__name__}"
+    )
+
+
+class CGGM(BalancingCallback):
+    """Classifier-guided gradient modulation.
+
+    Args:
+        rou: gradient scale factor ``rho`` (official 1.3).
+        lamda: weight of ``L_gm`` (official 0.2 for MOSI/IEMOCAP).
+        cls_lr: learning rate of the classifiers' Adam (official 5e-4).
+        clip: ``clip_grad_norm_`` max norm on the whole model after modulation (official
+            0.8); ``null`` disables it.
+        eps: the official ``1e-8`` in the coefficient denominator.
+    """
+
+    def __init__(
+        self,
+        rou: float = 1.3,
+        lamda: float = 0.2,
+        cls_lr: float = 5e-4,
+        clip: float | None = 0.8,
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        if rou < 0 or lamda < 0 or cls_lr <= 0:
+            raise ValueError(
+                f"method.cggm: rou and lamda must be >= 0 and cls_lr > 0, got {rou}, {lamda}, {cls_lr}"
+            )
+        if clip is not None and clip <= 0:
+            raise ValueError(f"method.cggm.clip must be > 0 or null, got {clip}")
+        self.rou = rou
+        self.lamda = lamda
+        self.cls_lr = cls_lr
+        self.clip = clip
+        self.eps = eps
+        self.bank: ProbeBank | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.acc_prev: Tensor | None = None
+        self.coeffs: Tensor | None = None
+        self.saved: dict[str, Tensor] | None = None  # step-t values for L_gm at t+1
+        self._loaded: dict[str, Any] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.modalities = list(pl_module.modalities)
+        for m in self.modalities:
+            fusion_weight_block(pl_module.fusion, m)  # fails early for film/gated
+        if self.bank is None:
+            dims = {m: int(pl_module.encoders[m].feature_dim) for m in self.modalities}
+            self.bank = ProbeBank(dims, pl_module.num_classes, "linear")
+            self.optimizer = torch.optim.Adam(self.bank.parameters(), lr=self.cls_lr)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dev = pl_module.device
+        self.bank.to(dev)
+        if self._loaded is not None:
+            st, self._loaded = self._loaded, None
+            self.bank.load_state_dict(st["bank"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.acc_prev = st["acc_prev"].to(dev) if st["acc_prev"] is not None else None
+            self.coeffs = st["coeffs"].to(dev) if st["coeffs"] is not None else None
+            self.saved = {k: v.to(dev) for k, v in st["saved"].items()} if st["saved"] else None
+
+    # ------------------------------------------------------------------ steps
+    def direction_loss(self, pl_module: L.LightningModule) -> Tensor | None:
+        """``L_gm`` of the previous step, differentiable w.r.t. the fusion weights."""
+        if self.saved is None or self.coeffs is None:
+            return None
+        cosines = []
+        for m in self.modalities:
+            w_now = fusion_weight_block(pl_module.fusion, m)
+            # value of step t, gradient into the current parameter
+            w_fus = self.saved[f"fus_{m}"] + (w_now - w_now.detach())
+            cosines.append(flat_cosine(self.saved[f"cls_{m}"], w_fus))
+        return cggm_direction_loss(self.coeffs, torch.stack(cosines))
+
+    def on_train_losses(
+        self,
+        trainer: L.Trainer,
+        pl_module: MultimodalModule,
+        out: StepOutput,
+        losses: dict[str, Tensor],
+    ) -> None:
+        l_gm = self.direction_loss(pl_module)
+        if l_gm is not None and self.lamda > 0:
+            losses["cggm_gm"] = self.lamda * l_gm
+        # classifiers on detached features: accuracy before their update, then one step
+        logits = self.bank.logits(out.features)
+        acc = torch.stack(
+            [(logits[m].argmax(1) == out.labels).float().mean() for m in self.modalities]
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            torch.stack(
+                [F.cross_entropy(logits[m], out.labels) for m in self.modalities]
+            ).sum().backward()
+        prev = self.acc_prev if self.acc_prev is not None else torch.zeros_like(acc)
+        self.coeffs = cggm_coefficients(acc, prev, self.eps)
+        self.acc_prev = acc
+        # step-t weights for L_gm (taken before the classifier step, as the official code)
+        self.saved = {}
+        for m in self.modalities:
+            self.saved[f"cls_{m}"] = self.bank.probes[m].weight.detach().clone()
+            self.saved[f"fus_{m}"] = fusion_weight_block(pl_module.fusion, m).detach().clone()
+        self.optimizer.step()
+        for i, m in enumerate(self.modalities):
+            pl_module.log(f"cggm/coeff_{m}", self.coeffs[i], on_step=True, on_epoch=False)
+            pl_module.log(f"cggm/acc_{m}", acc[i], on_step=True, on_epoch=False)
+        if l_gm is not None:
+            pl_module.log("cggm/l_gm", l_gm.detach(), on_step=True, on_epoch=False)
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if getattr(pl_module, "step_output", None) is None or self.coeffs is None:
+            return
+        for i, m in enumerate(self.modalities):
+            scale_(present_grads(pl_module.encoder_parameters(m)), self.coeffs[i] * self.rou)
+        if self.clip is not None:
+            clip_grad_norm_(present_grads(pl_module.parameters()), self.clip)
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "bank": self.bank.state_dict() if self.bank is not None else {},
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
+            "acc_prev": None if self.acc_prev is None else self.acc_prev.cpu(),
+            "coeffs": None if self.coeffs is None else self.coeffs.cpu(),
+            "saved": {k: v.cpu() for k, v in (self.saved or {}).items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = dict(state_dict)
+
+
+def clip_grad_norm_(grads: Sequence[Tensor], max_norm: float, eps: float = 1e-6) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` on a list of gradients (fused, no host sync):
+    ``g *= min(1, max_norm / (||g||_2 + eps))``. Returns the total norm."""
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(grads))))
+    coef = (max_norm / (total + eps)).clamp(max=1.0)
+    scale_(grads, coef)
+    return total

@@ -1,0 +1,275 @@
+"""InfoReg: Adaptive Unimodal Regulation for Balanced Multimodal Information Acquisition.
+
+Paper: Huang et al., "Adaptive Unimodal Regulation for Balanced Multimodal
+Information Acquisition", CVPR 2025.
+Official code: https://github.com/GeWu-Lab/InfoReg_CVPR2025 (``main.py``, ``train_epoch``).
+
+What the official code does (2 modalities; audio plays the first, visual the second):
+
+* Loss ``L_mm + L_a + L_v`` with unimodal logits sliced from the concat head
+  (here: ``method.module.gamma=1``, the module's derived unimodal logits).
+* Prime learning window (PLW), once per epoch: the Fisher information of every Conv/Linear
+  weight of the audio encoder is accumulated over the epoch as ``sum_steps grad**2``;
+  ``trace = sum_layers mean(FIM_layer)`` is appended to a list that starts as ten zeros.
+  At the start of epoch ``e > 0``: ``tr1 = mean(list[-10:])``, ``tr2 = mean(list[-11:-1])``,
+  ``k = (tr1 - tr2) / tr1`` (``k = 1`` at epoch 0); the epoch is in the PLW iff ``k > 0.05``.
+* Inside the PLW, per step after backward: ``score_m = sum_batch softmax(z_m)[y]`` and
+  ``beta_a = 0.95 * exp(tanh(score_a - score_v))`` if audio leads (else 0),
+  ``beta_v = 0.1 * exp(tanh(score_v - score_a))`` if visual leads (else 0), then
+  ``grad += beta_m * (theta - theta_epoch_start)`` for every parameter of encoder m (the
+  gradient of a proximal term pulling the leading encoder back to where the epoch began).
+  The FIM is accumulated from the gradients *after* this term is added, as in ``main.py``.
+
+Generalisation to N >= 2 modalities (deviations, documented):
+
+* The Fisher trace is computed for every modality (logged as ``inforeg/trace_<m>``).
+  ``window_source`` decides which trace opens the window: ``first`` (default, official: the
+  first modality in config order, audio on CREMA-D) or ``leader`` (the trace of the
+  modality being regulated at that step).
+* ``beta_scales`` gives one constant per modality in config order (official ``[0.95, 0.1]``);
+  modalities beyond the list take its last value (so N = 3 runs with ``[0.95, 0.1, 0.1]``). The leader is ``argmax score``; the gap is the leader's
+  score minus the *second-best* score (for N = 2: ``score_a - score_v``). Ties regulate nothing.
+* ``score_reduction``: ``sum`` over the batch (official; tanh saturates at batch size 64)
+  or ``mean``.
+
+Other deviations: ``theta_epoch_start`` is a copy of the encoder parameters only (the
+official deep-copies the whole model; only encoder entries are read); a zero trace
+(``tr1 == 0``) gives ``k = 0`` instead of a division by zero; parameters without a
+gradient this step are skipped. Under 16-bit mixed precision the added term is multiplied
+by the current loss scale so it is correct after unscaling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.grads import select_parameters
+
+WINDOW_SOURCES = ("first", "leader")
+SCORE_REDUCTIONS = ("sum", "mean")
+
+
+def plw_growth(trace_list: Sequence[float], epoch: int, window: int = 10) -> float:
+    """Official PLW statistic ``k = (tr1 - tr2) / tr1`` with ``tr1 = mean(list[-w:])`` and
+    ``tr2 = mean(list[-w-1:-1])``; ``k = 1`` at epoch 0 and ``k = 0`` when ``tr1 == 0``.
+
+    ``trace_list`` already holds the ``window`` leading zeros of the official code."""
+    if epoch == 0:
+        return 1.0
+    if len(trace_list) < window + 1:
+        raise ValueError(f"trace list needs >= {window + 1} entries, got {len(trace_list)}")
+    tr1 = sum(trace_list[-window:]) / window
+    tr2 = sum(trace_list[-window - 1 : -1]) / window
+    if tr1 == 0:
+        return 0.0
+    return (tr1 - tr2) / tr1
+
+
+def inforeg_scores(
+    unimodal_logits: Mapping[str, Tensor], labels: Tensor, reduction: str = "sum"
+) -> dict[str, Tensor]:
+    """``sum_i softmax(z_m)[i, y_i]`` (or the batch mean) per modality, 0-d float32."""
+    out = {}
+    for m, z in unimodal_logits.items():
+        p = torch.softmax(z.detach().float(), dim=1).gather(1, labels[:, None])
+        out[m] = p.sum() if reduction == "sum" else p.mean()
+    return out
+
+
+def inforeg_betas(
+    scores: Mapping[str, Tensor], beta_scales: Mapping[str, float]
+) -> dict[str, Tensor]:
+    """``beta_lead = c_lead * exp(tanh(score_lead - score_second))``, 0 for the others and
+    for all modalities on a tie (no host sync)."""
+    mods = list(scores)
+    s = torch.stack([scores[m] for m in mods])
+    top2 = torch.topk(s, 2).values
+    gap = top2[0] - top2[1]
+    lead = torch.argmax(s)
+    c = torch.tensor([float(beta_scales[m]) for m in mods], device=s.device, dtype=s.dtype)
+    val = c * torch.exp(torch.tanh(gap))
+    is_lead = (torch.arange(len(mods), device=s.device) == lead) & (gap > 0)
+    betas = torch.where(is_lead, val, torch.zeros_like(val))
+    return dict(zip(mods, betas.unbind()))
+
+
+def fisher_trace(fim: Sequence[Tensor]) -> Tensor:
+    """``sum_layers mean(FIM_layer)`` as a 0-d tensor."""
+    if not fim:
+        return torch.zeros(())
+    return torch.stack([f.float().mean() for f in fim]).sum()
+
+
+def add_proximal_(
+    grads: Sequence[Tensor],
+    params: Sequence[Tensor],
+    anchors: Sequence[Tensor],
+    beta: Tensor | float,
+) -> None:
+    """``g += beta * (p - p0)`` in place with fused foreach kernels."""
+    if not grads:
+        return
+    diff = torch._foreach_sub(list(params), list(anchors))
+    torch._foreach_mul_(diff, beta)
+    torch._foreach_add_(list(grads), diff)
+
+
+class InfoReg(BalancingCallback):
+    """InfoReg's prime-learning-window proximal regulation at ``on_after_backward``.
+
+    Args:
+        threshold: the epoch is in the PLW iff ``k > threshold`` (official 0.05).
+        window: epochs averaged by the trace statistic (official 10).
+        beta_scales: per-modality constants in config order (official ``[0.95, 0.1]``).
+        window_source: ``first`` (official) or ``leader``.
+        score_reduction: ``sum`` (official) or ``mean``.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.05,
+        window: int = 10,
+        beta_scales: Sequence[float] = (0.95, 0.1),
+        window_source: str = "first",
+        score_reduction: str = "sum",
+    ) -> None:
+        super().__init__()
+        if window < 1:
+            raise ValueError(f"method.inforeg.window must be >= 1, got {window}")
+        if window_source not in WINDOW_SOURCES:
+            raise ValueError(f"method.inforeg.window_source must be one of {WINDOW_SOURCES}")
+        if score_reduction not in SCORE_REDUCTIONS:
+            raise ValueError(f"method.inforeg.score_reduction must be one of {SCORE_REDUCTIONS}")
+        if any(b < 0 for b in beta_scales):
+            raise ValueError(f"method.inforeg.beta_scales must be >= 0, got {list(beta_scales)}")
+        self.threshold = threshold
+        self.window = window
+        self.beta_scales_list = [float(b) for b in beta_scales]
+        self.window_source = window_source
+        self.score_reduction = score_reduction
+        self.modalities: list[str] = []
+        self.trace_lists: dict[str, list[float]] = {}
+        self.growth: dict[str, float] = {}
+        self.anchors: dict[str, list[Tensor]] = {}
+        self.fim: dict[str, list[Tensor]] = {}
+        self._fim_params: dict[str, list[torch.nn.Parameter]] = {}
+        self._params: dict[str, tuple[torch.nn.Parameter, ...]] = {}
+        self._loaded: dict[str, Any] | None = None
+        self._epoch = -1
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        mods = list(pl_module.modalities)
+        if not self.beta_scales_list or len(self.beta_scales_list) > len(mods):
+            raise ValueError(
+                f"InfoReg: method.inforeg.beta_scales needs 1 to {len(mods)} values (one per "
+                f"modality {mods}; missing ones take the last), got {self.beta_scales_list}"
+            )
+        self.modalities = mods
+        scales = self.beta_scales_list + [self.beta_scales_list[-1]] * len(mods)
+        self.beta_scales = dict(zip(mods, scales))
+        self._params = {m: pl_module.encoder_parameters(m) for m in mods}
+        self._fim_params = {m: select_parameters(pl_module.encoders[m], "weights") for m in mods}
+        if not self.trace_lists:
+            self.trace_lists = {m: [0.0] * self.window for m in mods}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._loaded is not None:
+            st, self._loaded = self._loaded, None
+            dev = pl_module.device
+            self.anchors = {m: [t.to(dev) for t in ts] for m, ts in st["anchors"].items()}
+            self.fim = {m: [t.to(dev) for t in ts] for m, ts in st["fim"].items()}
+
+    # -------------------------------------------------------------- per epoch
+    def in_window(self, modality: str) -> bool:
+        src = self.modalities[0] if self.window_source == "first" else modality
+        return self.growth.get(src, 1.0) > self.threshold
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.fim and self._epoch != epoch:
+            # resumed from a checkpoint written after the last step of an epoch but before
+            # its on_train_epoch_end: close that epoch first
+            self._finish_epoch(pl_module)
+        self.growth = {
+            m: plw_growth(self.trace_lists[m], epoch, self.window) for m in self.modalities
+        }
+        if not (self.anchors and self.fim):  # fresh epoch (not resumed mid-epoch)
+            self.anchors = {
+                m: [p.detach().clone() for p in self._params[m]] for m in self.modalities
+            }
+            self.fim = {
+                m: [torch.zeros_like(p) for p in self._fim_params[m]] for m in self.modalities
+            }
+        self._epoch = epoch
+        for m in self.modalities:
+            pl_module.log(f"inforeg/k_{m}", float(self.growth[m]), on_step=False, on_epoch=True)
+            pl_module.log(
+                f"inforeg/in_window_{m}", float(self.in_window(m)), on_step=False, on_epoch=True
+            )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish_epoch(pl_module)
+
+    def _finish_epoch(self, pl_module: L.LightningModule) -> None:
+        for m in self.modalities:
+            tr = float(fisher_trace(self.fim.get(m, [])))  # one sync per epoch
+            self.trace_lists[m].append(tr)
+            pl_module.log(f"inforeg/trace_{m}", tr, on_step=False, on_epoch=True)
+        self.anchors, self.fim = {}, {}
+
+    # --------------------------------------------------------------- per step
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = getattr(pl_module, "step_output", None)
+        if out is None:
+            return
+        open_for = [m for m in self.modalities if self.in_window(m)]
+        if open_for:
+            scores = inforeg_scores(out.unimodal_logits, out.labels, self.score_reduction)
+            betas = inforeg_betas(scores, self.beta_scales)
+            scale = _loss_scale(trainer)
+            for m in open_for:
+                pairs = [
+                    (p.grad, p, a)
+                    for p, a in zip(self._params[m], self.anchors[m], strict=True)
+                    if p.grad is not None
+                ]
+                if pairs:
+                    g, p, a = zip(*pairs, strict=True)
+                    add_proximal_(g, [x.detach() for x in p], a, betas[m] * scale)
+            for m in self.modalities:
+                pl_module.log(f"inforeg/beta_{m}", betas[m], on_step=True, on_epoch=False)
+        for m in self.modalities:
+            pairs = [(f, p.grad) for f, p in zip(self.fim[m], self._fim_params[m], strict=True)]
+            pairs = [(f, g) for f, g in pairs if g is not None]
+            if pairs:
+                f, g = zip(*pairs, strict=True)
+                torch._foreach_addcmul_(list(f), list(g), list(g))
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "trace_lists": {m: list(v) for m, v in self.trace_lists.items()},
+            "anchors": {m: [t.detach().cpu() for t in ts] for m, ts in self.anchors.items()},
+            "fim": {m: [t.detach().cpu() for t in ts] for m, ts in self.fim.items()},
+            "epoch": self._epoch,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.trace_lists = {m: [float(x) for x in v] for m, v in state_dict["trace_lists"].items()}
+        self._epoch = int(state_dict.get("epoch", -1))
+        self._loaded = {"anchors": state_dict.get("anchors", {}), "fim": state_dict.get("fim", {})}
+
+
+def _loss_scale(trainer: L.Trainer) -> Tensor | float:
+    """The AMP loss scale the gradients carry (1.0 without a GradScaler)."""
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return 1.0
+    return scaler.get_scale()

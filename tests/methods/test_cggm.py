@@ -1,0 +1,157 @@
+"""CGGM: coefficients, direction loss, gradient scaling and the next-step loss term."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+
+from asgml.callbacks.cggm import (
+    CGGM,
+    cggm_coefficients,
+    cggm_direction_loss,
+    clip_grad_norm_,
+    flat_cosine,
+    fusion_weight_block,
+)
+from asgml.train import run
+from tests.helpers import fit, tiny_mlp_module, vector_loader
+
+
+def test_coefficients_hand_computed() -> None:
+    c = cggm_coefficients(torch.tensor([0.5, 0.25]), torch.tensor([0.25, 0.25]), eps=0.0)
+    assert torch.allclose(
+        c, torch.tensor([0.0, 1.0])
+    )  # d = [0.25, 0]: [(0.25-0.25)/0.25, 0.25/0.25]
+    c = cggm_coefficients(torch.tensor([0.3, 0.2, 0.1]), torch.tensor([0.1, 0.1, 0.0]), eps=0.0)
+    assert torch.allclose(c, torch.tensor([0.5, 0.75, 0.75]))  # d = [.2,.1,.1], sum .4
+    # unbounded, as in the official code: d = [0.3, -0.2] -> [(0.1-0.3)/0.1, (0.1+0.2)/0.1]
+    c = cggm_coefficients(torch.tensor([0.3, -0.2]), torch.zeros(2), eps=0.0)
+    assert torch.allclose(c, torch.tensor([-2.0, 3.0]))
+    # no change at all: every coefficient is 0 (the 1e-8 guard)
+    assert torch.equal(cggm_coefficients(torch.ones(2), torch.ones(2)), torch.zeros(2))
+
+
+def test_direction_loss_hand_computed() -> None:
+    # (|1| + |-0.5| - (1*0.5 + (-0.5)*1)) / 2 = 0.75
+    v = cggm_direction_loss(torch.tensor([1.0, -0.5]), torch.tensor([0.5, 1.0]))
+    assert v.item() == pytest.approx(0.75)
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    assert flat_cosine(a, b).item() == pytest.approx(2**-0.5)
+
+
+def test_clip_matches_torch() -> None:
+    g1 = [torch.tensor([3.0, 4.0]), torch.tensor([12.0])]
+    g2 = [t.clone().requires_grad_() for t in g1]
+    for p, g in zip(g2, g1, strict=True):
+        p.grad = g.clone()
+    clip_grad_norm_(g1, 0.8)
+    torch.nn.utils.clip_grad_norm_(g2, 0.8)
+    for a, p in zip(g1, g2, strict=True):
+        assert torch.allclose(a, p.grad)
+
+
+class _Rec(L.Callback):
+    def __init__(self, cb: CGGM | None = None) -> None:
+        self.cb, self.grads, self.coeffs, self.losses = cb, [], [], []
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.grads.append(
+            {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+        )
+        if self.cb is not None:
+            self.coeffs.append(self.cb.coeffs.clone())
+            self.losses.append(
+                {k: v.detach().clone() for k, v in pl_module.step_output.losses.items()}
+            )
+
+
+def test_encoder_gradients_scaled_by_rou_times_coeff() -> None:
+    module = tiny_mlp_module()
+    cb = CGGM(rou=1.3, lamda=0.2, clip=None)
+    before, after = _Rec(cb), _Rec()
+    fit(module, vector_loader(n=24, batch_size=8), [before, cb, after], max_steps=3)
+    for s in range(3):
+        c = before.coeffs[s]
+        for n, g in before.grads[s].items():
+            if n.startswith("encoders.audio"):
+                exp = g * (1.3 * c[0])
+            elif n.startswith("encoders.visual"):
+                exp = g * (1.3 * c[1])
+            else:
+                exp = g
+            assert torch.allclose(after.grads[s][n], exp, atol=1e-7), (s, n)
+    assert "cggm_gm" not in before.losses[0]  # no L_gm before the first step
+    assert "cggm_gm" in before.losses[1]
+
+
+def test_direction_loss_value_and_gradient_of_the_next_step() -> None:
+    module = tiny_mlp_module()
+    start = copy.deepcopy(module)
+    cb = CGGM(rou=1.0, lamda=0.2, clip=None)
+    rec = _Rec(cb)
+    snap = {}
+
+    class _Snap(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if batch_idx == 0:
+                snap.update({k: v.clone() for k, v in cb.saved.items()})
+
+    fit(module, vector_loader(n=16, batch_size=8), [rec, cb, _Snap()], max_steps=2)
+    # step 0 saved the initial fusion weights and the probes' weights before their update
+    for m in module.modalities:
+        assert torch.equal(snap[f"fus_{m}"], fusion_weight_block(start.fusion, m))
+    c0 = rec.coeffs[0]
+    cos = torch.stack(
+        [
+            flat_cosine(snap[f"cls_{m}"], fusion_weight_block(start.fusion, m))
+            for m in module.modalities
+        ]
+    )
+    l_gm = (c0.abs().sum() - (c0 * cos).sum()) / 2
+    assert rec.losses[1]["cggm_gm"].item() == pytest.approx(0.2 * l_gm.item(), rel=1e-6)
+    # its gradient reaches the current fusion weight, evaluated at the step-0 values
+    cb.saved, cb.coeffs = snap, c0
+    module.zero_grad()
+    cb.direction_loss(module).backward()
+    w = {
+        m: fusion_weight_block(start.fusion, m).detach().requires_grad_() for m in module.modalities
+    }
+    ref = (
+        c0.abs().sum()
+        - sum(c0[i] * flat_cosine(snap[f"cls_{m}"], w[m]) for i, m in enumerate(module.modalities))
+    ) / 2
+    ref.backward()
+    expected = torch.cat([w[m].grad for m in module.modalities], dim=1)
+    assert torch.allclose(module.fusion.fc_out.weight.grad, expected, atol=1e-7)
+    assert expected.abs().sum() > 0
+
+
+def test_refuses_gated_fusion() -> None:
+    module = tiny_mlp_module(fusion="gated", unimodal_heads=True)
+    with pytest.raises(ValueError, match="CGGM"):
+        CGGM().setup(None, module, "fit")
+
+
+def test_state_dict_roundtrip() -> None:
+    module = tiny_mlp_module()
+    cb = CGGM()
+    cb.setup(None, module, "fit")
+    cb.acc_prev, cb.coeffs = torch.tensor([0.5, 0.25]), torch.tensor([0.3, 0.7])
+    st = cb.state_dict()
+    cb2 = CGGM()
+    cb2.setup(None, module, "fit")
+    cb2.load_state_dict(st)
+    cb2.on_fit_start(None, module)
+    assert torch.equal(cb2.coeffs, cb.coeffs) and torch.equal(cb2.acc_prev, cb.acc_prev)
+    for a, b in zip(cb.bank.parameters(), cb2.bank.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["dataset.num_modalities=3"]])
+def test_runs_end_to_end(make_cfg, extra) -> None:
+    m = run(make_cfg(["method=cggm", *extra]))
+    assert m["metrics"]["test/acc"] >= 0

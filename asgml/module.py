@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,8 +44,18 @@ class MultimodalModule(L.LightningModule):
             fusion layer (needed for film/gated).
         optimizer: partial optimizer, called with the parameter groups.
         scheduler: partial LR scheduler, stepped once per epoch; ``None`` for none.
-        nonfinite: what a non-finite training loss does: ``skip`` the step with a warning,
-            or ``raise``.
+        nonfinite: what a non-finite training loss or gradient does: ``skip`` the step
+            (no optimizer update) with a warning, or ``raise`` ``FloatingPointError``. Under
+            ``16-mixed`` the GradScaler handles non-finite gradients (it skips the step and
+            lowers the scale), so only the loss is checked there.
+
+    Reliability: checkpoints carry, besides weights, optimizer and scheduler, the run
+    config (plain containers), the non-finite step counter, the best validation accuracy
+    and the global RNG states (torch, CUDA, numpy, python). The RNG states are restored when
+    the checkpoint is loaded, so the train loader's shuffle (its seed is drawn from the
+    global RNG at each epoch start) and OGM-GE's noise continue as in an uninterrupted run.
+    The non-finite check runs after backward on the loss and the (DDP-averaged) gradients,
+    so every rank skips the same steps.
     """
 
     def __init__(
@@ -105,6 +117,7 @@ class MultimodalModule(L.LightningModule):
         self.run_config: dict[str, Any] | None = None  # set by asgml.train, saved in ckpts
         self._encoder_params: dict[str, tuple[nn.Parameter, ...]] = {}
         self.skipped_nonfinite_steps = 0
+        self._rng_to_restore: dict[str, Any] | None = None
 
         def _metrics() -> MetricCollection:
             ms: dict[str, Any] = {
@@ -122,6 +135,7 @@ class MultimodalModule(L.LightningModule):
         self.val_metrics = _metrics().clone(prefix="val/")
         self.test_metrics = _metrics().clone(prefix="test/")
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # saved in checkpoints: resume keeps the best
 
     # ------------------------------------------------------------------ access
     def encoder_parameters(self, modality: str) -> tuple[nn.Parameter, ...]:
@@ -205,17 +219,27 @@ class MultimodalModule(L.LightningModule):
             cb.on_train_losses(self.trainer, self, out, losses)
         loss = torch.stack([v.float() for v in losses.values()]).sum()
 
-        if not torch.isfinite(loss.detach()):
-            msg = f"non-finite training loss at step {self.trainer.global_step} ({loss.item()})"
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        # One host sync per step. Without a GradScaler the (rank-averaged) gradients are
+        # checked too, so under DDP a non-finite loss on any rank makes every rank skip.
+        # Under 16-mixed the GradScaler skips such steps itself (on every rank alike), so
+        # the optimizer step still runs and only the loss is checked, for the warning.
+        scaler = _has_grad_scaler(self.trainer)
+        bad_loss = ~torch.isfinite(loss.detach())
+        bad = bad_loss if scaler else bad_loss | ~self._grads_finite()
+        if bool(bad):
+            what = "training loss" if bool(bad_loss) else "gradients"
+            msg = f"non-finite {what} at step {self.trainer.global_step}"
             if self.nonfinite == "raise":
                 raise FloatingPointError(msg + " (model.nonfinite=raise)")
             self.skipped_nonfinite_steps += 1
-            warnings.warn(msg + ": step skipped (model.nonfinite=skip)", stacklevel=1)
             self.step_output = None
-            return loss.detach()
-
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+            if not scaler:
+                warnings.warn(msg + ": step skipped (model.nonfinite=skip)", stacklevel=1)
+                opt.zero_grad(set_to_none=True)
+                return loss.detach()
+            warnings.warn(msg + ": the GradScaler skips the update", stacklevel=1)
         opt.step()
 
         bs = y.shape[0]
@@ -228,6 +252,13 @@ class MultimodalModule(L.LightningModule):
             "train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, batch_size=bs
         )
         return loss.detach()
+
+    def _grads_finite(self) -> Tensor:
+        """0-d bool tensor: every gradient finite (grads are rank-averaged under DDP)."""
+        from asgml.callbacks.grads import all_finite
+
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        return all_finite(grads) if grads else torch.tensor(True)
 
     def on_train_epoch_end(self) -> None:
         sch = self.lr_schedulers()
@@ -292,6 +323,72 @@ class MultimodalModule(L.LightningModule):
         if self.run_config is not None:
             checkpoint["asgml_config"] = self.run_config
         checkpoint["asgml_skipped_nonfinite_steps"] = self.skipped_nonfinite_steps
+        checkpoint["asgml_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_nonfinite_steps = int(checkpoint.get("asgml_skipped_nonfinite_steps", 0))
+        state = checkpoint.get("state_dict")
+        if state is not None:  # checkpoints written before val_acc_best was persistent
+            for k, v in self.val_acc_best.state_dict(prefix="val_acc_best.").items():
+                state.setdefault(k, v)
+        # only when resuming a fit (not for evaluation or `load_from_checkpoint`)
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        self._rng_to_restore = checkpoint.get("asgml_rng") if fitting else None
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+
+    def on_sanity_check_end(self) -> None:
+        # a sanity check after a restore draws from the global RNG (val loader iterator):
+        # put the restored state back so training continues exactly
+        if getattr(self, "_rng_to_restore", None) is not None:
+            set_rng_state(self._rng_to_restore)
+
+    def on_train_start(self) -> None:
+        self._rng_to_restore = None
+
+
+def _has_grad_scaler(trainer: Any) -> bool:
+    from asgml.callbacks.grads import has_grad_scaler
+
+    return has_grad_scaler(trainer)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states as tensors and primitives (loadable with ``weights_only``)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (CUDA states only on as many devices)."""
+    torch.set_rng_state(state["torch"])
+    npst = state.get("numpy")
+    if npst is not None:
+        np.random.set_state(
+            (
+                npst["name"],
+                npst["keys"].numpy().astype(np.uint32),
+                npst["pos"],
+                npst["has_gauss"],
+                npst["cached_gaussian"],
+            )
+        )
+    if "python" in state:
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)

@@ -11,10 +11,19 @@ m's encoder by its current scale (cached between probe evaluations) with one fus
 ``torch._foreach_mul_`` per modality. Hooked at ``on_after_backward``, after any
 throttling callback (OGM-GE) and after the probe monitor, so scales computed at step t
 apply at step t. Any N >= 2 modalities.
+
+Reliability: the scales are plain floats computed from scores that are identical on every
+DDP rank (the probe monitor all-gathers), so every rank applies the same scales. A
+measurement with a non-finite score is ignored with a warning (the EMA keeps its last
+finite value), and a scale is never applied to a step whose gradients are non-finite
+(multiplying keeps inf/nan as they are; the module or the GradScaler skips such a step).
+Scales and the last consumed measurement version are saved in checkpoints.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,6 +95,13 @@ class ASGMLBoost(BalancingCallback):
             self.scales.setdefault(m, 1.0)
 
     def update(self, scores: Mapping[str, float]) -> dict[str, float]:
+        """Fold a new measurement into the scales; a non-finite score leaves them as they are."""
+        if not all(math.isfinite(float(v)) for v in scores.values()):
+            warnings.warn(
+                f"ASGMLBoost: non-finite utilization scores {dict(scores)}; scales kept",
+                stacklevel=2,
+            )
+            return self.scales
         computed = continuous_scales(scores, self.alpha, self.scale_max)
         self.scales = ema_update(self.scales, computed, self.ema_alpha) if self.ema else computed
         return self.scales

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,3 +50,29 @@ def all_finite(grads: Sequence[Tensor]) -> Tensor:
         return torch.tensor(True)
     norms = torch._foreach_norm(list(grads))
     return torch.isfinite(torch.stack(norms).sum())
+
+
+def loss_scale(trainer: Any) -> Tensor | float:
+    """The AMP loss scale the gradients carry at ``on_after_backward`` (1.0 without an
+    enabled GradScaler, e.g. under ``32-true`` or ``bf16-mixed``).
+
+    Under ``16-mixed`` Lightning scales the loss before backward and unscales only inside
+    ``optimizer.step()``, so a callback that reads gradient magnitudes (norms, stds) must
+    divide by this. Returned as a device tensor when possible (no host sync)."""
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return 1.0
+    return scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else scaler.get_scale()
+
+
+def has_grad_scaler(trainer: Any) -> bool:
+    """Whether an enabled GradScaler handles overflowing (inf/nan) steps itself."""
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    return scaler is not None and scaler.is_enabled()
+
+
+def sum_over_ranks(trainer: Any, t: Tensor) -> Tensor:
+    """All-reduce (sum) ``t`` over the DDP ranks; identity on one process."""
+    if getattr(trainer, "world_size", 1) > 1:
+        return trainer.strategy.reduce(t, reduce_op="sum")
+    return t

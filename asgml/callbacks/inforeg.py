@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import select_parameters
+from asgml.callbacks.grads import loss_scale, select_parameters
 
 WINDOW_SOURCES = ("first", "leader")
 SCORE_REDUCTIONS = ("sum", "mean")
@@ -233,7 +233,7 @@ class InfoReg(BalancingCallback):
         if open_for:
             scores = inforeg_scores(out.unimodal_logits, out.labels, self.score_reduction)
             betas = inforeg_betas(scores, self.beta_scales)
-            scale = _loss_scale(trainer)
+            scale = loss_scale(trainer)
             for m in open_for:
                 pairs = [
                     (p.grad, p, a)
@@ -265,11 +265,3 @@ class InfoReg(BalancingCallback):
         self.trace_lists = {m: [float(x) for x in v] for m, v in state_dict["trace_lists"].items()}
         self._epoch = int(state_dict.get("epoch", -1))
         self._loaded = {"anchors": state_dict.get("anchors", {}), "fim": state_dict.get("fim", {})}
-
-
-def _loss_scale(trainer: L.Trainer) -> Tensor | float:
-    """The AMP loss scale the gradients carry (1.0 without a GradScaler)."""
-    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
-    if scaler is None or not scaler.is_enabled():
-        return 1.0
-    return scaler.get_scale()

@@ -41,6 +41,12 @@ same scaled tensor, so ``std(S g) = S std(g)``, and the epsilon is scaled too
 
 Guards: a score of 0 is clamped to ``eps`` before dividing; if any gradient is
 non-finite the step is left unmodulated (coefficients 1, no noise) and counted.
+
+DDP: the scores are sums over each rank's local batch; they are all-reduced (summed) before
+the coefficients are computed, so every rank applies the same coefficients to the (already
+averaged) gradients. The GE noise draws from the global torch RNG, which is seeded alike on
+every rank and consumed alike, so the noise is the same on every rank too; checkpoints save
+that RNG state (:class:`asgml.module.MultimodalModule`) so a resumed run draws the same noise.
 """
 
 from __future__ import annotations
@@ -53,7 +59,14 @@ import torch
 from torch import Tensor
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import all_finite, present_grads, scale_, select_parameters
+from asgml.callbacks.grads import (
+    all_finite,
+    loss_scale,
+    present_grads,
+    scale_,
+    select_parameters,
+    sum_over_ranks,
+)
 
 MODES = ("OGM_GE", "OGM")
 VARIANTS = ("official", "pre2022", "generalized")
@@ -199,7 +212,13 @@ class OGMGE(BalancingCallback):
     def coefficients(
         self, unimodal_logits: Mapping[str, Tensor], labels: Tensor
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        scores = ogm_scores(unimodal_logits, labels)
+        """``(coeffs, ratios)`` from one (local) batch's unimodal logits."""
+        return self.coefficients_from_scores(ogm_scores(unimodal_logits, labels))
+
+    def coefficients_from_scores(
+        self, scores: Mapping[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``(coeffs, ratios)`` from per-modality scores (summed over the global batch)."""
         if self.variant == "generalized":
             return generalized_coefficients(scores, self.alpha, self.eps)
         a, v = list(scores)
@@ -212,15 +231,17 @@ class OGMGE(BalancingCallback):
         out = getattr(pl_module, "step_output", None)
         if out is None or not self.in_window(trainer.current_epoch):
             return
-        coeffs, ratios = self.coefficients(
-            {m: z.detach() for m, z in out.unimodal_logits.items()}, out.labels
-        )
+        scores = ogm_scores({m: z.detach() for m, z in out.unimodal_logits.items()}, out.labels)
+        mods = list(scores)
+        # one small all-reduce per step under DDP: every rank gets the same coefficients
+        summed = sum_over_ranks(trainer, torch.stack([scores[m] for m in mods]))
+        coeffs, ratios = self.coefficients_from_scores(dict(zip(mods, summed.unbind())))
         grads = {m: present_grads(ps) for m, ps in self._params.items()}
         finite = all_finite([g for gs in grads.values() for g in gs])
         self._nonfinite = (~finite).long() + (0 if self._nonfinite is None else self._nonfinite)
-        loss_scale = _loss_scale(trainer)
+        scale = loss_scale(trainer)
         for m, gs in grads.items():
-            modulate_(gs, coeffs[m], self.mode == "OGM_GE", loss_scale=loss_scale, enabled=finite)
+            modulate_(gs, coeffs[m], self.mode == "OGM_GE", loss_scale=scale, enabled=finite)
         for m in coeffs:
             pl_module.log(f"ogm/coeff_{m}", coeffs[m], on_step=True, on_epoch=False)
             pl_module.log(f"ogm/ratio_{m}", ratios[m], on_step=True, on_epoch=False)
@@ -232,7 +253,7 @@ class OGMGE(BalancingCallback):
             if n:
                 self.nonfinite_steps += n
                 # Under 16-mixed an overflowing step is expected (the scaler skips it).
-                if _loss_scale(trainer) == 1.0:
+                if loss_scale(trainer) == 1.0:
                     import warnings
 
                     warnings.warn(
@@ -242,15 +263,10 @@ class OGMGE(BalancingCallback):
                     )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"nonfinite_steps": self.nonfinite_steps}
+        # fold the running (device) counter in: a checkpoint may be written mid-epoch
+        pending = 0 if self._nonfinite is None else int(self._nonfinite)
+        return {"nonfinite_steps": self.nonfinite_steps + pending}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.nonfinite_steps = int(state_dict.get("nonfinite_steps", 0))
-
-
-def _loss_scale(trainer: L.Trainer) -> Tensor | float:
-    """The AMP loss scale the gradients currently carry (1.0 without a GradScaler)."""
-    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
-    if scaler is None or not scaler.is_enabled():
-        return 1.0
-    return scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else scaler.get_scale()
+        self._nonfinite = None

@@ -9,16 +9,31 @@ scores, published as ``module.utilization`` (:class:`asgml.types.Utilization`) f
 boost callback. The monitor never touches the model's parameters or gradients.
 
 Paper: ASGML v2, "Probe-guided weak-modality boosting" (this library's seed document).
+
+Reliability:
+
+* an evaluation is due at every step with ``step % eval_freq == 0``; if that step's features
+  or gradients are non-finite (an overflowing step the GradScaler skips under ``16-mixed``,
+  or a diverging step), the probes are neither trained nor scored and the evaluation runs at
+  the next finite step instead (with a warning outside AMP);
+* under DDP the features and labels of every rank are all-gathered (every ``eval_freq``
+  steps only), so each rank trains its probes on the same global half-batches: probe
+  weights, probe optimizer state and scores are identical on every rank, and a checkpoint
+  (written by rank 0) holds the state of all ranks;
+* probe weights, probe optimizer, scores, version and the pending evaluation are saved in
+  checkpoints.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
 import torch
 
 from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.grads import all_finite, has_grad_scaler, present_grads, sum_over_ranks
 from asgml.models.probes import PROBE_TYPES, ProbeBank
 from asgml.types import Utilization
 
@@ -72,6 +87,8 @@ class ProbeMonitor(BalancingCallback):
         self.scores: dict[str, float] = {}
         self.version = 0
         self.last_eval_step = -1
+        self.due = False  # an evaluation is due (deferred past non-finite steps)
+        self.skipped_nonfinite = 0
         self._pending_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ setup
@@ -103,42 +120,69 @@ class ProbeMonitor(BalancingCallback):
     # ------------------------------------------------------------------- step
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out = getattr(pl_module, "step_output", None)
-        if out is None or out.step == self.last_eval_step or out.step % self.eval_freq != 0:
+        if out is None or out.step == self.last_eval_step:
             return
+        if out.step % self.eval_freq == 0:
+            self.due = True
+        if not self.due:
+            return
+        if not self._step_is_finite(trainer, pl_module, out.features):
+            self.skipped_nonfinite += 1
+            if not has_grad_scaler(trainer):  # under 16-mixed, overflow steps are expected
+                warnings.warn(
+                    f"ProbeMonitor: non-finite features or gradients at step {out.step}; "
+                    "the probe evaluation is deferred to the next finite step",
+                    stacklevel=1,
+                )
+            return
+        self.due = False
         self.last_eval_step = out.step
         self.measure(trainer, pl_module, out.features, out.labels)
+
+    @staticmethod
+    def _step_is_finite(trainer: L.Trainer, module: Any, features: dict) -> bool:
+        """Features and model gradients all finite on every rank (one host sync; runs on
+        evaluation steps only)."""
+        ok = torch.stack(
+            [torch.isfinite(f.detach()).all() for f in features.values()]
+            + [all_finite(present_grads(module.parameters())).to(module.device)]
+        ).all()
+        bad = sum_over_ranks(trainer, (~ok).float().reshape(1))
+        return not bool(bad.item())
 
     def measure(
         self, trainer: L.Trainer, module: Any, features: dict, labels: torch.Tensor
     ) -> None:
         """Train the probes and score them; publish and log the scores."""
         assert self.bank is not None and self.optimizer is not None
-        feats = {m: f.detach() for m, f in features.items()}
-        n = labels.shape[0]
+        # (ranks, batch, ...): every rank's batch under DDP, so all ranks train alike
+        feats = {m: _gather(trainer, f.detach().float()) for m, f in features.items()}
+        labels = _gather(trainer, labels)
+        n = labels.shape[1]
         if self.split_batch:
             half = n // 2
             train_idx, eval_idx = slice(0, half), slice(half, n)
         else:
             train_idx = eval_idx = slice(0, n)
+
+        def rows(t: torch.Tensor, idx: slice) -> torch.Tensor:
+            return t[:, idx].reshape(-1, *t.shape[2:])
+
         device_type = labels.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             train_losses = self.bank.fit(
-                {m: f[train_idx] for m, f in feats.items()},
-                labels[train_idx],
+                {m: rows(f, train_idx) for m, f in feats.items()},
+                rows(labels, train_idx),
                 self.optimizer,
                 self.probe_train_steps,
             )
+            eval_labels = rows(labels, eval_idx)
             correct, eval_losses = self.bank.evaluate(
-                {m: f[eval_idx] for m, f in feats.items()}, labels[eval_idx]
+                {m: rows(f, eval_idx) for m, f in feats.items()}, eval_labels
             )
-        # One reduction over ranks (DDP): identical scores everywhere.
         mods = list(correct)
-        stats = torch.stack(
-            [correct[m].float() for m in mods]
-            + [torch.tensor(float(labels[eval_idx].shape[0]), device=labels.device)]
-        )
-        stats = _sum_over_ranks(trainer, stats)
-        accs = (stats[:-1] / stats[-1].clamp_min(1.0)).tolist()  # one host sync per evaluation
+        stats = torch.stack([correct[m].float() for m in mods])
+        accs = (stats / max(eval_labels.shape[0], 1)).tolist()  # one host sync per evaluation
         self.scores = dict(zip(mods, accs))
         self.version += 1
         self._publish(module)
@@ -160,6 +204,8 @@ class ProbeMonitor(BalancingCallback):
             "scores": dict(self.scores),
             "version": self.version,
             "last_eval_step": self.last_eval_step,
+            "due": self.due,
+            "skipped_nonfinite": self.skipped_nonfinite,
         }
         if self.bank is not None and self.optimizer is not None:
             state["probes"] = self.bank.state_dict()
@@ -172,6 +218,8 @@ class ProbeMonitor(BalancingCallback):
         self.scores = dict(state_dict.get("scores", {}))
         self.version = int(state_dict.get("version", 0))
         self.last_eval_step = int(state_dict.get("last_eval_step", -1))
+        self.due = bool(state_dict.get("due", False))
+        self.skipped_nonfinite = int(state_dict.get("skipped_nonfinite", 0))
         if "probes" in state_dict:
             pending = {"probes": state_dict["probes"], "optimizer": state_dict["optimizer"]}
             if self.bank is not None and self.optimizer is not None:
@@ -187,7 +235,11 @@ def _batch_size(batch: Any) -> int | None:
     return None
 
 
-def _sum_over_ranks(trainer: L.Trainer, t: torch.Tensor) -> torch.Tensor:
-    if trainer.world_size > 1:
-        return trainer.strategy.reduce(t, reduce_op="sum")
-    return t
+def _gather(trainer: L.Trainer, t: torch.Tensor) -> torch.Tensor:
+    """``(world_size, *t.shape)``: ``t`` from every rank (a leading 1 on one process)."""
+    if getattr(trainer, "world_size", 1) > 1:
+        return trainer.strategy.all_gather(t)
+    return t[None]
+
+
+_sum_over_ranks = sum_over_ranks  # backwards-compatible name

@@ -22,10 +22,17 @@ Where the seed is silent we chose (and document):
   history), so only the gradient signal counts there;
 * both ratios are normalised by the mean over modalities (the normalisation that SEED.md
   1.3 identifies as why v1 rarely skips); ``eps`` guards zero means.
+
+Reliability: gradient norms are divided by the AMP loss scale (``16-mixed``), steps whose
+gradients or losses are non-finite (e.g. steps the GradScaler skips) add nothing to the
+window's running sums (they are counted apart and reported at epoch end), a window with no
+finite step leaves tau unchanged, and under DDP the window sums and finite-step counts are
+all-reduced before the ratios are taken, so every rank computes the same tau.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import present_grads
+from asgml.callbacks.grads import has_grad_scaler, loss_scale, present_grads, sum_over_ranks
 
 
 def learning_speed(
@@ -104,28 +111,45 @@ class StalenessScheduler(BalancingCallback):
         self.skips: dict[str, int] = {}
         self.prev_loss: dict[str, float] = {}
         self._acc: dict[str, Tensor] = {}  # running sums on device: [grad_norm, loss]
-        self._count = 0
+        self._finite: Tensor | None = None  # finite steps in the window (0-d, on device)
+        self._count = 0  # steps in the window (finite or not)
+        self.nonfinite_steps = 0
+        self._nonfinite: Tensor | None = None  # running 0-d counter (no per-step sync)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for m in pl_module.modalities:
             self.tau.setdefault(m, 1.0)
             self.skips.setdefault(m, 0)
+        # state restored from a checkpoint lives on the CPU
+        self._acc = {m: t.to(pl_module.device) for m, t in self._acc.items()}
+        if self._finite is not None:
+            self._finite = self._finite.to(pl_module.device)
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out = getattr(pl_module, "step_output", None)
         if out is None:
             return
         step = out.step
+        scale = loss_scale(trainer)
+        stats = {}
         for m in pl_module.modalities:
             grads = present_grads(pl_module.encoder_parameters(m))
             gnorm = (
                 torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
                 if grads
-                else torch.zeros(())
+                else torch.zeros((), device=out.labels.device)
             )
             loss = F.cross_entropy(out.unimodal_logits[m].detach().float(), out.labels)
-            stat = torch.stack([gnorm.float(), loss])
+            stats[m] = torch.stack([gnorm.float() / scale, loss])
+        # a non-finite step (overflow, scaler-skipped step) adds nothing: no host sync
+        finite = torch.isfinite(torch.stack(list(stats.values()))).all()
+        for m, stat in stats.items():
+            stat = torch.where(finite, stat, torch.zeros_like(stat))
             self._acc[m] = stat if m not in self._acc else self._acc[m] + stat
+        n = finite.float()
+        self._finite = n if self._finite is None else self._finite + n
+        bad = (~finite).long()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
         self._count += 1
         for m in pl_module.modalities:
             if not should_update(step, self.tau[m]):
@@ -141,10 +165,15 @@ class StalenessScheduler(BalancingCallback):
 
     def _recompute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         mods = list(self._acc)
-        stats = torch.stack([self._acc[m] for m in mods]) / self._count
-        if trainer.world_size > 1:
-            stats = trainer.strategy.reduce(stats, reduce_op="mean")
-        values = stats.tolist()  # one host sync per window
+        sums = torch.stack([self._acc[m] for m in mods])  # (M, 2)
+        n = self._finite if self._finite is not None else torch.tensor(float(self._count))
+        packed = torch.cat([sums.flatten(), n.reshape(1).to(sums)])
+        packed = sum_over_ranks(trainer, packed).tolist()  # one host sync per window
+        total = packed[-1]
+        self._acc, self._finite, self._count = {}, None, 0
+        if total <= 0:  # every step of the window was non-finite: keep tau
+            return
+        values = [(packed[2 * i] / total, packed[2 * i + 1] / total) for i in range(len(mods))]
         grad_norms = {m: v[0] for m, v in zip(mods, values)}
         losses = {m: v[1] for m, v in zip(mods, values)}
         descent = {
@@ -157,18 +186,34 @@ class StalenessScheduler(BalancingCallback):
             learning_speed(grad_norms, descent, self.beta), self.tau_base, self.tau_max
         )
         self.prev_loss = losses
-        self._acc, self._count = {}, 0
         logged = {f"staleness/tau_{m}": self.tau[m] for m in mods}
         logged.update({f"staleness/skips_{m}": float(self.skips[m]) for m in mods})
         self.log_now(trainer, logged)
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._nonfinite is None:
+            return
+        n = int(self._nonfinite)
+        self._nonfinite = None
+        if n:
+            self.nonfinite_steps += n
+            if not has_grad_scaler(trainer):  # under 16-mixed overflow steps are expected
+                warnings.warn(
+                    f"StalenessScheduler left {n} step(s) of epoch {trainer.current_epoch} out "
+                    "of its running statistics: non-finite gradients or losses",
+                    stacklevel=1,
+                )
+
     def state_dict(self) -> dict[str, Any]:
+        pending = 0 if self._nonfinite is None else int(self._nonfinite)
         return {
             "tau": dict(self.tau),
             "skips": dict(self.skips),
             "prev_loss": dict(self.prev_loss),
             "acc": {m: t.detach().cpu() for m, t in self._acc.items()},
+            "finite": None if self._finite is None else self._finite.detach().cpu(),
             "count": self._count,
+            "nonfinite_steps": self.nonfinite_steps + pending,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -177,3 +222,9 @@ class StalenessScheduler(BalancingCallback):
         self.prev_loss = dict(state_dict.get("prev_loss", {}))
         self._acc = dict(state_dict.get("acc", {}))
         self._count = int(state_dict.get("count", 0))
+        finite = state_dict.get("finite")
+        if finite is None and self._acc:  # older checkpoints: every step counted
+            finite = torch.tensor(float(self._count))
+        self._finite = finite
+        self.nonfinite_steps = int(state_dict.get("nonfinite_steps", 0))
+        self._nonfinite = None

@@ -1,0 +1,48 @@
+"""A callback that records, on every DDP rank, what must agree across ranks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from asgml.callbacks.boost import ASGMLBoost
+from asgml.callbacks.probe import ProbeMonitor
+
+TRACKED = ("ogm/", "boost/", "probe/acc_")
+
+
+class RankDump(L.Callback):
+    """Records the method's per-step values and, at the end of training, the parameters,
+    boost scales and probe state of this rank in ``<out_dir>/rank<r>.pt``."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(TRACKED)}
+        for cb in trainer.callbacks:
+            if isinstance(cb, ASGMLBoost):
+                values.update({f"scale_{m}": s for m, s in cb.scales.items()})
+            if isinstance(cb, ProbeMonitor):
+                values.update({f"score_{m}": s for m, s in cb.scores.items()})
+        self.steps.append(values)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        probe = next(cb for cb in trainer.callbacks if isinstance(cb, ProbeMonitor))
+        assert probe.bank is not None
+        torch.save(
+            {
+                "world_size": trainer.world_size,
+                "global_step": trainer.global_step,
+                # trainable parameters; BatchNorm running statistics are per rank between
+                # forwards (DDP broadcasts rank 0's at the start of each forward)
+                "params": {k: v.detach().cpu() for k, v in pl_module.named_parameters()},
+                "probes": {k: v.detach().cpu() for k, v in probe.bank.state_dict().items()},
+                "steps": self.steps,
+            },
+            Path(self.out_dir) / f"rank{trainer.global_rank}.pt",
+        )

@@ -50,6 +50,14 @@ class BalancingCallback(L.Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
 
+    @staticmethod
+    def logging_step(trainer: L.Trainer) -> bool:
+        """Whether ``LightningModule.log(..., on_step=True)`` values are written this step
+        (every ``trainer.log_every_n_steps``); per-step values logged on other steps are
+        dropped, so callbacks skip the (costly) ``log`` calls there."""
+        connector = getattr(trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
+
     @property
     def state_key(self) -> str:
         # One instance per class is the norm; a ``name`` attribute disambiguates more.

@@ -242,9 +242,10 @@ class OGMGE(BalancingCallback):
         scale = loss_scale(trainer)
         for m, gs in grads.items():
             modulate_(gs, coeffs[m], self.mode == "OGM_GE", loss_scale=scale, enabled=finite)
-        for m in coeffs:
-            pl_module.log(f"ogm/coeff_{m}", coeffs[m], on_step=True, on_epoch=False)
-            pl_module.log(f"ogm/ratio_{m}", ratios[m], on_step=True, on_epoch=False)
+        if self.logging_step(trainer):
+            for m in coeffs:
+                pl_module.log(f"ogm/coeff_{m}", coeffs[m], on_step=True, on_epoch=False)
+                pl_module.log(f"ogm/ratio_{m}", ratios[m], on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._nonfinite is not None:

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+
+from asgml.data.base import SplitDataModule
 
 log = logging.getLogger("asgml.data")
 
@@ -240,7 +241,7 @@ class AVClipDataset(Dataset):
         }
 
 
-class AVDataModuleBase(L.LightningDataModule):
+class AVDataModuleBase(SplitDataModule):
     """Common base of the audio-visual datamodules.
 
     Subclasses set ``NAME``, ``LAYOUT``, ``modalities``/``num_classes`` and implement
@@ -377,21 +378,6 @@ class AVDataModuleBase(L.LightningDataModule):
             len(test_clips),
         )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        ds = self.splits[split]
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=shuffle and len(ds) > self.batch_size,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
     def val_dataloader(self) -> DataLoader:
         if not len(self.splits["val"]):
             raise ValueError(
@@ -399,6 +385,3 @@ class AVDataModuleBase(L.LightningDataModule):
                 "set val_fraction > 0 or select_on=test"
             )
         return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

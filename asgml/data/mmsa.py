@@ -34,12 +34,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from asgml.data.base import SplitDataModule
 from asgml.data.common import check_data_dir, layout_error
 
 log = logging.getLogger("asgml.data")
@@ -88,7 +88,7 @@ class MMSADataset(Dataset):
         return item
 
 
-class MMSADataModule(L.LightningDataModule):
+class MMSADataModule(SplitDataModule):
     """An MMSA pickle as three-modality (text, audio, vision) classification.
 
     Args:
@@ -226,24 +226,3 @@ class MMSADataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self._load()
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        ds = self.splits[split]
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=shuffle and len(ds) > self.batch_size,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

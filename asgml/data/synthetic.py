@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from asgml.data.base import SplitDataModule
 
 KINDS = ("spectrogram", "frames", "vector")
 
@@ -78,7 +79,7 @@ def make_synthetic(
     return data, labels
 
 
-class SyntheticDataModule(L.LightningDataModule):
+class SyntheticDataModule(SplitDataModule):
     """The default dataset (``dataset=synthetic``).
 
     Args:
@@ -138,22 +139,3 @@ class SyntheticDataModule(L.LightningDataModule):
                 self.specs, self.num_classes, self.sizes[split], self.seed, split_offset=offset
             )
             self.splits[split] = DictTensorDataset(data, labels)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            drop_last=shuffle and len(self.splits[split]) > self.batch_size,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -1,0 +1,41 @@
+"""The loader logic every datamodule shares."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+
+class SplitDataModule(L.LightningDataModule):
+    """A datamodule whose ``setup`` fills ``self.splits`` (``train``, ``val``, ``test``).
+
+    Subclasses set ``batch_size``, ``num_workers`` and ``pin_memory`` and expose
+    ``modalities`` and ``num_classes`` right after ``__init__``. Training batches are
+    shuffled and the last incomplete one is dropped (when there is more than one batch).
+    """
+
+    batch_size: int = 64
+    num_workers: int = 0
+    pin_memory: bool = False
+    splits: dict[str, Dataset]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.splits[split]
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=shuffle and len(ds) > self.batch_size,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

@@ -11,9 +11,12 @@ Two cases:
 Every method is the one users run: its callbacks are built from ``conf/method/<name>.yaml``.
 Each (method, repetition) trains a fresh model for ``warmup + steps`` steps through a real
 Lightning ``Trainer``; the time from ``on_train_batch_start`` to ``on_train_batch_end`` of
-the last ``steps`` steps is recorded. Methods are interleaved across repetitions so drift
-in machine load hits all of them alike. Printed: the median step time per method and its
-ratio to the baseline's median.
+the last ``steps`` steps is recorded. Methods are interleaved (in a rotating order) across
+repetitions so drift in machine load hits all of them alike. Printed per method: the median
+step time; ``x baseline``, the median over repetitions of (method median / baseline median
+of the same repetition); and the time spent inside the method's callback hooks per step
+(mean), which isolates the method's own work from machine noise (extra forward/backward
+passes a method triggers through the loss are in the step time, not in the hook time).
 
     python benchmarks/step_overhead.py                       # CPU-sized defaults
     python benchmarks/step_overhead.py --case resnet --batch 64 --size 224 --frames 3 \
@@ -44,6 +47,8 @@ DEFAULT_METHODS = [
     "ogm",
     "boost",
     "boost_ogm",
+    "ogm:method.ogm.mode=OGM",
+    "boost_ogm:method.ogm.mode=OGM",
     "staleness",
     "inforeg",
     "miles",
@@ -59,6 +64,8 @@ class StepTimer(L.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.times: list[float] = []
+        self.hook_times: list[float] = []
+        self.hook_time = 0.0
         self._t0 = 0.0
 
     def _sync(self, module: L.LightningModule) -> None:
@@ -67,21 +74,45 @@ class StepTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._sync(pl_module)
+        self.hook_time = 0.0
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._sync(pl_module)
         if batch_idx >= self.warmup:
             self.times.append(time.perf_counter() - self._t0)
+            self.hook_times.append(self.hook_time)
 
 
-def method_callbacks(name: str, case: str) -> list[L.Callback]:
+HOOKS = ("on_train_losses", "on_after_backward", "on_train_batch_start", "on_train_batch_end")
+
+
+def time_hooks(cb: L.Callback, timer: StepTimer) -> None:
+    """Wrap ``cb``'s per-step hooks so the time spent in them is added to ``timer``."""
+    for name in HOOKS:
+        if getattr(type(cb), name) is getattr(L.Callback, name, None):
+            continue  # not overridden: Lightning's no-op
+        fn = getattr(cb, name)
+
+        def wrapped(*a, _fn=fn, **k):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                timer.hook_time += time.perf_counter() - t0
+
+        setattr(cb, name, wrapped)
+
+
+def method_callbacks(spec: str, case: str) -> list[L.Callback]:
+    """``spec`` is a method name, optionally with overrides: ``boost_ogm:method.ogm.mode=OGM``."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    overrides = [f"method={name}"]
-    if case == "mlp" and name in ("ogm", "boost_ogm"):
+    name, _, extra = spec.partition(":")
+    overrides = [f"method={name}", *filter(None, extra.split(","))]
+    if case == "mlp" and "ogm" in name:
         overrides.append("method.ogm.variant=generalized")
     with initialize_config_module(config_module="asgml.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
@@ -121,9 +152,11 @@ def make_case(args: argparse.Namespace) -> tuple[callable, DataLoader]:
     return build, loader
 
 
-def run_once(name: str, build, loader, args) -> list[float]:
+def run_once(name: str, build, loader, args) -> tuple[list[float], list[float]]:
     cbs, module_opts = method_callbacks(name, args.case)
     timer = StepTimer(args.warmup)
+    for cb in cbs:
+        time_hooks(cb, timer)
     trainer = L.Trainer(
         max_steps=args.warmup + args.steps,
         accelerator=args.accelerator,
@@ -138,7 +171,7 @@ def run_once(name: str, build, loader, args) -> list[float]:
         callbacks=[*cbs, timer],
     )
     trainer.fit(build(**dict(module_opts)), train_dataloaders=loader)
-    return timer.times
+    return timer.times, timer.hook_times
 
 
 def main() -> None:
@@ -146,7 +179,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--case", choices=["resnet", "mlp", "both"], default="both")
-    p.add_argument("--methods", nargs="*", default=None)
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="method names, optionally with overrides: boost_ogm:method.ogm.mode=OGM",
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=64, help="visual H = W")
     p.add_argument("--frames", type=int, default=1)
@@ -155,46 +193,65 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--precision", default="32-true")
     p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import logging
 
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
-    methods = args.methods or [m for m in DEFAULT_METHODS if (CONF / f"{m}.yaml").exists()]
+    methods = args.methods or [
+        m for m in DEFAULT_METHODS if (CONF / f"{m.partition(':')[0]}.yaml").exists()
+    ]
     cases = ["resnet", "mlp"] if args.case == "both" else [args.case]
     for case in cases:
         args.case = case
         build, loader = make_case(args)
-        times: dict[str, list[float]] = {m: [] for m in methods}
+        medians: dict[str, list[float]] = {m: [] for m in methods}  # per repetition
+        hooks: dict[str, list[float]] = {m: [] for m in methods}
         failed: dict[str, str] = {}
-        for _ in range(args.reps):
-            for m in methods:
+        for rep in range(args.reps):
+            order = methods[rep % len(methods) :] + methods[: rep % len(methods)]  # rotate
+            for m in order:
                 if m in failed:
                     continue
                 try:
-                    times[m].extend(run_once(m, build, loader, args))
+                    t, h = run_once(m, build, loader, args)
                 except Exception as e:  # a method that does not support this case
                     failed[m] = f"{type(e).__name__}: {str(e).splitlines()[0][:70]}"
+                    continue
+                medians[m].append(statistics.median(t))
+                hooks[m].extend(h)
         shape = (
             f"audio 1x257x188, visual 3x{args.frames}x{args.size}x{args.size}"
             if case == "resnet"
             else "text 50x768, audio 500x74, vision 500x35"
         )
         print(
-            f"\n## {case}: {shape}, batch {args.batch}, {args.precision} on {args.accelerator}; "
-            f"median of {args.reps} x {args.steps} steps"
+            f"\n## {case}: {shape}, batch {args.batch}, {args.precision} on {args.accelerator}, "
+            f"{torch.get_num_threads()} threads; {args.reps} repetitions x {args.steps} steps"
         )
-        print("| method | median step (ms) | x baseline |")
-        print("|---|---:|---:|")
-        base = statistics.median(times["baseline"])
+        print(
+            "| method | median step (ms) | x baseline | callback time / step (ms) "
+            "| callbacks / baseline step |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        base = medians["baseline"]
+        base_step = statistics.median(base)
         for m in methods:
             if m in failed:
-                print(f"| {m} | n/a | {failed[m]} |")
+                print(f"| {m} | n/a | {failed[m]} | | |")
                 continue
-            med = statistics.median(times[m])
-            print(f"| {m} | {1000 * med:.2f} | {med / base:.3f} |")
+            # ratio per repetition (same machine state), then the median over repetitions
+            ratio = statistics.median(a / b for a, b in zip(medians[m], base))
+            hook = statistics.mean(hooks[m]) if hooks[m] else 0.0
+            print(
+                f"| {m} | {1000 * statistics.median(medians[m]):.2f} | {ratio:.3f} "
+                f"| {1000 * hook:.3f} | {100 * hook / base_step:.2f} % |"
+            )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ not by name-splitting, which in the official code only works under DataParallel)
 ``variant=pre2022`` the argument is ``ratio - 1`` (the formula before commit a974f3c,
 2022-05-29, that several papers quote).
 
-``generalized`` (any N >= 2, SEED.md section 10.1; deviation from the official code):
+``generalized`` (any N >= 2, docs/asgml_v2_design.md section 10.1; deviation from the official code):
 ``ratio_m = score_m / mean_{k != m} score_k`` and ``coeff_m = 1 - tanh(alpha * relu(ratio_m - 1))``
 for every modality (so only modalities above the mean of the others are damped, and the
 coefficient is continuous at ratio 1). For N = 2 this is the pre-2022 formula. Which
@@ -113,6 +113,14 @@ def generalized_coefficients(
     return dict(zip(mods, coeffs.unbind())), dict(zip(mods, ratios.unbind()))
 
 
+def grad_stds(grads: Sequence[Tensor]) -> Tensor:
+    """Per-tensor standard deviation of ``grads`` as one ``(n,)`` float32 tensor (0 for
+    one-element tensors). Non-finite for a tensor holding inf/nan."""
+    return torch.stack(
+        [g.float().std() if g.numel() > 1 else torch.zeros((), device=g.device) for g in grads]
+    )
+
+
 def modulate_(
     grads: Sequence[Tensor],
     coeff: Tensor | float,
@@ -120,19 +128,19 @@ def modulate_(
     loss_scale: Tensor | float = 1.0,
     enabled: Tensor | bool = True,
     generator: torch.Generator | None = None,
+    stds: Tensor | None = None,
 ) -> None:
     """``g <- g * coeff (+ N(0, std(g) + 1e-8 * loss_scale))`` in place, fused over tensors.
 
-    ``enabled`` (a 0-d bool tensor is fine: no host sync) turns the whole edit off."""
+    ``enabled`` (a 0-d bool tensor is fine: no host sync) turns the whole edit off.
+    ``stds``: the un-modulated gradients' :func:`grad_stds`, if already computed."""
     if not grads:
         return
     grads = list(grads)
     en = torch.as_tensor(enabled, device=grads[0].device)
     if noise:
-        stds = [
-            g.float().std() if g.numel() > 1 else torch.zeros((), device=g.device) for g in grads
-        ]
-        std = torch.stack(stds) + 1e-8 * torch.as_tensor(loss_scale, device=grads[0].device)
+        std = grad_stds(grads) if stds is None else stds
+        std = std + 1e-8 * torch.as_tensor(loss_scale, device=grads[0].device)
         std = torch.where(en, std, torch.zeros_like(std))
     c = torch.where(en, torch.as_tensor(coeff, device=grads[0].device), 1.0).to(grads[0].dtype)
     scale_(grads, c)
@@ -237,11 +245,21 @@ class OGMGE(BalancingCallback):
         summed = sum_over_ranks(trainer, torch.stack([scores[m] for m in mods]))
         coeffs, ratios = self.coefficients_from_scores(dict(zip(mods, summed.unbind())))
         grads = {m: present_grads(ps) for m, ps in self._params.items()}
-        finite = all_finite([g for gs in grads.values() for g in gs])
+        noise = self.mode == "OGM_GE"
+        if noise:  # the noise needs the per-tensor stds anyway: they reveal inf/nan for free
+            stds = {m: grad_stds(gs) for m, gs in grads.items() if gs}
+            finite = (
+                torch.isfinite(torch.stack([s.sum() for s in stds.values()]).sum())
+                if stds
+                else torch.tensor(True)
+            )
+        else:
+            stds = {}
+            finite = all_finite([g for gs in grads.values() for g in gs])
         self._nonfinite = (~finite).long() + (0 if self._nonfinite is None else self._nonfinite)
         scale = loss_scale(trainer)
         for m, gs in grads.items():
-            modulate_(gs, coeffs[m], self.mode == "OGM_GE", loss_scale=scale, enabled=finite)
+            modulate_(gs, coeffs[m], noise, loss_scale=scale, enabled=finite, stds=stds.get(m))
         if self.logging_step(trainer):
             for m in coeffs:
                 pl_module.log(f"ogm/coeff_{m}", coeffs[m], on_step=True, on_epoch=False)

@@ -1,4 +1,4 @@
-"""ASGML v2 decoupled probe monitor (SEED.md sections 3.1 and 7.1).
+"""ASGML v2 decoupled probe monitor (docs/asgml_v2_design.md sections 3.1 and 7.1).
 
 Every ``eval_freq`` training steps, on the *detached* features the module published for
 the step, the monitor trains one probe per modality with its **own** optimizer for
@@ -99,7 +99,7 @@ class ProbeMonitor(BalancingCallback):
             torch.manual_seed(self.seed)
             bank = ProbeBank(dims, module.num_classes, self.probe_type, self.hidden_dim)
         self.bank = bank.to(module.device)
-        self.optimizer = torch.optim.Adam(self.bank.parameters(), lr=self.lr)
+        self.optimizer = torch.optim.Adam(self.bank.parameters(), lr=self.lr, foreach=True)
         if self._pending_state is not None:
             self.bank.load_state_dict(self._pending_state["probes"])
             self.optimizer.load_state_dict(self._pending_state["optimizer"])

@@ -223,7 +223,12 @@ def test_cli_default_entry_point(tmp_path):
 @pytest.mark.slow
 def test_configs_ship_with_a_regular_install(tmp_path):
     """A non-editable install carries conf/ as the package asgml.conf."""
+    import shutil
+
     root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # build from a copy: a regular install writes build/ in its source
+    ignore = shutil.ignore_patterns(".git", ".venv", "logs", "build", "*.egg-info", "__pycache__")
+    shutil.copytree(root, src, ignore=ignore)
     res = subprocess.run(
         [
             sys.executable,
@@ -235,7 +240,7 @@ def test_configs_ship_with_a_regular_install(tmp_path):
             "-q",
             "--target",
             str(tmp_path / "site"),
-            str(root),
+            str(src),
         ],
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""ASGML v2 continuous boost of weak modalities (SEED.md sections 3.2 and 7.1).
+"""ASGML v2 continuous boost of weak modalities (docs/asgml_v2_design.md sections 3.2 and 7.1).
 
 From the utilization scores published by :class:`asgml.callbacks.probe.ProbeMonitor`,
 
@@ -36,7 +36,7 @@ from asgml.callbacks.grads import present_grads, scale_
 def continuous_scales(
     scores: Mapping[str, float], alpha: float = 0.5, scale_max: float = 2.0, eps: float = 1e-8
 ) -> dict[str, float]:
-    """SEED.md 3.2: ``1 + alpha * relative weakness``, capped at ``scale_max``."""
+    """docs/asgml_v2_design.md 3.2: ``1 + alpha * relative weakness``, capped at ``scale_max``."""
     s_max, s_min = max(scores.values()), min(scores.values())
     gap = s_max - s_min
     if gap <= eps:

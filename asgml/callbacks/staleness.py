@@ -1,4 +1,4 @@
-"""ASGML v1: staleness / update-frequency scheduling (SEED.md sections 1.3 and Appendix A).
+"""ASGML v1: staleness / update-frequency scheduling (docs/asgml_v2_design.md sections 1.3 and Appendix A).
 
 The "original ASGML" row of the paper. A dual signal measures each modality's learning
 speed,
@@ -20,7 +20,7 @@ Where the seed is silent we chose (and document):
 * ``D_m = max(L_prev - L_cur, 0) / L_prev`` with ``L`` the window mean of CE(unimodal_m)
   (unimodal logits as published by the module); for the first window ``D_m = 1`` (no
   history), so only the gradient signal counts there;
-* both ratios are normalised by the mean over modalities (the normalisation that SEED.md
+* both ratios are normalised by the mean over modalities (the normalisation that docs/asgml_v2_design.md
   1.3 identifies as why v1 rarely skips); ``eps`` guards zero means.
 
 Reliability: gradient norms are divided by the AMP loss scale (``16-mixed``), steps whose

@@ -10,7 +10,7 @@ All encoders map one modality's batch to a ``(B, feature_dim)`` feature tensor.
   (OGM-GE's ``adaptive_avg_pool3d``).
 * :class:`MLPEncoder` -- pre-extracted sequence features ``(B, L, D)`` (MMSA
   pickles): masked mean-pool over time, then Linear-ReLU-Dropout-Linear-ReLU
-  (SEED.md section 7.2).
+  (docs/asgml_v2_design.md section 7.2).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _narrow_resnet18(width: int) -> nn.Module:
 
 
 class MLPEncoder(nn.Module):
-    """Encoder for pre-extracted features (SEED.md 7.2).
+    """Encoder for pre-extracted features (docs/asgml_v2_design.md 7.2).
 
     Input ``(B, L, D)`` sequences (optionally with ``lengths``) or ``(B, D)`` vectors.
     Sequences are mean-pooled over their valid time steps, then passed through

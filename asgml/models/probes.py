@@ -1,4 +1,4 @@
-"""Per-modality probes on detached encoder features (SEED.md section 3.1).
+"""Per-modality probes on detached encoder features (docs/asgml_v2_design.md section 3.1).
 
 A :class:`ProbeBank` holds one small classifier per modality. It is trained with its own
 optimizer on *detached* features, so it never sends gradients into the encoders. It is

@@ -52,7 +52,7 @@ LAYOUT = """\
   <file>        an MMSA pickle: unaligned_50.pkl (MOSI, MOSEI) or unaligned_39.pkl (SIMS),
                 {train|valid|test: {text, text_bert, audio, vision, audio_lengths,
                  vision_lengths, regression_labels, ...}}
-(data_dir may also be the pickle itself; see docs/datasets.md)"""
+(data_dir may also be the pickle itself; see README.md, "Datasets")"""
 
 
 def sentiment_classes(y: np.ndarray, num_classes: int, neutral_band: float = 0.0) -> np.ndarray:

@@ -131,6 +131,22 @@ def test_disabled_modulation_is_identity():
     assert torch.equal(g, before)
 
 
+class CoeffSpy(GradRecorder):
+    """Records the coefficients ``ogm`` computes for each step (place it before ``ogm``)."""
+
+    def __init__(self, ogm: OGMGE) -> None:
+        super().__init__()
+        self.ogm = ogm
+        self.coeffs: list[dict[str, float]] = []
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        out = pl_module.step_output
+        c, _ = self.ogm.coefficients(
+            {m: z.detach() for m, z in out.unimodal_logits.items()}, out.labels
+        )
+        self.coeffs.append({m: v.item() for m, v in c.items()})
+
+
 def _run_with_recorders(module, loader, cbs, steps=2):
     before, after = GradRecorder(), GradRecorder()
     fit(module, loader, [before, *cbs, after], max_steps=steps)
@@ -140,17 +156,10 @@ def _run_with_recorders(module, loader, cbs, steps=2):
 def test_official_mode_scales_conv_weights_only():
     module = tiny_resnet_module()
     ogm = OGMGE(alpha=0.8, mode="OGM")
-    coeffs = []
+    spy = CoeffSpy(ogm)
+    coeffs = spy.coeffs
 
-    class Spy(GradRecorder):
-        def on_after_backward(self, trainer, pl_module):
-            out = pl_module.step_output
-            c, _ = ogm.coefficients(
-                {m: z.detach() for m, z in out.unimodal_logits.items()}, out.labels
-            )
-            coeffs.append({m: v.item() for m, v in c.items()})
-
-    before, after = _run_with_recorders(module, image_loader(), [Spy(), ogm])
+    before, after = _run_with_recorders(module, image_loader(), [spy, ogm])
     convs = {n + ".weight" for n, mod in module.named_modules() if isinstance(mod, torch.nn.Conv2d)}
     for step, (b, a) in enumerate(zip(before, after)):
         assert min(coeffs[step].values()) < 1.0  # someone is damped
@@ -176,18 +185,11 @@ def test_generalized_mode_modulates_mlp_linear_weights():
     mods = ("text", "audio", "vision")
     module = tiny_mlp_module(mods)
     ogm = OGMGE(alpha=1.0, mode="OGM", variant="generalized", params="weights")
-    coeffs = []
-
-    class Spy(GradRecorder):
-        def on_after_backward(self, trainer, pl_module):
-            out = pl_module.step_output
-            c, _ = ogm.coefficients(
-                {m: z.detach() for m, z in out.unimodal_logits.items()}, out.labels
-            )
-            coeffs.append({m: v.item() for m, v in c.items()})
+    spy = CoeffSpy(ogm)
+    coeffs = spy.coeffs
 
     before, after = _run_with_recorders(
-        module, vector_loader(mods, strengths=[3.0, 1.0, 0.1]), [Spy(), ogm], steps=3
+        module, vector_loader(mods, strengths=[3.0, 1.0, 0.1]), [spy, ogm], steps=3
     )
     assert any(c < 1.0 for step in coeffs for c in step.values())
     for step, (b, a) in enumerate(zip(before, after)):
@@ -204,19 +206,12 @@ def test_boost_and_ogm_compose_multiplicatively():
     module = tiny_mlp_module(mods)
     ogm = OGMGE(alpha=0.8, mode="OGM", variant="generalized", params="all")
     boost = ASGMLBoost(alpha=0.5, ema=False)
-    coeffs = []
-
-    class Spy(GradRecorder):
-        def on_after_backward(self, trainer, pl_module):
-            out = pl_module.step_output
-            c, _ = ogm.coefficients(
-                {m: z.detach() for m, z in out.unimodal_logits.items()}, out.labels
-            )
-            coeffs.append({m: v.item() for m, v in c.items()})
+    spy = CoeffSpy(ogm)
+    coeffs = spy.coeffs
 
     scores = FixedScores({"audio": 0.7, "visual": 0.4})
     before, after = _run_with_recorders(
-        module, vector_loader(mods, strengths=[3.0, 0.3]), [Spy(), ogm, scores, boost], steps=3
+        module, vector_loader(mods, strengths=[3.0, 0.3]), [spy, ogm, scores, boost], steps=3
     )
     assert boost.scales == {"audio": 1.0, "visual": 1.5}
     assert any(c["audio"] < 1 for c in coeffs)

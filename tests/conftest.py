@@ -16,7 +16,17 @@ import asgml  # noqa: F401  (registers resolvers)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-# Small, fast settings used by every end-to-end test (override as needed).
+# A one-epoch CPU trainer of a few batches, for end-to-end tests on any dataset.
+TINY_TRAINER = [
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+
+# Small, fast settings used by every end-to-end test on the synthetic task.
 FAST = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=3",

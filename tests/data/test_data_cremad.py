@@ -197,7 +197,7 @@ def test_unknown_label_names_row(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ end to end
 def test_train_cremad_end_to_end(cremad_root: Path, tmp_path: Path) -> None:
-    from conftest import compose_cfg
+    from conftest import TINY_TRAINER, compose_cfg
 
     from asgml.train import run
 
@@ -211,12 +211,7 @@ def test_train_cremad_end_to_end(cremad_root: Path, tmp_path: Path) -> None:
             "dataset.datamodule.batch_size=4",
             "dataset.datamodule.num_workers=0",
             "dataset.datamodule.cache=off",
-            "trainer.max_epochs=1",
-            "trainer.accelerator=cpu",
-            "trainer.enable_progress_bar=false",
-            "++trainer.limit_train_batches=2",
-            "++trainer.limit_val_batches=1",
-            "++trainer.limit_test_batches=1",
+            *TINY_TRAINER,
         ],
         output_dir=tmp_path,
         fast=False,

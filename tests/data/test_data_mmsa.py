@@ -87,7 +87,7 @@ def test_bad_input(tmp_path: Path) -> None:
 
 
 def test_train_sims_end_to_end(sims: Path, tmp_path: Path) -> None:
-    from conftest import compose_cfg
+    from conftest import TINY_TRAINER, compose_cfg
 
     from asgml.train import run
 
@@ -99,12 +99,7 @@ def test_train_sims_end_to_end(sims: Path, tmp_path: Path) -> None:
             "dataset.encoders.text.hidden_dim=16",
             "dataset.encoders.audio.hidden_dim=16",
             "dataset.encoders.vision.hidden_dim=16",
-            "trainer.max_epochs=1",
-            "trainer.accelerator=cpu",
-            "trainer.enable_progress_bar=false",
-            "++trainer.limit_train_batches=2",
-            "++trainer.limit_val_batches=1",
-            "++trainer.limit_test_batches=1",
+            *TINY_TRAINER,
         ],
         output_dir=tmp_path,
         fast=False,

@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from typing_extensions import override
 
+from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.toolkit import has_grad_scaler, loss_and_grads_finite
 from asgml.models.fusion import build_fusion
 from asgml.types import StepOutput
 
@@ -30,10 +33,14 @@ class MultimodalModule(L.LightningModule):
     The training loss is ``CE(fused) + gamma * sum_m CE(unimodal_m)`` plus whatever the
     method callbacks add in ``on_train_losses``.
 
-    Optimization is manual (``automatic_optimization = False``) so gradient callbacks run
-    at ``on_after_backward`` between ``manual_backward`` and ``optimizer.step()``.
+    Optimization is manual (``automatic_optimization = False``): every step calls, in
+    callback order, each :class:`~asgml.callbacks.base.BalancingCallback`'s
+    ``on_train_losses`` (before backward) and ``on_train_gradients`` (between
+    ``manual_backward`` and ``optimizer.step()``), passing the step's
+    :class:`~asgml.types.StepOutput`.
     The optimizer has one parameter group per encoder (``name = "encoder.<m>"``) and one
-    for the rest (``"head"``), so epoch-level methods can set per-modality learning rates.
+    for the rest (``"head"``); :meth:`encoder_param_groups` finds a modality's groups, so
+    epoch-level methods can set per-modality learning rates.
 
     Args:
         encoders: ``{modality: nn.Module}`` in a fixed order; each exposes ``feature_dim``.
@@ -113,7 +120,6 @@ class MultimodalModule(L.LightningModule):
                 "unimodal_heads": bool(unimodal_heads),
             }
         )
-        self.step_output: StepOutput | None = None
         self.run_config: dict[str, Any] | None = None  # set by asgml.train, saved in ckpts
         self._encoder_params: dict[str, tuple[nn.Parameter, ...]] = {}
         self.skipped_nonfinite_steps = 0
@@ -151,6 +157,27 @@ class MultimodalModule(L.LightningModule):
     def encoder_named_parameters(self, modality: str) -> Iterable[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.encoders[modality].named_parameters() if p.requires_grad)
 
+    def encoder_param_groups(
+        self, modality: str, optimizers: Iterable[torch.optim.Optimizer] | None = None
+    ) -> list[dict[str, Any]]:
+        """The optimizer parameter groups that hold ``modality``'s encoder parameters (and
+        nothing else), found by parameter identity in ``optimizers`` (default: the
+        trainer's)."""
+        ids = {id(p) for p in self.encoder_parameters(modality)}
+        optimizers = self.trainer.optimizers if optimizers is None else optimizers
+        groups = [
+            g
+            for opt in optimizers
+            for g in opt.param_groups
+            if g["params"] and all(id(p) in ids for p in g["params"])
+        ]
+        if not groups:
+            raise ValueError(
+                f"no optimizer parameter group holds only the {modality!r} encoder's parameters; "
+                "a custom configure_optimizers must keep one group per encoder (param_groups())"
+            )
+        return groups
+
     # ----------------------------------------------------------------- forward
     def split_batch(self, batch: Mapping[str, Any]) -> tuple[dict, dict, Tensor]:
         missing = [m for m in self.modalities if m not in batch]
@@ -182,6 +209,7 @@ class MultimodalModule(L.LightningModule):
             uni = self.fusion.unimodal_logits(features)
         return logits, uni
 
+    @override
     def forward(
         self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
@@ -191,11 +219,10 @@ class MultimodalModule(L.LightningModule):
         return logits, uni, feats
 
     # ---------------------------------------------------------------- training
-    def _loss_hooks(self) -> list:
-        from asgml.callbacks.base import BalancingCallback
-
+    def _balancing_callbacks(self) -> list[BalancingCallback]:
         return [c for c in self.trainer.callbacks if isinstance(c, BalancingCallback)]
 
+    @override
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         opt = self.optimizers()
         inputs, lengths, y = self.split_batch(batch)
@@ -214,27 +241,30 @@ class MultimodalModule(L.LightningModule):
             losses=losses,
             step=self.trainer.global_step,
         )
-        self.step_output = out
-        for cb in self._loss_hooks():
-            cb.on_train_losses(self.trainer, self, out, losses)
-        loss = torch.stack([v.float() for v in losses.values()]).sum()
+        hooks = self._balancing_callbacks()
+        for cb in hooks:
+            cb.on_train_losses(self.trainer, self, out)
+        loss = torch.stack([v.float() for v in out.losses.values()]).sum()
+        out.loss = loss.detach()
 
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        for cb in hooks:
+            cb.on_train_gradients(self.trainer, self, out)
         # One host sync per step. Without a GradScaler the (rank-averaged) gradients are
-        # checked too, so under DDP a non-finite loss on any rank makes every rank skip.
-        # Under 16-mixed the GradScaler skips such steps itself (on every rank alike), so
-        # the optimizer step still runs and only the loss is checked, for the warning.
-        scaler = _has_grad_scaler(self.trainer)
+        # checked too (after the callbacks' edits), so under DDP a non-finite loss on any
+        # rank makes every rank skip. Under 16-mixed the GradScaler skips such steps itself
+        # (on every rank alike), so the optimizer step still runs and only the loss is
+        # checked, for the warning.
+        scaler = has_grad_scaler(self.trainer)
         bad_loss = ~torch.isfinite(loss.detach())
-        bad = bad_loss if scaler else bad_loss | ~self._grads_finite()
+        bad = bad_loss if scaler else ~loss_and_grads_finite(loss, self.parameters())
         if bool(bad):
             what = "training loss" if bool(bad_loss) else "gradients"
             msg = f"non-finite {what} at step {self.trainer.global_step}"
             if self.nonfinite == "raise":
                 raise FloatingPointError(msg + " (model.nonfinite=raise)")
             self.skipped_nonfinite_steps += 1
-            self.step_output = None
             if not scaler:
                 warnings.warn(msg + ": step skipped (model.nonfinite=skip)", stacklevel=1)
                 opt.zero_grad(set_to_none=True)
@@ -244,8 +274,8 @@ class MultimodalModule(L.LightningModule):
 
         bs = y.shape[0]
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=bs)
-        for k, v in losses.items():
-            if k != "fused" or len(losses) > 1:
+        for k, v in out.losses.items():
+            if k != "fused" or len(out.losses) > 1:
                 self.log(f"train/loss_{k}", v.detach(), on_step=False, on_epoch=True, batch_size=bs)
         self.train_metrics["acc"].update(logits.detach(), y)
         self.log(
@@ -253,13 +283,7 @@ class MultimodalModule(L.LightningModule):
         )
         return loss.detach()
 
-    def _grads_finite(self) -> Tensor:
-        """0-d bool tensor: every gradient finite (grads are rank-averaged under DDP)."""
-        from asgml.callbacks.grads import all_finite
-
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        return all_finite(grads) if grads else torch.tensor(True)
-
+    @override
     def on_train_epoch_end(self) -> None:
         sch = self.lr_schedulers()
         if sch is not None:
@@ -277,9 +301,11 @@ class MultimodalModule(L.LightningModule):
             metrics[f"f1_{m}"].update(uni[m], y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=y.shape[0])
 
+    @override
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
+    @override
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.log_dict(values)
@@ -290,9 +316,11 @@ class MultimodalModule(L.LightningModule):
             "val/acc_best", self.val_acc_best.compute() if self.val_acc_best.update_called else 0.0
         )
 
+    @override
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
@@ -309,6 +337,7 @@ class MultimodalModule(L.LightningModule):
         groups.append({"params": rest, "name": "head"})
         return groups
 
+    @override
     def configure_optimizers(self) -> Any:
         factory = self._optimizer_factory or (
             lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -319,12 +348,14 @@ class MultimodalModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self._scheduler_factory(opt)}}
 
     # ------------------------------------------------------------- checkpoint
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["asgml_config"] = self.run_config
         checkpoint["asgml_skipped_nonfinite_steps"] = self.skipped_nonfinite_steps
         checkpoint["asgml_rng"] = rng_state()
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_nonfinite_steps = int(checkpoint.get("asgml_skipped_nonfinite_steps", 0))
         state = checkpoint.get("state_dict")
@@ -337,20 +368,16 @@ class MultimodalModule(L.LightningModule):
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
 
+    @override
     def on_sanity_check_end(self) -> None:
         # a sanity check after a restore draws from the global RNG (val loader iterator):
         # put the restored state back so training continues exactly
         if getattr(self, "_rng_to_restore", None) is not None:
             set_rng_state(self._rng_to_restore)
 
+    @override
     def on_train_start(self) -> None:
         self._rng_to_restore = None
-
-
-def _has_grad_scaler(trainer: Any) -> bool:
-    from asgml.callbacks.grads import has_grad_scaler
-
-    return has_grad_scaler(trainer)
 
 
 def rng_state() -> dict[str, Any]:

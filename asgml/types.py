@@ -9,8 +9,10 @@ from torch import Tensor
 
 @dataclass
 class StepOutput:
-    """Everything one training step produced, published on the module as
-    ``module.step_output`` before ``manual_backward`` so callbacks never re-run the model.
+    """Everything one training step produced, passed by the module to every
+    :class:`~asgml.callbacks.base.BalancingCallback` hook of that step (``on_train_losses``,
+    then ``on_train_gradients``) so callbacks never re-run the model. It lives for one
+    ``training_step``; the module keeps no reference to it.
 
     Attributes:
         features: ``{modality: (B, d_m)}`` encoder outputs (part of the autograd graph).
@@ -20,9 +22,11 @@ class StepOutput:
         labels: ``(B,)`` integer targets.
         inputs: ``{modality: tensor}`` the raw modality inputs of the batch.
         lengths: ``{modality: (B,)}`` valid sequence lengths, where the batch has them.
-        losses: named loss terms summed into the training loss (after every
-            ``on_train_losses`` hook has run).
+        losses: named loss terms summed into the training loss; ``on_train_losses``
+            hooks edit this dict in place.
         step: ``trainer.global_step`` when the step started (0-based).
+        loss: the summed training loss (detached), set before backward.
+        finite: cached by :func:`asgml.callbacks.toolkit.step_finite` (``None`` until asked).
     """
 
     features: dict[str, Tensor]
@@ -33,11 +37,14 @@ class StepOutput:
     lengths: dict[str, Tensor] = field(default_factory=dict)
     losses: dict[str, Tensor] = field(default_factory=dict)
     step: int = 0
+    loss: Tensor | None = None
+    finite: Tensor | None = None
 
 
 @dataclass
 class Utilization:
-    """Per-modality utilization scores (e.g. probe accuracy) published by a monitor.
+    """Per-modality utilization scores (e.g. probe accuracy) measured by a monitor
+    (:attr:`asgml.callbacks.probe.ProbeMonitor.utilization`).
 
     ``version`` increases by one at every new measurement so readers can tell a fresh
     measurement from a cached one.

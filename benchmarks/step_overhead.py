@@ -84,7 +84,7 @@ class StepTimer(L.Callback):
             self.hook_times.append(self.hook_time)
 
 
-HOOKS = ("on_train_losses", "on_after_backward", "on_train_batch_start", "on_train_batch_end")
+HOOKS = ("on_train_losses", "on_train_gradients", "on_train_batch_start", "on_train_batch_end")
 
 
 def time_hooks(cb: L.Callback, timer: StepTimer) -> None:

@@ -7,10 +7,13 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
+from asgml.callbacks.base import BalancingCallback
 from asgml.data.synthetic import DictTensorDataset
 from asgml.models.encoders import MLPEncoder, ResNet18Encoder
 from asgml.module import MultimodalModule
+from asgml.types import StepOutput
 
 
 def tiny_mlp_module(
@@ -59,14 +62,15 @@ def image_loader(n: int = 8, num_classes: int = 3, batch_size: int = 4) -> DataL
     return DataLoader(DictTensorDataset(data, y), batch_size=batch_size, shuffle=False)
 
 
-class GradRecorder(L.Callback):
-    """Copies every parameter's gradient at ``on_after_backward`` (place it before/after
+class GradRecorder(BalancingCallback):
+    """Copies every parameter's gradient at ``on_train_gradients`` (place it before/after
     the callbacks under test)."""
 
     def __init__(self) -> None:
         self.grads: list[dict[str, torch.Tensor]] = []
 
-    def on_after_backward(self, trainer, pl_module) -> None:
+    @override
+    def on_train_gradients(self, trainer, pl_module, out: StepOutput) -> None:
         self.grads.append(
             {
                 n: p.grad.detach().clone()

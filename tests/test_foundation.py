@@ -140,7 +140,8 @@ def test_gamma_adds_unimodal_losses(tmp_path):
     seen = {}
 
     class Spy(__import__("asgml.callbacks.base", fromlist=["x"]).BalancingCallback):
-        def on_train_losses(self, trainer, module, out, losses):
+        def on_train_losses(self, trainer, module, out):
+            losses = out.losses
             seen.update({k: float(v) for k, v in losses.items()})
             import torch.nn.functional as F
 

@@ -48,13 +48,21 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import present_grads, scale_
+from asgml.callbacks.toolkit import (
+    DeferredState,
+    EpochWindow,
+    clip_grad_norm_,
+    grad_amax,
+    mean_over_ranks,
+    present_grads,
+)
+from asgml.types import StepOutput
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
-    from asgml.types import StepOutput
 
 OUTSIDE_WINDOW = ("reset", "keep_last")
 
@@ -153,15 +161,10 @@ class AGM(BalancingCallback):
         outside_window: str = "reset",
     ) -> None:
         super().__init__()
-        if modulation_ends < modulation_starts:
-            raise ValueError(
-                f"method.agm.modulation_ends ({modulation_ends}) < modulation_starts ({modulation_starts})"
-            )
+        self.window = EpochWindow(modulation_starts, modulation_ends)
         if outside_window not in OUTSIDE_WINDOW:
-            raise ValueError(f"method.agm.outside_window must be one of {OUTSIDE_WINDOW}")
+            raise ValueError(f"outside_window must be one of {OUTSIDE_WINDOW}")
         self.alpha = alpha
-        self.modulation_starts = modulation_starts
-        self.modulation_ends = modulation_ends
         self.clip_arg = clip
         self.empty_baseline_arg = empty_baseline
         self.grad_clip = grad_clip
@@ -169,21 +172,22 @@ class AGM(BalancingCallback):
         self.sbar: Tensor | None = None
         self.count = 0
         self.coeffs: Tensor | None = None
+        self._restore = DeferredState()
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.modalities = list(pl_module.modalities)
-        n = len(self.modalities)
+        n = len(pl_module.modalities)
         self.clip = self.clip_arg if self.clip_arg is not None else (10.0 if n == 2 else 7.0)
         self.empty_baseline = (
             self.empty_baseline_arg if self.empty_baseline_arg is not None else n >= 3
         )
 
     def in_window(self, epoch: int) -> bool:
-        return self.modulation_starts <= epoch <= self.modulation_ends
+        return epoch in self.window
 
     def subset_logits(self, pl_module: L.LightningModule, out: Any) -> dict[frozenset, Tensor]:
         """``f(S)`` for every subset S (the full set from the step's forward pass)."""
-        mods = self.modalities
+        mods = pl_module.modalities
         res = {frozenset(mods): out.logits}
         was_training = pl_module.training
         pl_module.eval()
@@ -200,44 +204,43 @@ class AGM(BalancingCallback):
             pl_module.train(was_training)
         return res
 
+    @override
     def on_train_losses(
-        self,
-        trainer: L.Trainer,
-        pl_module: MultimodalModule,
-        out: StepOutput,
-        losses: dict[str, Tensor],
+        self, trainer: L.Trainer, pl_module: MultimodalModule, out: StepOutput
     ) -> None:
+        mods = pl_module.modalities
         active = self.in_window(trainer.current_epoch)
         if not active and (self.outside_window == "reset" or self.coeffs is None):
             return  # plain fused CE (coefficients 1)
-        phi = shapley_logits(
-            self.subset_logits(pl_module, out), self.modalities, self.empty_baseline
-        )
+        phi = shapley_logits(self.subset_logits(pl_module, out), mods, self.empty_baseline)
         if active:
-            s = agm_scores(phi, out.labels)
+            # the global batch's scores (mean of the rank means): the same on every rank
+            s = mean_over_ranks(trainer, agm_scores(phi, out.labels))
             sbar = self.sbar if self.sbar is not None else torch.zeros_like(s)
             self.coeffs = agm_coefficients(s, sbar, self.alpha, self.clip)
             self.sbar = (sbar * self.count + s) / (self.count + 1)
             self.count += 1
-            for i, m in enumerate(self.modalities):
+            for i, m in enumerate(mods):
                 pl_module.log(f"agm/score_{m}", s[i], on_step=True, on_epoch=False)
-        z = sum(grad_scale(phi[m], self.coeffs[i]) for i, m in enumerate(self.modalities))
-        losses["fused"] = F.cross_entropy(z, out.labels)
-        for i, m in enumerate(self.modalities):
+        z = sum(grad_scale(phi[m], self.coeffs[i]) for i, m in enumerate(mods))
+        out.losses["fused"] = F.cross_entropy(z, out.labels)
+        for i, m in enumerate(mods):
             pl_module.log(f"agm/coeff_{m}", self.coeffs[i], on_step=True, on_epoch=False)
 
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.grad_clip or getattr(pl_module, "step_output", None) is None:
+    @override
+    def on_train_gradients(
+        self, trainer: L.Trainer, pl_module: MultimodalModule, out: StepOutput
+    ) -> None:
+        if not self.grad_clip:
             return
-        w = [p.grad for p in fusion_output_weight(pl_module.fusion) if p.grad is not None]
+        w = present_grads(fusion_output_weight(pl_module.fusion))
         if not w:
             return
-        trigger = torch.stack([g.abs().amax() for g in w]).amax() > 1
-        grads = present_grads(pl_module.parameters())
-        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        coef = torch.where(trigger, (1.0 / (total + 1e-6)).clamp(max=1.0), torch.ones_like(total))
-        scale_(grads, coef)
+        # trigger and clip on the true (unscaled) gradients, under any precision
+        trigger = grad_amax(trainer, w) > 1
+        clip_grad_norm_(trainer, present_grads(pl_module.parameters()), 1.0, where=trigger)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "sbar": None if self.sbar is None else self.sbar.cpu(),
@@ -245,12 +248,13 @@ class AGM(BalancingCallback):
             "coeffs": None if self.coeffs is None else self.coeffs.cpu(),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.sbar = state_dict.get("sbar")
         self.count = int(state_dict.get("count", 0))
-        self.coeffs = state_dict.get("coeffs")
+        self._restore.put(state_dict)
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dev = pl_module.device
-        self.sbar = None if self.sbar is None else self.sbar.to(dev)
-        self.coeffs = None if self.coeffs is None else self.coeffs.to(dev)
+        st = self._restore.take(pl_module.device)
+        if st is not None:
+            self.sbar, self.coeffs = st.get("sbar"), st.get("coeffs")

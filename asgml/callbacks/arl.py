@@ -35,20 +35,21 @@ non-concat fusion the module's unimodal logits are used. Logged: ``arl/weight_<m
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import present_grads, scale_
+from asgml.callbacks.toolkit import clip_grad_norm_, present_grads
 from asgml.models.fusion import ConcatFusion
+from asgml.types import StepOutput
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
-    from asgml.types import StepOutput
 
 WEIGHTS = ("entropy", "official")
 
@@ -103,34 +104,28 @@ class ARL(BalancingCallback):
     ) -> None:
         super().__init__()
         if gamma < 0:
-            raise ValueError(f"method.arl.gamma must be >= 0, got {gamma}")
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
         if weights not in WEIGHTS:
-            raise ValueError(f"method.arl.weights must be one of {WEIGHTS}, got {weights!r}")
+            raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
         if clip is not None and clip <= 0:
-            raise ValueError(f"method.arl.clip must be > 0 or null, got {clip}")
+            raise ValueError(f"clip must be > 0 or null, got {clip}")
         self.gamma = gamma
         self.start = start
         self.temperature = temperature
         self.weights = weights
         self.clip = clip
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.modalities = list(pl_module.modalities)
-
     def step_weights(self, epoch: int, unimodal_logits: Mapping[str, Tensor]) -> Tensor:
         """``w`` for this step: ``1/N`` before warm-up or with ``weights=official`` (0.5 for N = 2)."""
-        n = len(self.modalities)
+        n = len(unimodal_logits)
         if epoch > self.start and self.weights == "entropy":
             return arl_weights(unimodal_logits, self.temperature)
         ref = next(iter(unimodal_logits.values()))
         return torch.full((n,), 1.0 / n, device=ref.device)
 
+    @override
     def on_train_losses(
-        self,
-        trainer: L.Trainer,
-        pl_module: MultimodalModule,
-        out: StepOutput,
-        losses: dict[str, Tensor],
+        self, trainer: L.Trainer, pl_module: MultimodalModule, out: StepOutput
     ) -> None:
         epoch = trainer.current_epoch
         if isinstance(pl_module.fusion, ConcatFusion) and pl_module.unimodal_heads is None:
@@ -138,24 +133,17 @@ class ARL(BalancingCallback):
         else:
             uni = out.unimodal_logits
         g = self.gamma if epoch > self.start else 1.0
-        for m in self.modalities:
-            losses[f"unimodal_{m}"] = g * F.cross_entropy(uni[m], out.labels)
+        for m in pl_module.modalities:
+            out.losses[f"unimodal_{m}"] = g * F.cross_entropy(uni[m], out.labels)
         w = self.step_weights(epoch, uni)
-        for i, m in enumerate(self.modalities):
+        for i, m in enumerate(pl_module.modalities):
             factor = 1.0 + w[i]
             out.features[m].register_hook(lambda grad, f=factor: grad * f.to(grad.dtype))
             pl_module.log(f"arl/weight_{m}", w[i], on_step=True, on_epoch=False)
 
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.clip is None or getattr(pl_module, "step_output", None) is None:
-            return
-        grads = present_grads(pl_module.parameters())
-        if grads:
-            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            scale_(grads, (self.clip / (total + 1e-6)).clamp(max=1.0))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        pass
+    @override
+    def on_train_gradients(
+        self, trainer: L.Trainer, pl_module: MultimodalModule, out: StepOutput
+    ) -> None:
+        if self.clip is not None:  # on the true (unscaled) norm, under any precision
+            clip_grad_norm_(trainer, present_grads(pl_module.parameters()), self.clip)

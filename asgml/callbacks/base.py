@@ -1,43 +1,50 @@
 """The extension point every balancing method builds on.
 
 A method is a Lightning :class:`~lightning.pytorch.callbacks.Callback`. Besides the
-ordinary Lightning hooks (``on_after_backward`` to edit gradients after
-``manual_backward``, ``on_train_epoch_end`` for epoch-level schedules, ...) a
-:class:`BalancingCallback` may implement :meth:`on_train_losses`, which
-:class:`~asgml.module.MultimodalModule` calls inside ``training_step`` after the
-forward pass and before the backward pass. There a method can add, reweight or
-replace loss terms, register tensor hooks on the published features, or run extra
-passes it needs (e.g. masked-modality passes) -- without editing the module or
-``train.py``.
+ordinary Lightning hooks (``on_train_epoch_end`` for epoch-level schedules, ...) a
+:class:`BalancingCallback` implements two hooks that
+:class:`~asgml.module.MultimodalModule` calls inside ``training_step``, in callback order,
+with the step's :class:`~asgml.types.StepOutput`:
+
+* :meth:`~BalancingCallback.on_train_losses` after the forward pass, before the backward
+  pass: add, reweight or replace terms of ``out.losses``, register tensor hooks on
+  ``out.features``, or run extra passes (e.g. masked-modality passes);
+* :meth:`~BalancingCallback.on_train_gradients` after ``manual_backward``, before the
+  optimizer step: read and edit the (DDP-averaged) gradients.
+
+The step output is valid for the duration of those two calls; nothing is stored on the
+module. The shared plumbing (unscaled gradients under any precision, skipped steps, DDP
+reductions, epoch windows, deferred checkpoint state) is in :mod:`asgml.callbacks.toolkit`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import lightning as L
-from torch import Tensor
 
-if TYPE_CHECKING:
-    from asgml.module import MultimodalModule
-    from asgml.types import StepOutput
+from asgml.types import StepOutput
 
 
 class BalancingCallback(L.Callback):
     """Base class of the balancing methods.
 
     Subclasses keep every piece of state that changes during training in
-    :meth:`state_dict` / :meth:`load_state_dict` so a resumed run continues exactly.
+    :meth:`state_dict` / :meth:`load_state_dict` so a resumed run continues exactly, and
+    mark every hook they implement with ``@override``.
     """
 
     def on_train_losses(
-        self,
-        trainer: L.Trainer,
-        module: MultimodalModule,
-        out: StepOutput,
-        losses: dict[str, Tensor],
+        self, trainer: L.Trainer, module: L.LightningModule, out: StepOutput
     ) -> None:
-        """Edit ``losses`` (a name -> scalar tensor dict) in place before backward."""
+        """Edit ``out.losses`` (a name -> scalar tensor dict summed into the training loss)
+        in place before backward."""
+
+    def on_train_gradients(
+        self, trainer: L.Trainer, module: L.LightningModule, out: StepOutput
+    ) -> None:
+        """Read or edit the parameters' ``.grad`` after backward, before the optimizer step.
+
+        Under ``16-mixed`` they carry the loss scale (see
+        :func:`asgml.callbacks.toolkit.loss_scale`); ``out.loss`` is the summed loss."""
 
     @staticmethod
     def log_now(trainer: L.Trainer, metrics: dict[str, float]) -> None:
@@ -57,9 +64,3 @@ class BalancingCallback(L.Callback):
         dropped, so callbacks skip the (costly) ``log`` calls there."""
         connector = getattr(trainer, "_logger_connector", None)
         return bool(getattr(connector, "should_update_logs", True))
-
-    @property
-    def state_key(self) -> str:
-        # One instance per class is the norm; a ``name`` attribute disambiguates more.
-        name = getattr(self, "name", None)
-        return f"{type(self).__qualname__}[{name}]" if name else type(self).__qualname__

@@ -1,6 +1,8 @@
 """ASGML v2 continuous boost of weak modalities (docs/asgml_v2_design.md sections 3.2 and 7.1).
 
-From the utilization scores published by :class:`asgml.callbacks.probe.ProbeMonitor`,
+From the utilization scores measured by :class:`asgml.callbacks.probe.ProbeMonitor` (the
+boost finds the monitor among the trainer's callbacks at ``on_fit_start`` and reads its
+:attr:`~asgml.callbacks.probe.ProbeMonitor.utilization`),
 
     rel_weakness_m = 1 - (s_m - s_min) / (s_max - s_min)
     scale_m        = min(1 + alpha * rel_weakness_m, scale_max)
@@ -8,7 +10,7 @@ From the utilization scores published by :class:`asgml.callbacks.probe.ProbeMoni
 
 (every scale is 1 when the gap is ~0), and every step multiplies each gradient of modality
 m's encoder by its current scale (cached between probe evaluations) with one fused
-``torch._foreach_mul_`` per modality. Hooked at ``on_after_backward``, after any
+``torch._foreach_mul_`` per modality. Hooked at ``on_train_gradients``, after any
 throttling callback (OGM-GE) and after the probe monitor, so scales computed at step t
 apply at step t. Any N >= 2 modalities.
 
@@ -28,9 +30,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import present_grads, scale_
+from asgml.callbacks.probe import ProbeMonitor
+from asgml.callbacks.toolkit import present_grads, scale_
+from asgml.types import StepOutput
 
 
 def continuous_scales(
@@ -66,21 +71,21 @@ class ASGMLBoost(BalancingCallback):
     ) -> None:
         super().__init__()
         if alpha < 0:
-            raise ValueError(f"method.boost.alpha must be >= 0, got {alpha}")
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
         if scale_max < 1:
-            raise ValueError(f"method.boost.scale_max must be >= 1, got {scale_max}")
+            raise ValueError(f"scale_max must be >= 1, got {scale_max}")
         if not 0 < ema_alpha <= 1:
-            raise ValueError(f"method.boost.ema_alpha must be in (0, 1], got {ema_alpha}")
+            raise ValueError(f"ema_alpha must be in (0, 1], got {ema_alpha}")
         self.alpha = alpha
         self.scale_max = scale_max
         self.ema = ema
         self.ema_alpha = ema_alpha
         self.scales: dict[str, float] = {}
         self.seen_version = 0
+        self.monitor: ProbeMonitor | None = None
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from asgml.callbacks.probe import ProbeMonitor
-
         cbs = list(trainer.callbacks)
         probes = [i for i, c in enumerate(cbs) if isinstance(c, ProbeMonitor)]
         if not probes:
@@ -91,6 +96,7 @@ class ASGMLBoost(BalancingCallback):
             raise ValueError(
                 "method.probe must come before method.boost so scales apply at the same step"
             )
+        self.monitor = cbs[probes[0]]
         for m in pl_module.modalities:
             self.scales.setdefault(m, 1.0)
 
@@ -106,8 +112,11 @@ class ASGMLBoost(BalancingCallback):
         self.scales = ema_update(self.scales, computed, self.ema_alpha) if self.ema else computed
         return self.scales
 
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        util = getattr(pl_module, "utilization", None)
+    @override
+    def on_train_gradients(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, out: StepOutput
+    ) -> None:
+        util = self.monitor.utilization if self.monitor is not None else None
         if util is not None and util.version != self.seen_version and util.scores:
             self.seen_version = util.version
             self.update(util.scores)
@@ -116,9 +125,11 @@ class ASGMLBoost(BalancingCallback):
             if s != 1.0:
                 scale_(present_grads(pl_module.encoder_parameters(m)), s)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"scales": dict(self.scales), "seen_version": self.seen_version}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.scales = {k: float(v) for k, v in state_dict.get("scales", {}).items()}
         self.seen_version = int(state_dict.get("seen_version", 0))

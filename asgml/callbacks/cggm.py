@@ -40,22 +40,30 @@ Logged: ``cggm/coeff_<m>``, ``cggm/acc_<m>``, ``cggm/l_gm``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import present_grads, scale_
+from asgml.callbacks.toolkit import (
+    DeferredState,
+    broadcast_module_,
+    clip_grad_norm_,
+    mean_over_ranks_,
+    present_grads,
+    scale_,
+    sum_over_ranks,
+)
 from asgml.models.fusion import ConcatFusion, SumFusion
 from asgml.models.probes import ProbeBank
+from asgml.types import StepOutput
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
-    from asgml.types import StepOutput
 
 
 def cggm_coefficients(acc_now: Tensor, acc_prev: Tensor, eps: float = 1e-8) -> Tensor:
@@ -111,10 +119,10 @@ class CGGM(BalancingCallback):
         super().__init__()
         if rou < 0 or lamda < 0 or cls_lr <= 0:
             raise ValueError(
-                f"method.cggm: rou and lamda must be >= 0 and cls_lr > 0, got {rou}, {lamda}, {cls_lr}"
+                f"rou and lamda must be >= 0 and cls_lr > 0, got {rou}, {lamda}, {cls_lr}"
             )
         if clip is not None and clip <= 0:
-            raise ValueError(f"method.cggm.clip must be > 0 or null, got {clip}")
+            raise ValueError(f"clip must be > 0 or null, got {clip}")
         self.rou = rou
         self.lamda = lamda
         self.cls_lr = cls_lr
@@ -125,27 +133,28 @@ class CGGM(BalancingCallback):
         self.acc_prev: Tensor | None = None
         self.coeffs: Tensor | None = None
         self.saved: dict[str, Tensor] | None = None  # step-t values for L_gm at t+1
-        self._loaded: dict[str, Any] | None = None
+        self._restore = DeferredState()
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.modalities = list(pl_module.modalities)
-        for m in self.modalities:
+        for m in pl_module.modalities:
             fusion_weight_block(pl_module.fusion, m)  # fails early for film/gated
         if self.bank is None:
-            dims = {m: int(pl_module.encoders[m].feature_dim) for m in self.modalities}
+            dims = {m: int(pl_module.encoders[m].feature_dim) for m in pl_module.modalities}
             self.bank = ProbeBank(dims, pl_module.num_classes, "linear")
             self.optimizer = torch.optim.Adam(self.bank.parameters(), lr=self.cls_lr)
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dev = pl_module.device
-        self.bank.to(dev)
-        if self._loaded is not None:
-            st, self._loaded = self._loaded, None
+        self.bank.to(pl_module.device)
+        st = self._restore.take(pl_module.device)
+        if st is not None:
             self.bank.load_state_dict(st["bank"])
             self.optimizer.load_state_dict(st["optimizer"])
-            self.acc_prev = st["acc_prev"].to(dev) if st["acc_prev"] is not None else None
-            self.coeffs = st["coeffs"].to(dev) if st["coeffs"] is not None else None
-            self.saved = {k: v.to(dev) for k, v in st["saved"].items()} if st["saved"] else None
+            self.acc_prev, self.coeffs = st["acc_prev"], st["coeffs"]
+            self.saved = st["saved"] or None
+        else:  # a fresh bank: the same initial classifiers on every rank
+            broadcast_module_(trainer, self.bank)
 
     # ------------------------------------------------------------------ steps
     def direction_loss(self, pl_module: L.LightningModule) -> Tensor | None:
@@ -153,57 +162,63 @@ class CGGM(BalancingCallback):
         if self.saved is None or self.coeffs is None:
             return None
         cosines = []
-        for m in self.modalities:
+        for m in pl_module.modalities:
             w_now = fusion_weight_block(pl_module.fusion, m)
             # value of step t, gradient into the current parameter
             w_fus = self.saved[f"fus_{m}"] + (w_now - w_now.detach())
             cosines.append(flat_cosine(self.saved[f"cls_{m}"], w_fus))
         return cggm_direction_loss(self.coeffs, torch.stack(cosines))
 
+    @override
     def on_train_losses(
-        self,
-        trainer: L.Trainer,
-        pl_module: MultimodalModule,
-        out: StepOutput,
-        losses: dict[str, Tensor],
+        self, trainer: L.Trainer, pl_module: MultimodalModule, out: StepOutput
     ) -> None:
+        mods = pl_module.modalities
         l_gm = self.direction_loss(pl_module)
         if l_gm is not None and self.lamda > 0:
-            losses["cggm_gm"] = self.lamda * l_gm
+            out.losses["cggm_gm"] = self.lamda * l_gm
         # classifiers on detached features: accuracy before their update, then one step
         logits = self.bank.logits(out.features)
-        acc = torch.stack(
-            [(logits[m].argmax(1) == out.labels).float().mean() for m in self.modalities]
+        correct = torch.stack([(logits[m].argmax(1) == out.labels).float().sum() for m in mods])
+        # under DDP: the global batch's accuracy, and the classifiers' gradients averaged
+        # over ranks (as DDP does for the model), so every rank has the same classifiers
+        # and coefficients
+        counts = sum_over_ranks(
+            trainer, torch.cat([correct, correct.new_tensor([len(out.labels)])])
         )
+        acc = counts[:-1] / counts[-1]
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            torch.stack(
-                [F.cross_entropy(logits[m], out.labels) for m in self.modalities]
-            ).sum().backward()
+            torch.stack([F.cross_entropy(logits[m], out.labels) for m in mods]).sum().backward()
+        mean_over_ranks_(trainer, present_grads(self.bank.parameters()))
         prev = self.acc_prev if self.acc_prev is not None else torch.zeros_like(acc)
         self.coeffs = cggm_coefficients(acc, prev, self.eps)
         self.acc_prev = acc
         # step-t weights for L_gm (taken before the classifier step, as the official code)
         self.saved = {}
-        for m in self.modalities:
+        for m in mods:
             self.saved[f"cls_{m}"] = self.bank.probes[m].weight.detach().clone()
             self.saved[f"fus_{m}"] = fusion_weight_block(pl_module.fusion, m).detach().clone()
         self.optimizer.step()
-        for i, m in enumerate(self.modalities):
+        for i, m in enumerate(mods):
             pl_module.log(f"cggm/coeff_{m}", self.coeffs[i], on_step=True, on_epoch=False)
             pl_module.log(f"cggm/acc_{m}", acc[i], on_step=True, on_epoch=False)
         if l_gm is not None:
             pl_module.log("cggm/l_gm", l_gm.detach(), on_step=True, on_epoch=False)
 
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if getattr(pl_module, "step_output", None) is None or self.coeffs is None:
+    @override
+    def on_train_gradients(
+        self, trainer: L.Trainer, pl_module: MultimodalModule, out: StepOutput
+    ) -> None:
+        if self.coeffs is None:
             return
-        for i, m in enumerate(self.modalities):
+        for i, m in enumerate(pl_module.modalities):
             scale_(present_grads(pl_module.encoder_parameters(m)), self.coeffs[i] * self.rou)
-        if self.clip is not None:
-            clip_grad_norm_(present_grads(pl_module.parameters()), self.clip)
+        if self.clip is not None:  # on the true (unscaled) norm, under any precision
+            clip_grad_norm_(trainer, present_grads(pl_module.parameters()), self.clip)
 
     # ------------------------------------------------------------ checkpoint
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "bank": self.bank.state_dict() if self.bank is not None else {},
@@ -213,16 +228,6 @@ class CGGM(BalancingCallback):
             "saved": {k: v.cpu() for k, v in (self.saved or {}).items()},
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._loaded = dict(state_dict)
-
-
-def clip_grad_norm_(grads: Sequence[Tensor], max_norm: float, eps: float = 1e-6) -> Tensor:
-    """``torch.nn.utils.clip_grad_norm_`` on a list of gradients (fused, no host sync):
-    ``g *= min(1, max_norm / (||g||_2 + eps))``. Returns the total norm."""
-    if not grads:
-        return torch.zeros(())
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(grads))))
-    coef = (max_norm / (total + eps)).clamp(max=1.0)
-    scale_(grads, coef)
-    return total
+        self._restore.put(state_dict)

@@ -35,8 +35,18 @@ Generalisation to N >= 2 modalities (deviations, documented):
 Other deviations: ``theta_epoch_start`` is a copy of the encoder parameters only (the
 official deep-copies the whole model; only encoder entries are read); a zero trace
 (``tr1 == 0``) gives ``k = 0`` instead of a division by zero; parameters without a
-gradient this step are skipped. Under 16-bit mixed precision the added term is multiplied
-by the current loss scale so it is correct after unscaling.
+gradient this step are skipped.
+
+Precision, skipped steps, several processes (the official code runs one process in fp32):
+
+* under 16-bit mixed precision the added term is multiplied by the current loss scale (so
+  it is correct after unscaling) and the Fisher sum takes the *unscaled* gradients, so the
+  trace does not depend on the loss scale;
+* a step the optimizer will not apply (non-finite loss or gradients, GradScaler overflow)
+  adds nothing to the Fisher sum (counted, reported once per epoch);
+* under DDP the scores are all-reduced before ``beta`` is computed (sums of the per-rank
+  sums, i.e. the score of the global batch; for ``mean`` divided by the global batch size),
+  so every rank adds the same term to the (averaged) gradients.
 """
 
 from __future__ import annotations
@@ -47,9 +57,19 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import loss_scale, select_parameters
+from asgml.callbacks.toolkit import (
+    DeferredState,
+    NonFiniteCounter,
+    loss_scale,
+    select_parameters,
+    step_finite,
+    sum_over_ranks,
+    unscaled,
+)
+from asgml.types import StepOutput
 
 WINDOW_SOURCES = ("first", "leader")
 SCORE_REDUCTIONS = ("sum", "mean")
@@ -75,11 +95,24 @@ def inforeg_scores(
     unimodal_logits: Mapping[str, Tensor], labels: Tensor, reduction: str = "sum"
 ) -> dict[str, Tensor]:
     """``sum_i softmax(z_m)[i, y_i]`` (or the batch mean) per modality, 0-d float32."""
-    out = {}
-    for m, z in unimodal_logits.items():
-        p = torch.softmax(z.detach().float(), dim=1).gather(1, labels[:, None])
-        out[m] = p.sum() if reduction == "sum" else p.mean()
-    return out
+    sums = {
+        m: torch.softmax(z.detach().float(), dim=1).gather(1, labels[:, None]).sum()
+        for m, z in unimodal_logits.items()
+    }
+    return sums if reduction == "sum" else {m: v / labels.shape[0] for m, v in sums.items()}
+
+
+def global_scores(
+    trainer: Any, unimodal_logits: Mapping[str, Tensor], labels: Tensor, reduction: str = "sum"
+) -> dict[str, Tensor]:
+    """:func:`inforeg_scores` of the global batch under DDP (one all-reduce of the per-rank
+    sums and the batch size; the local batch on one process)."""
+    mods = list(unimodal_logits)
+    local = inforeg_scores(unimodal_logits, labels, "sum")
+    packed = torch.stack([local[m] for m in mods] + [local[mods[0]].new_tensor(labels.shape[0])])
+    packed = sum_over_ranks(trainer, packed)
+    sums = packed[:-1] if reduction == "sum" else packed[:-1] / packed[-1]
+    return dict(zip(mods, sums.unbind()))
 
 
 def inforeg_betas(
@@ -121,7 +154,7 @@ def add_proximal_(
 
 
 class InfoReg(BalancingCallback):
-    """InfoReg's prime-learning-window proximal regulation at ``on_after_backward``.
+    """InfoReg's prime-learning-window proximal regulation at ``on_train_gradients``.
 
     Args:
         threshold: the epoch is in the PLW iff ``k > threshold`` (official 0.05).
@@ -141,29 +174,30 @@ class InfoReg(BalancingCallback):
     ) -> None:
         super().__init__()
         if window < 1:
-            raise ValueError(f"method.inforeg.window must be >= 1, got {window}")
+            raise ValueError(f"window must be >= 1, got {window}")
         if window_source not in WINDOW_SOURCES:
-            raise ValueError(f"method.inforeg.window_source must be one of {WINDOW_SOURCES}")
+            raise ValueError(f"window_source must be one of {WINDOW_SOURCES}")
         if score_reduction not in SCORE_REDUCTIONS:
-            raise ValueError(f"method.inforeg.score_reduction must be one of {SCORE_REDUCTIONS}")
+            raise ValueError(f"score_reduction must be one of {SCORE_REDUCTIONS}")
         if any(b < 0 for b in beta_scales):
-            raise ValueError(f"method.inforeg.beta_scales must be >= 0, got {list(beta_scales)}")
+            raise ValueError(f"beta_scales must be >= 0, got {list(beta_scales)}")
         self.threshold = threshold
         self.window = window
         self.beta_scales_list = [float(b) for b in beta_scales]
         self.window_source = window_source
         self.score_reduction = score_reduction
-        self.modalities: list[str] = []
         self.trace_lists: dict[str, list[float]] = {}
         self.growth: dict[str, float] = {}
         self.anchors: dict[str, list[Tensor]] = {}
         self.fim: dict[str, list[Tensor]] = {}
         self._fim_params: dict[str, list[torch.nn.Parameter]] = {}
         self._params: dict[str, tuple[torch.nn.Parameter, ...]] = {}
-        self._loaded: dict[str, Any] | None = None
+        self._restore = DeferredState()
         self._epoch = -1
+        self.nonfinite = NonFiniteCounter("InfoReg", "out of the Fisher information")
 
     # ------------------------------------------------------------------ setup
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         mods = list(pl_module.modalities)
         if not self.beta_scales_list or len(self.beta_scales_list) > len(mods):
@@ -171,7 +205,6 @@ class InfoReg(BalancingCallback):
                 f"InfoReg: method.inforeg.beta_scales needs 1 to {len(mods)} values (one per "
                 f"modality {mods}; missing ones take the last), got {self.beta_scales_list}"
             )
-        self.modalities = mods
         scales = self.beta_scales_list + [self.beta_scales_list[-1]] * len(mods)
         self.beta_scales = dict(zip(mods, scales))
         self._params = {m: pl_module.encoder_parameters(m) for m in mods}
@@ -179,59 +212,61 @@ class InfoReg(BalancingCallback):
         if not self.trace_lists:
             self.trace_lists = {m: [0.0] * self.window for m in mods}
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._loaded is not None:
-            st, self._loaded = self._loaded, None
-            dev = pl_module.device
-            self.anchors = {m: [t.to(dev) for t in ts] for m, ts in st["anchors"].items()}
-            self.fim = {m: [t.to(dev) for t in ts] for m, ts in st["fim"].items()}
+        st = self._restore.take(pl_module.device)
+        if st is not None:
+            self.anchors, self.fim = st["anchors"], st["fim"]
 
     # -------------------------------------------------------------- per epoch
-    def in_window(self, modality: str) -> bool:
-        src = self.modalities[0] if self.window_source == "first" else modality
+    def in_window(self, modality: str, modalities: Sequence[str]) -> bool:
+        src = modalities[0] if self.window_source == "first" else modality
         return self.growth.get(src, 1.0) > self.threshold
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
+        mods = pl_module.modalities
         if self.fim and self._epoch != epoch:
             # resumed from a checkpoint written after the last step of an epoch but before
             # its on_train_epoch_end: close that epoch first
-            self._finish_epoch(pl_module)
-        self.growth = {
-            m: plw_growth(self.trace_lists[m], epoch, self.window) for m in self.modalities
-        }
+            self._finish_epoch(trainer, pl_module)
+        self.growth = {m: plw_growth(self.trace_lists[m], epoch, self.window) for m in mods}
         if not (self.anchors and self.fim):  # fresh epoch (not resumed mid-epoch)
-            self.anchors = {
-                m: [p.detach().clone() for p in self._params[m]] for m in self.modalities
-            }
-            self.fim = {
-                m: [torch.zeros_like(p) for p in self._fim_params[m]] for m in self.modalities
-            }
+            self.anchors = {m: [p.detach().clone() for p in self._params[m]] for m in mods}
+            self.fim = {m: [torch.zeros_like(p) for p in self._fim_params[m]] for m in mods}
         self._epoch = epoch
-        for m in self.modalities:
+        for m in mods:
             pl_module.log(f"inforeg/k_{m}", float(self.growth[m]), on_step=False, on_epoch=True)
             pl_module.log(
-                f"inforeg/in_window_{m}", float(self.in_window(m)), on_step=False, on_epoch=True
+                f"inforeg/in_window_{m}",
+                float(self.in_window(m, mods)),
+                on_step=False,
+                on_epoch=True,
             )
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish_epoch(pl_module)
+        self._finish_epoch(trainer, pl_module)
 
-    def _finish_epoch(self, pl_module: L.LightningModule) -> None:
-        for m in self.modalities:
+    def _finish_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.nonfinite.end_epoch(trainer)
+        for m in pl_module.modalities:
             tr = float(fisher_trace(self.fim.get(m, [])))  # one sync per epoch
             self.trace_lists[m].append(tr)
             pl_module.log(f"inforeg/trace_{m}", tr, on_step=False, on_epoch=True)
         self.anchors, self.fim = {}, {}
 
     # --------------------------------------------------------------- per step
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        out = getattr(pl_module, "step_output", None)
-        if out is None:
-            return
-        open_for = [m for m in self.modalities if self.in_window(m)]
+    @override
+    def on_train_gradients(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, out: StepOutput
+    ) -> None:
+        mods = pl_module.modalities
+        open_for = [m for m in mods if self.in_window(m, mods)]
         if open_for:
-            scores = inforeg_scores(out.unimodal_logits, out.labels, self.score_reduction)
+            # the global batch's scores: every rank computes the same betas
+            scores = global_scores(trainer, out.unimodal_logits, out.labels, self.score_reduction)
             betas = inforeg_betas(scores, self.beta_scales)
             scale = loss_scale(trainer)
             for m in open_for:
@@ -243,25 +278,35 @@ class InfoReg(BalancingCallback):
                 if pairs:
                     g, p, a = zip(*pairs, strict=True)
                     add_proximal_(g, [x.detach() for x in p], a, betas[m] * scale)
-            for m in self.modalities:
+            for m in mods:
                 pl_module.log(f"inforeg/beta_{m}", betas[m], on_step=True, on_epoch=False)
-        for m in self.modalities:
+        # Fisher sum of the true gradients; a step that will not be applied adds nothing
+        finite = step_finite(pl_module, out)
+        self.nonfinite.add(~finite)
+        for m in mods:
             pairs = [(f, p.grad) for f, p in zip(self.fim[m], self._fim_params[m], strict=True)]
             pairs = [(f, g) for f, g in pairs if g is not None]
             if pairs:
                 f, g = zip(*pairs, strict=True)
-                torch._foreach_addcmul_(list(f), list(g), list(g))
+                g = [torch.where(finite, x, torch.zeros_like(x)) for x in unscaled(trainer, g)]
+                torch._foreach_addcmul_(list(f), g, g)
 
     # ------------------------------------------------------------ checkpoint
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "trace_lists": {m: list(v) for m, v in self.trace_lists.items()},
             "anchors": {m: [t.detach().cpu() for t in ts] for m, ts in self.anchors.items()},
             "fim": {m: [t.detach().cpu() for t in ts] for m, ts in self.fim.items()},
             "epoch": self._epoch,
+            "nonfinite_steps": self.nonfinite.total,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.trace_lists = {m: [float(x) for x in v] for m, v in state_dict["trace_lists"].items()}
         self._epoch = int(state_dict.get("epoch", -1))
-        self._loaded = {"anchors": state_dict.get("anchors", {}), "fim": state_dict.get("fim", {})}
+        self.nonfinite.load(state_dict.get("nonfinite_steps", 0))
+        self._restore.put(
+            {"anchors": state_dict.get("anchors", {}), "fim": state_dict.get("fim", {})}
+        )

@@ -32,7 +32,8 @@ Choices (no official code to follow):
 * Training loss: fused CE + unimodal CE (``method.module.gamma=1``), as the
   re-implementation does.
 
-Needs the module's per-encoder optimizer groups (``name = "encoder.<m>"``).
+Needs the module's per-encoder optimizer groups, found through
+:meth:`asgml.module.MultimodalModule.encoder_param_groups`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
 
@@ -82,9 +84,9 @@ class MILES(BalancingCallback):
     def __init__(self, tau: float = 0.2, mu: float = 0.5) -> None:
         super().__init__()
         if tau < 0:
-            raise ValueError(f"method.miles.tau must be >= 0, got {tau}")
+            raise ValueError(f"tau must be >= 0, got {tau}")
         if mu <= 0:
-            raise ValueError(f"method.miles.mu must be > 0, got {mu}")
+            raise ValueError(f"mu must be > 0, got {mu}")
         self.tau = tau
         self.mu = mu
         self.next_mult: dict[str, float] = {}
@@ -92,62 +94,56 @@ class MILES(BalancingCallback):
         self.utilisation: dict[str, float] = {}
         self.delta = 0.0
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.modalities = list(pl_module.modalities)
-        for m in self.modalities:
+        for m in pl_module.modalities:
             self.next_mult.setdefault(m, 1.0)
             self.applied_mult.setdefault(m, 1.0)
 
-    def _groups(self, trainer: L.Trainer) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {m: [] for m in self.modalities}
-        for opt in trainer.optimizers:
-            for g in opt.param_groups:
-                name = g.get("name", "")
-                if name.startswith("encoder.") and name[len("encoder.") :] in out:
-                    out[name[len("encoder.") :]].append(g)
-        missing = [m for m, gs in out.items() if not gs]
-        if missing:
-            raise ValueError(
-                f"MILES needs one optimizer parameter group named 'encoder.<m>' per modality; "
-                f"none for {missing}"
-            )
-        return out
-
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._groups(trainer)  # fail early
+        for m in pl_module.modalities:
+            pl_module.encoder_param_groups(m, trainer.optimizers)  # fail early
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for m, groups in self._groups(trainer).items():
+        for m in pl_module.modalities:
+            groups = pl_module.encoder_param_groups(m, trainer.optimizers)
             for g in groups:
                 g["lr"] = g["lr"] / self.applied_mult[m] * self.next_mult[m]
             self.applied_mult[m] = self.next_mult[m]
             pl_module.log(f"miles/lr_mult_{m}", self.applied_mult[m], on_step=False, on_epoch=True)
             pl_module.log(f"miles/lr_{m}", float(groups[0]["lr"]), on_step=False, on_epoch=True)
         # an epoch without validation leaves the next epoch at the base lr
-        self.next_mult = {m: 1.0 for m in self.modalities}
+        self.next_mult = {m: 1.0 for m in pl_module.modalities}
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # runs after the module's on_validation_epoch_end has put val/acc* in callback_metrics
         if trainer.sanity_checking:
             return
         cm = trainer.callback_metrics
-        keys = ["val/acc"] + [f"val/acc_{m}" for m in self.modalities]
+        mods = pl_module.modalities
+        keys = ["val/acc"] + [f"val/acc_{m}" for m in mods]
         if any(k not in cm for k in keys):
             return
         self.utilisation = miles_utilisation(
-            float(cm["val/acc"]), {m: float(cm[f"val/acc_{m}"]) for m in self.modalities}
+            float(cm["val/acc"]), {m: float(cm[f"val/acc_{m}"]) for m in mods}
         )
         self.next_mult, self.delta = miles_multipliers(self.utilisation, self.tau, self.mu)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.utilisation:
-            for m in self.modalities:
+            for m in pl_module.modalities:
                 pl_module.log(f"miles/u_{m}", self.utilisation[m], on_step=False, on_epoch=True)
             pl_module.log("miles/delta", self.delta, on_step=False, on_epoch=True)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"next_mult": dict(self.next_mult), "applied_mult": dict(self.applied_mult)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_mult = {m: float(v) for m, v in state_dict["next_mult"].items()}
         self.applied_mult = {m: float(v) for m, v in state_dict["applied_mult"].items()}

@@ -33,17 +33,19 @@ Logged: ``mmpareto/cos_<m>``, ``mmpareto/k_mm_<m>``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.toolkit import loss_scale, mean_over_ranks_
+from asgml.types import StepOutput
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
-    from asgml.types import StepOutput
 
 
 def tensor_dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
@@ -99,42 +101,49 @@ class MMPareto(BalancingCallback):
     def __init__(self, gamma: float = 1.5) -> None:
         super().__init__()
         if gamma <= 0:
-            raise ValueError(f"method.mmpareto.gamma must be > 0, got {gamma}")
+            raise ValueError(f"gamma must be > 0, got {gamma}")
         self.gamma = gamma
-        self._g_mm: dict[str, list[Tensor | None]] | None = None
+        self._g_mm: dict[str, list[Tensor]] | None = None
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.modalities = list(pl_module.modalities)
         if getattr(pl_module, "gamma", 0) <= 0:
             raise ValueError(
                 "MMPareto needs the unimodal losses: set method.module.gamma > 0 (official 1.0)"
             )
 
+    @override
     def on_train_losses(
-        self,
-        trainer: L.Trainer,
-        pl_module: MultimodalModule,
-        out: StepOutput,
-        losses: dict[str, Tensor],
+        self, trainer: L.Trainer, pl_module: MultimodalModule, out: StepOutput
     ) -> None:
-        params = [p for m in self.modalities for p in pl_module.encoder_parameters(m)]
-        grads = torch.autograd.grad(losses["fused"], params, retain_graph=True, allow_unused=True)
+        mods = pl_module.modalities
+        params = [p for m in mods for p in pl_module.encoder_parameters(m)]
+        # the fused loss carries the loss scale, as the summed loss does in backward
+        fused = out.losses["fused"] * loss_scale(trainer)
+        grads = torch.autograd.grad(fused, params, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+        # averaged over ranks as DDP averages the summed gradient: g_uni = g_sum - g_mm and
+        # the Pareto weights are then the same on every rank
+        mean_over_ranks_(trainer, grads)
         self._g_mm, i = {}, 0
-        for m in self.modalities:
+        for m in mods:
             n = len(pl_module.encoder_parameters(m))
-            self._g_mm[m] = list(grads[i : i + n])
+            self._g_mm[m] = grads[i : i + n]
             i += n
 
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._g_mm is None or getattr(pl_module, "step_output", None) is None:
+    @override
+    def on_train_gradients(
+        self, trainer: L.Trainer, pl_module: MultimodalModule, out: StepOutput
+    ) -> None:
+        if self._g_mm is None:
             return
-        for m in self.modalities:
+        for m in pl_module.modalities:
             ps = [p for p in pl_module.encoder_parameters(m) if p.grad is not None]
             if not ps:
                 continue
             g_sum = [p.grad for p in ps]
             lookup = dict(zip(map(id, pl_module.encoder_parameters(m)), self._g_mm[m], strict=True))
-            g_mm = [lookup[id(p)] if lookup[id(p)] is not None else torch.zeros_like(p) for p in ps]
+            g_mm = [lookup[id(p)] for p in ps]
             g_uni = torch._foreach_sub(g_sum, g_mm)
             k0, k1, cos = pareto_weights(g_mm, g_uni)
             new = pareto_combine(g_mm, g_uni, g_sum, k0, k1, self.gamma)
@@ -142,9 +151,3 @@ class MMPareto(BalancingCallback):
             pl_module.log(f"mmpareto/cos_{m}", cos, on_step=True, on_epoch=False)
             pl_module.log(f"mmpareto/k_mm_{m}", k0, on_step=True, on_epoch=False)
         self._g_mm = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        pass

@@ -57,9 +57,12 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import (
+from asgml.callbacks.toolkit import (
+    EpochWindow,
+    NonFiniteCounter,
     all_finite,
     loss_scale,
     present_grads,
@@ -67,6 +70,7 @@ from asgml.callbacks.grads import (
     select_parameters,
     sum_over_ranks,
 )
+from asgml.types import StepOutput
 
 MODES = ("OGM_GE", "OGM")
 VARIANTS = ("official", "pre2022", "generalized")
@@ -178,27 +182,27 @@ class OGMGE(BalancingCallback):
     ) -> None:
         super().__init__()
         if alpha < 0:
-            raise ValueError(f"method.ogm.alpha must be >= 0, got {alpha}")
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
         if mode not in MODES:
-            raise ValueError(f"method.ogm.mode must be one of {MODES}, got {mode!r}")
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if variant not in VARIANTS:
-            raise ValueError(f"method.ogm.variant must be one of {VARIANTS}, got {variant!r}")
-        if modulation_ends < modulation_starts:
-            raise ValueError(
-                f"method.ogm.modulation_ends ({modulation_ends}) < modulation_starts ({modulation_starts})"
-            )
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        self.window = EpochWindow(modulation_starts, modulation_ends)
         self.alpha = alpha
         self.mode = mode
         self.variant = variant
         self.params = "conv" if variant in ("official", "pre2022") else params
         select_parameters(torch.nn.Identity(), self.params)  # validates the name
-        self.modulation_starts = modulation_starts
-        self.modulation_ends = modulation_ends
         self.eps = eps
         self._params: dict[str, list] = {}
-        self.nonfinite_steps = 0
-        self._nonfinite = None  # running 0-d tensor counter (no per-step sync)
+        self.nonfinite = NonFiniteCounter("OGM-GE", "unmodulated")
 
+    @property
+    def nonfinite_steps(self) -> int:
+        """Steps left unmodulated because their gradients were non-finite."""
+        return self.nonfinite.total
+
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         mods = pl_module.modalities
         if self.variant != "generalized" and len(mods) != 2:
@@ -215,7 +219,7 @@ class OGMGE(BalancingCallback):
             )
 
     def in_window(self, epoch: int) -> bool:
-        return self.modulation_starts <= epoch <= self.modulation_ends
+        return epoch in self.window
 
     def coefficients(
         self, unimodal_logits: Mapping[str, Tensor], labels: Tensor
@@ -235,9 +239,11 @@ class OGMGE(BalancingCallback):
         )
         return {a: ca, v: cv}, {a: ra, v: rv}
 
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        out = getattr(pl_module, "step_output", None)
-        if out is None or not self.in_window(trainer.current_epoch):
+    @override
+    def on_train_gradients(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, out: StepOutput
+    ) -> None:
+        if not self.in_window(trainer.current_epoch):
             return
         scores = ogm_scores({m: z.detach() for m, z in out.unimodal_logits.items()}, out.labels)
         mods = list(scores)
@@ -256,7 +262,7 @@ class OGMGE(BalancingCallback):
         else:
             stds = {}
             finite = all_finite([g for gs in grads.values() for g in gs])
-        self._nonfinite = (~finite).long() + (0 if self._nonfinite is None else self._nonfinite)
+        self.nonfinite.add(~finite)
         scale = loss_scale(trainer)
         for m, gs in grads.items():
             modulate_(gs, coeffs[m], noise, loss_scale=scale, enabled=finite, stds=stds.get(m))
@@ -265,27 +271,15 @@ class OGMGE(BalancingCallback):
                 pl_module.log(f"ogm/coeff_{m}", coeffs[m], on_step=True, on_epoch=False)
                 pl_module.log(f"ogm/ratio_{m}", ratios[m], on_step=True, on_epoch=False)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._nonfinite is not None:
-            n = int(self._nonfinite)
-            self._nonfinite = None
-            if n:
-                self.nonfinite_steps += n
-                # Under 16-mixed an overflowing step is expected (the scaler skips it).
-                if loss_scale(trainer) == 1.0:
-                    import warnings
+        self.nonfinite.end_epoch(trainer)
 
-                    warnings.warn(
-                        f"OGM-GE left {n} step(s) of epoch {trainer.current_epoch} unmodulated: "
-                        "non-finite gradients",
-                        stacklevel=1,
-                    )
-
+    @override
     def state_dict(self) -> dict[str, Any]:
-        # fold the running (device) counter in: a checkpoint may be written mid-epoch
-        pending = 0 if self._nonfinite is None else int(self._nonfinite)
-        return {"nonfinite_steps": self.nonfinite_steps + pending}
+        # the counter folds its pending (device) count in: a checkpoint may be mid-epoch
+        return {"nonfinite_steps": self.nonfinite.total}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.nonfinite_steps = int(state_dict.get("nonfinite_steps", 0))
-        self._nonfinite = None
+        self.nonfinite.load(state_dict.get("nonfinite_steps", 0))

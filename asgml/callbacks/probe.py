@@ -5,8 +5,8 @@ the step, the monitor trains one probe per modality with its **own** optimizer f
 ``probe_train_steps`` steps on the first half of the batch and measures its accuracy on
 the second half (``split_batch=true``; with ``split_batch=false`` it trains and measures
 on the whole batch, the "v1" ablation). The accuracies are the modalities' utilization
-scores, published as ``module.utilization`` (:class:`asgml.types.Utilization`) for the
-boost callback. The monitor never touches the model's parameters or gradients.
+scores, exposed as :attr:`ProbeMonitor.utilization` (:class:`asgml.types.Utilization`), which
+the boost callback reads. The monitor never touches the model's parameters or gradients.
 
 Paper: ASGML v2, "Probe-guided weak-modality boosting" (this library's seed document).
 
@@ -15,7 +15,7 @@ Reliability:
 * an evaluation is due at every step with ``step % eval_freq == 0``; if that step's features
   or gradients are non-finite (an overflowing step the GradScaler skips under ``16-mixed``,
   or a diverging step), the probes are neither trained nor scored and the evaluation runs at
-  the next finite step instead (with a warning outside AMP);
+  the next finite step instead (counted, and reported once per epoch outside AMP);
 * under DDP the features and labels of every rank are all-gathered (every ``eval_freq``
   steps only), so each rank trains its probes on the same global half-batches: probe
   weights, probe optimizer state and scores are identical on every rank, and a checkpoint
@@ -26,16 +26,22 @@ Reliability:
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import lightning as L
 import torch
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import all_finite, has_grad_scaler, present_grads, sum_over_ranks
+from asgml.callbacks.toolkit import (
+    DeferredState,
+    NonFiniteCounter,
+    gather_ranks,
+    step_finite,
+    sum_over_ranks,
+)
 from asgml.models.probes import PROBE_TYPES, ProbeBank
-from asgml.types import Utilization
+from asgml.types import StepOutput, Utilization
 
 
 class ProbeMonitor(BalancingCallback):
@@ -64,17 +70,13 @@ class ProbeMonitor(BalancingCallback):
     ) -> None:
         super().__init__()
         if eval_freq < 1:
-            raise ValueError(f"method.probe.eval_freq must be >= 1, got {eval_freq}")
+            raise ValueError(f"eval_freq must be >= 1, got {eval_freq}")
         if probe_train_steps < 1:
-            raise ValueError(
-                f"method.probe.probe_train_steps must be >= 1, got {probe_train_steps}"
-            )
+            raise ValueError(f"probe_train_steps must be >= 1, got {probe_train_steps}")
         if probe_type not in PROBE_TYPES:
-            raise ValueError(
-                f"method.probe.probe_type must be one of {PROBE_TYPES}, got {probe_type!r}"
-            )
+            raise ValueError(f"probe_type must be one of {PROBE_TYPES}, got {probe_type!r}")
         if lr <= 0:
-            raise ValueError(f"method.probe.lr must be > 0, got {lr}")
+            raise ValueError(f"lr must be > 0, got {lr}")
         self.eval_freq = eval_freq
         self.probe_train_steps = probe_train_steps
         self.probe_type = probe_type
@@ -88,10 +90,25 @@ class ProbeMonitor(BalancingCallback):
         self.version = 0
         self.last_eval_step = -1
         self.due = False  # an evaluation is due (deferred past non-finite steps)
-        self.skipped_nonfinite = 0
-        self._pending_state: dict[str, Any] | None = None
+        self.nonfinite = NonFiniteCounter(
+            "ProbeMonitor", "without its due evaluation (deferred to the next finite step)"
+        )
+        self._restore = DeferredState()
+
+    @property
+    def skipped_nonfinite(self) -> int:
+        """Evaluations deferred because their step was non-finite."""
+        return self.nonfinite.total
+
+    @property
+    def utilization(self) -> Utilization | None:
+        """The latest measurement (``None`` before the first one)."""
+        if not self.scores:
+            return None
+        return Utilization(scores=dict(self.scores), step=self.last_eval_step, version=self.version)
 
     # ------------------------------------------------------------------ setup
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         module = pl_module
         dims = {m: int(module.encoders[m].feature_dim) for m in module.modalities}
@@ -100,14 +117,15 @@ class ProbeMonitor(BalancingCallback):
             bank = ProbeBank(dims, module.num_classes, self.probe_type, self.hidden_dim)
         self.bank = bank.to(module.device)
         self.optimizer = torch.optim.Adam(self.bank.parameters(), lr=self.lr, foreach=True)
-        if self._pending_state is not None:
-            self.bank.load_state_dict(self._pending_state["probes"])
-            self.optimizer.load_state_dict(self._pending_state["optimizer"])
-            self._pending_state = None
-        if self.scores:
-            self._publish(module)
+        pending = self._restore.take(module.device)
+        if pending is not None:
+            self.bank.load_state_dict(pending["probes"])
+            self.optimizer.load_state_dict(pending["optimizer"])
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    @override
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if batch_idx == 0 and self.eval_freq > 0:
             bs = _batch_size(batch)
             need = 4 if self.split_batch else 2
@@ -118,35 +136,33 @@ class ProbeMonitor(BalancingCallback):
                 )
 
     # ------------------------------------------------------------------- step
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        out = getattr(pl_module, "step_output", None)
-        if out is None or out.step == self.last_eval_step:
+    @override
+    def on_train_gradients(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, out: StepOutput
+    ) -> None:
+        if out.step == self.last_eval_step:
             return
         if out.step % self.eval_freq == 0:
             self.due = True
         if not self.due:
             return
-        if not self._step_is_finite(trainer, pl_module, out.features):
-            self.skipped_nonfinite += 1
-            if not has_grad_scaler(trainer):  # under 16-mixed, overflow steps are expected
-                warnings.warn(
-                    f"ProbeMonitor: non-finite features or gradients at step {out.step}; "
-                    "the probe evaluation is deferred to the next finite step",
-                    stacklevel=1,
-                )
+        if not self._step_is_finite(trainer, pl_module, out):
+            self.nonfinite.add(True)
             return
         self.due = False
         self.last_eval_step = out.step
         self.measure(trainer, pl_module, out.features, out.labels)
 
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.nonfinite.end_epoch(trainer)
+
     @staticmethod
-    def _step_is_finite(trainer: L.Trainer, module: Any, features: dict) -> bool:
-        """Features and model gradients all finite on every rank (one host sync; runs on
-        evaluation steps only)."""
-        ok = torch.stack(
-            [torch.isfinite(f.detach()).all() for f in features.values()]
-            + [all_finite(present_grads(module.parameters())).to(module.device)]
-        ).all()
+    def _step_is_finite(trainer: L.Trainer, module: Any, out: StepOutput) -> bool:
+        """The step will be applied and its features are finite on every rank (one host
+        sync; runs on evaluation steps only)."""
+        feats_ok = torch.stack([torch.isfinite(f.detach()).all() for f in out.features.values()])
+        ok = feats_ok.all() & step_finite(module, out).to(feats_ok.device)
         bad = sum_over_ranks(trainer, (~ok).float().reshape(1))
         return not bool(bad.item())
 
@@ -156,8 +172,8 @@ class ProbeMonitor(BalancingCallback):
         """Train the probes and score them; publish and log the scores."""
         assert self.bank is not None and self.optimizer is not None
         # (ranks, batch, ...): every rank's batch under DDP, so all ranks train alike
-        feats = {m: _gather(trainer, f.detach().float()) for m, f in features.items()}
-        labels = _gather(trainer, labels)
+        feats = {m: gather_ranks(trainer, f.detach().float()) for m, f in features.items()}
+        labels = gather_ranks(trainer, labels)
         n = labels.shape[1]
         if self.split_batch:
             half = n // 2
@@ -185,7 +201,6 @@ class ProbeMonitor(BalancingCallback):
         accs = (stats / max(eval_labels.shape[0], 1)).tolist()  # one host sync per evaluation
         self.scores = dict(zip(mods, accs))
         self.version += 1
-        self._publish(module)
         logged = {}
         for m in mods:
             logged[f"probe/acc_{m}"] = self.scores[m]
@@ -193,12 +208,8 @@ class ProbeMonitor(BalancingCallback):
             logged[f"probe/train_loss_{m}"] = float(train_losses[m])
         self.log_now(trainer, logged)
 
-    def _publish(self, module: Any) -> None:
-        module.utilization = Utilization(
-            scores=dict(self.scores), step=self.last_eval_step, version=self.version
-        )
-
     # ------------------------------------------------------------------ state
+    @override
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
             "scores": dict(self.scores),
@@ -210,36 +221,24 @@ class ProbeMonitor(BalancingCallback):
         if self.bank is not None and self.optimizer is not None:
             state["probes"] = self.bank.state_dict()
             state["optimizer"] = self.optimizer.state_dict()
-        elif self._pending_state is not None:
-            state.update(self._pending_state)
+        elif self._restore.pending is not None:
+            state.update(self._restore.pending)
         return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.scores = dict(state_dict.get("scores", {}))
         self.version = int(state_dict.get("version", 0))
         self.last_eval_step = int(state_dict.get("last_eval_step", -1))
         self.due = bool(state_dict.get("due", False))
-        self.skipped_nonfinite = int(state_dict.get("skipped_nonfinite", 0))
+        self.nonfinite.load(state_dict.get("skipped_nonfinite", 0))
         if "probes" in state_dict:
-            pending = {"probes": state_dict["probes"], "optimizer": state_dict["optimizer"]}
-            if self.bank is not None and self.optimizer is not None:
-                self.bank.load_state_dict(pending["probes"])
-                self.optimizer.load_state_dict(pending["optimizer"])
-            else:
-                self._pending_state = pending
+            self._restore.put(
+                {"probes": state_dict["probes"], "optimizer": state_dict["optimizer"]}
+            )
 
 
 def _batch_size(batch: Any) -> int | None:
     if isinstance(batch, dict) and "label" in batch:
         return int(batch["label"].shape[0])
     return None
-
-
-def _gather(trainer: L.Trainer, t: torch.Tensor) -> torch.Tensor:
-    """``(world_size, *t.shape)``: ``t`` from every rank (a leading 1 on one process)."""
-    if getattr(trainer, "world_size", 1) > 1:
-        return trainer.strategy.all_gather(t)
-    return t[None]
-
-
-_sum_over_ranks = sum_over_ranks  # backwards-compatible name

@@ -32,7 +32,6 @@ all-reduced before the ratios are taken, so every rank computes the same tau.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,9 +39,18 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import has_grad_scaler, loss_scale, present_grads, sum_over_ranks
+from asgml.callbacks.toolkit import (
+    DeferredState,
+    NonFiniteCounter,
+    grad_norm,
+    present_grads,
+    step_finite,
+    sum_over_ranks,
+)
+from asgml.types import StepOutput
 
 
 def learning_speed(
@@ -96,15 +104,13 @@ class StalenessScheduler(BalancingCallback):
     ) -> None:
         super().__init__()
         if not 0 <= beta <= 1:
-            raise ValueError(f"method.staleness.beta must be in [0, 1], got {beta}")
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
         if tau_base <= 0 or tau_max < 1:
-            raise ValueError(
-                f"method.staleness: need tau_base > 0 and tau_max >= 1, got {tau_base}, {tau_max}"
-            )
+            raise ValueError(f"need tau_base > 0 and tau_max >= 1, got {tau_base}, {tau_max}")
         if update_freq < 1:
-            raise ValueError(f"method.staleness.update_freq must be >= 1, got {update_freq}")
+            raise ValueError(f"update_freq must be >= 1, got {update_freq}")
         if skip not in ("zero", "none"):
-            raise ValueError(f"method.staleness.skip must be 'zero' or 'none', got {skip!r}")
+            raise ValueError(f"skip must be 'zero' or 'none', got {skip!r}")
         self.beta, self.tau_base, self.tau_max = beta, tau_base, tau_max
         self.update_freq, self.skip = update_freq, skip
         self.tau: dict[str, float] = {}
@@ -113,43 +119,44 @@ class StalenessScheduler(BalancingCallback):
         self._acc: dict[str, Tensor] = {}  # running sums on device: [grad_norm, loss]
         self._finite: Tensor | None = None  # finite steps in the window (0-d, on device)
         self._count = 0  # steps in the window (finite or not)
-        self.nonfinite_steps = 0
-        self._nonfinite: Tensor | None = None  # running 0-d counter (no per-step sync)
+        self.nonfinite = NonFiniteCounter("StalenessScheduler", "out of its running statistics")
+        self._restore = DeferredState()
 
+    @property
+    def nonfinite_steps(self) -> int:
+        """Steps left out of the running statistics (non-finite gradients or losses)."""
+        return self.nonfinite.total
+
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for m in pl_module.modalities:
             self.tau.setdefault(m, 1.0)
             self.skips.setdefault(m, 0)
-        # state restored from a checkpoint lives on the CPU
-        self._acc = {m: t.to(pl_module.device) for m, t in self._acc.items()}
-        if self._finite is not None:
-            self._finite = self._finite.to(pl_module.device)
+        state = self._restore.take(pl_module.device)
+        if state is not None:
+            self._acc = dict(state["acc"])
+            self._finite = state["finite"]
 
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        out = getattr(pl_module, "step_output", None)
-        if out is None:
-            return
+    @override
+    def on_train_gradients(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, out: StepOutput
+    ) -> None:
         step = out.step
-        scale = loss_scale(trainer)
         stats = {}
         for m in pl_module.modalities:
-            grads = present_grads(pl_module.encoder_parameters(m))
-            gnorm = (
-                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                if grads
-                else torch.zeros((), device=out.labels.device)
-            )
+            gnorm = grad_norm(trainer, present_grads(pl_module.encoder_parameters(m)))
             loss = F.cross_entropy(out.unimodal_logits[m].detach().float(), out.labels)
-            stats[m] = torch.stack([gnorm.float() / scale, loss])
-        # a non-finite step (overflow, scaler-skipped step) adds nothing: no host sync
-        finite = torch.isfinite(torch.stack(list(stats.values()))).all()
+            stats[m] = torch.stack([gnorm.to(loss), loss])
+        # a step that will not be applied (non-finite, scaler overflow) adds nothing
+        finite = (
+            step_finite(pl_module, out) & torch.isfinite(torch.stack(list(stats.values()))).all()
+        )
         for m, stat in stats.items():
             stat = torch.where(finite, stat, torch.zeros_like(stat))
             self._acc[m] = stat if m not in self._acc else self._acc[m] + stat
         n = finite.float()
         self._finite = n if self._finite is None else self._finite + n
-        bad = (~finite).long()
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
+        self.nonfinite.add(~finite)
         self._count += 1
         for m in pl_module.modalities:
             if not should_update(step, self.tau[m]):
@@ -190,22 +197,12 @@ class StalenessScheduler(BalancingCallback):
         logged.update({f"staleness/skips_{m}": float(self.skips[m]) for m in mods})
         self.log_now(trainer, logged)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._nonfinite is None:
-            return
-        n = int(self._nonfinite)
-        self._nonfinite = None
-        if n:
-            self.nonfinite_steps += n
-            if not has_grad_scaler(trainer):  # under 16-mixed overflow steps are expected
-                warnings.warn(
-                    f"StalenessScheduler left {n} step(s) of epoch {trainer.current_epoch} out "
-                    "of its running statistics: non-finite gradients or losses",
-                    stacklevel=1,
-                )
+        self.nonfinite.end_epoch(trainer)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
-        pending = 0 if self._nonfinite is None else int(self._nonfinite)
         return {
             "tau": dict(self.tau),
             "skips": dict(self.skips),
@@ -213,18 +210,19 @@ class StalenessScheduler(BalancingCallback):
             "acc": {m: t.detach().cpu() for m, t in self._acc.items()},
             "finite": None if self._finite is None else self._finite.detach().cpu(),
             "count": self._count,
-            "nonfinite_steps": self.nonfinite_steps + pending,
+            "nonfinite_steps": self.nonfinite.total,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tau = dict(state_dict.get("tau", {}))
         self.skips = dict(state_dict.get("skips", {}))
         self.prev_loss = dict(state_dict.get("prev_loss", {}))
-        self._acc = dict(state_dict.get("acc", {}))
+        acc = dict(state_dict.get("acc", {}))
         self._count = int(state_dict.get("count", 0))
         finite = state_dict.get("finite")
-        if finite is None and self._acc:  # older checkpoints: every step counted
+        if finite is None and acc:  # older checkpoints: every step counted
             finite = torch.tensor(float(self._count))
-        self._finite = finite
-        self.nonfinite_steps = int(state_dict.get("nonfinite_steps", 0))
-        self._nonfinite = None
+        self._acc, self._finite = acc, finite  # usable at once; moved to the device at fit start
+        self._restore.put({"acc": acc, "finite": finite})
+        self.nonfinite.load(state_dict.get("nonfinite_steps", 0))

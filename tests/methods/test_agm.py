@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +17,7 @@ from asgml.callbacks.agm import (
     grad_scale,
     shapley_logits,
 )
+from asgml.callbacks.base import BalancingCallback
 from asgml.train import run
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 
@@ -78,15 +78,15 @@ def test_grad_scale() -> None:
     assert torch.equal(x.grad, torch.tensor([3.0, 3.0]))
 
 
-class _Rec(L.Callback):
+class _Rec(BalancingCallback):
     def __init__(self) -> None:
         self.grads, self.losses = [], []
 
-    def on_after_backward(self, trainer, pl_module) -> None:
+    def on_train_gradients(self, trainer, pl_module, out) -> None:
         self.grads.append(
             {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
         )
-        self.losses.append({k: v.detach().clone() for k, v in pl_module.step_output.losses.items()})
+        self.losses.append({k: v.detach().clone() for k, v in out.losses.items()})
 
 
 def _manual_grads(module, batch, coeffs):
@@ -159,13 +159,12 @@ def test_outside_window_reset_and_keep_last() -> None:
 def test_conditional_clip() -> None:
     module = tiny_mlp_module()
     cb = AGM()
-    module.step_output = object()
     for p in module.parameters():
         p.grad = torch.full_like(p, 0.5)
-    cb.on_after_backward(None, module)  # no fusion-weight entry outside [-1, 1]: unchanged
+    cb.on_train_gradients(None, module, None)  # no fusion-weight entry outside [-1, 1]: unchanged
     assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in module.parameters())
     module.fusion.fc_out.weight.grad[0, 0] = 2.0
-    cb.on_after_backward(None, module)
+    cb.on_train_gradients(None, module, None)
     total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()]))
     assert total.item() == pytest.approx(1.0, rel=1e-5)
 

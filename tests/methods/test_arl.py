@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import math
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 
 from asgml.callbacks.arl import ARL, arl_weights, zero_padded_logits
+from asgml.callbacks.base import BalancingCallback
 from asgml.train import run
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 
@@ -45,15 +45,15 @@ def test_zero_padded_logits_use_the_full_bias() -> None:
     assert torch.allclose(z["audio"], padded, atol=1e-6)
 
 
-class _Rec(L.Callback):
+class _Rec(BalancingCallback):
     def __init__(self) -> None:
         self.grads, self.losses = [], []
 
-    def on_after_backward(self, trainer, pl_module) -> None:
+    def on_train_gradients(self, trainer, pl_module, out) -> None:
         self.grads.append(
             {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
         )
-        self.losses.append({k: v.detach().clone() for k, v in pl_module.step_output.losses.items()})
+        self.losses.append({k: v.detach().clone() for k, v in out.losses.items()})
 
 
 def _manual(module, batch, gamma, weights):
@@ -105,10 +105,9 @@ def test_warm_up_uses_gamma_one_and_equal_weights() -> None:
 
 def test_clip() -> None:
     module = tiny_mlp_module()
-    module.step_output = object()
     for p in module.parameters():
         p.grad = torch.full_like(p, 10.0)
-    ARL(clip=40.0).on_after_backward(None, module)
+    ARL(clip=40.0).on_train_gradients(None, module, None)
     total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()]))
     assert total.item() == pytest.approx(40.0, rel=1e-5)
 

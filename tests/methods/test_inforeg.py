@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
 
+from asgml.callbacks.base import BalancingCallback
 from asgml.callbacks.grads import select_parameters
 from asgml.callbacks.inforeg import (
     InfoReg,
@@ -71,18 +71,17 @@ def test_add_proximal_and_trace() -> None:
     )
 
 
-class _Rec(L.Callback):
-    """Records grads, encoder params and unimodal logits at on_after_backward."""
+class _Rec(BalancingCallback):
+    """Records grads, encoder params and unimodal logits at on_train_gradients."""
 
     def __init__(self) -> None:
         self.grads, self.params, self.uni = [], [], []
 
-    def on_after_backward(self, trainer, pl_module) -> None:
+    def on_train_gradients(self, trainer, pl_module, out) -> None:
         self.grads.append(
             {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
         )
         self.params.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
-        out = pl_module.step_output
         self.uni.append(
             ({m: z.detach().clone() for m, z in out.unimodal_logits.items()}, out.labels.clone())
         )
@@ -140,7 +139,7 @@ def test_state_dict_roundtrip() -> None:
     cb2 = InfoReg()
     cb2.load_state_dict(st)
     assert cb2.trace_lists == cb.trace_lists and cb2._epoch == 3
-    assert torch.equal(cb2._loaded["anchors"]["audio"][0], torch.ones(2))
+    assert torch.equal(cb2._restore.pending["anchors"]["audio"][0], torch.ones(2))
 
 
 def test_rejects_bad_settings() -> None:

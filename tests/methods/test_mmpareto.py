@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import math
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 
+from asgml.callbacks.base import BalancingCallback
 from asgml.callbacks.mmpareto import MMPareto, min_norm_2, pareto_combine, pareto_weights
 from asgml.train import run
 from tests.helpers import fit, tiny_mlp_module, vector_loader
@@ -56,11 +56,11 @@ def test_weights_and_combination_hand_computed() -> None:
     assert torch.allclose(out[1], torch.tensor([1.5 * 2.0]))  # g_new 2, d 0.5 -> 1
 
 
-class _Rec(L.Callback):
+class _Rec(BalancingCallback):
     def __init__(self) -> None:
         self.grads = []
 
-    def on_after_backward(self, trainer, pl_module) -> None:
+    def on_train_gradients(self, trainer, pl_module, out) -> None:
         self.grads.append(
             {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
         )

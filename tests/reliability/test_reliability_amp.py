@@ -1,5 +1,5 @@
 """Mixed precision: bf16-mixed end to end on CPU; the 16-mixed loss scale at
-``on_after_backward`` (a fake GradScaler, and a real one on CPU); scaler-skipped steps."""
+``on_train_gradients`` (a fake GradScaler, and a real one on CPU); scaler-skipped steps."""
 
 from __future__ import annotations
 
@@ -90,16 +90,17 @@ def fake_trainer(scale: float | None) -> Any:
     )
 
 
-def backward_step(module: MultimodalModule, loss_scale: float = 1.0) -> None:
+def backward_step(module: MultimodalModule, loss_scale: float = 1.0) -> StepOutput:
     """One forward/backward of the tiny module with the loss multiplied by ``loss_scale``
-    (as ``MixedPrecision.pre_backward`` does); publishes ``module.step_output``."""
+    (as ``MixedPrecision.pre_backward`` does); returns the step output."""
     batch = next(iter(vector_loader(batch_size=16)))
     inputs, lengths, y = module.split_batch(batch)
     logits, uni, feats = module(inputs, lengths)
     module.zero_grad(set_to_none=True)
-    (F.cross_entropy(logits, y) * loss_scale).backward()
-    module.step_output = StepOutput(
-        features=feats, logits=logits, unimodal_logits=uni, labels=y, inputs=inputs
+    loss = F.cross_entropy(logits, y)
+    (loss * loss_scale).backward()
+    return StepOutput(
+        features=feats, logits=logits, unimodal_logits=uni, labels=y, inputs=inputs, loss=loss
     )
 
 
@@ -117,11 +118,11 @@ def test_ogm_on_scaled_grads_equals_the_unscaled_result(mode: str) -> None:
         ogm = OGMGE(variant="generalized", mode=mode)
         trainer = fake_trainer(scale)
         ogm.setup(trainer, module, "fit")
-        backward_step(module, scale or 1.0)
+        out = backward_step(module, scale or 1.0)
         raw = raw or grads(module)
         torch.manual_seed(7)  # the GE noise draws from the global RNG
         with pytest.warns(UserWarning, match="self.log"):  # no trainer attached
-            ogm.on_after_backward(trainer, module)
+            ogm.on_train_gradients(trainer, module, out)
         results.append(grads(module))
     plain, scaled = results
     assert plain.keys() == scaled.keys()
@@ -138,8 +139,8 @@ def test_staleness_statistics_are_loss_scale_free() -> None:
         st = StalenessScheduler(update_freq=100)
         trainer = fake_trainer(scale)
         st.on_fit_start(trainer, module)
-        backward_step(module, scale or 1.0)
-        st.on_after_backward(trainer, module)
+        out = backward_step(module, scale or 1.0)
+        st.on_train_gradients(trainer, module, out)
         sums.append({m: t.clone() for m, t in st._acc.items()})
     for m in sums[0]:
         assert torch.equal(sums[0][m], sums[1][m]), m

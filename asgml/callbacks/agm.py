@@ -25,6 +25,8 @@ Per step (official code):
   ``[-1, 1]``, ``clip_grad_norm_(all parameters, 1.0)``.
 * Modulation only while ``modulation_starts <= epoch <= modulation_ends``.
 
+Deviations from the official code:
+
 Official bug kept behind a switch: outside the window the official hooks stay registered and
 keep applying the *last* coefficients (nothing resets them to 1). Default
 (``outside_window=reset``, the paper's intent): outside the window training is plain fused
@@ -32,7 +34,11 @@ CE (no extra passes, coefficients 1). ``outside_window=keep_last`` reproduces th
 behaviour.
 
 Other deviations: masked inputs are zeros of the input's shape (sequence ``lengths`` are
-passed unchanged); ``sbar`` starting at 0 is unverified against the official code.
+passed unchanged); ``sbar`` starting at 0 is unverified against the official code; the
+clip trigger and the clip read the true (unscaled) gradients under ``16-mixed``; under DDP
+the scores ``s`` are averaged over the ranks (the global batch's scores), so the
+coefficients and ``sbar`` are the same on every rank.
+
 Logged: ``agm/coeff_<m>``, ``agm/score_<m>``. Cost: ``2^N - 2`` extra forward passes
 (``2^N - 1`` with ``empty_baseline``) in the window, and their backward.
 """

@@ -26,10 +26,19 @@ the computed ``weight`` is only printed; ``audio_weight``/``visual_weight`` stay
 encoders get a symmetric x1.5. Default ``weights=entropy`` applies the weights as the paper
 and README describe; ``weights=official`` reproduces the constant 0.5.
 
-Deviations: N >= 2 -- the crossed term ``c_v a_a`` generalises to ``(1 - c_m) a_m`` (for
-N = 2, ``1 - c_a = c_v``) and the warm-up weight to ``1/N``; the official gate
-``acc_a + acc_v != 0`` (a validation has run) is reduced to ``epoch > start``. With a
-non-concat fusion the module's unimodal logits are used. Logged: ``arl/weight_<m>``.
+Deviations from the official code:
+
+* N >= 2: the crossed term ``c_v a_a`` generalises to ``(1 - c_m) a_m`` (for N = 2,
+  ``1 - c_a = c_v``) and the warm-up weight to ``1/N``;
+* the official gate ``acc_a + acc_v != 0`` (a validation has run) is reduced to
+  ``epoch > start``;
+* with a non-concat fusion the module's unimodal logits are used;
+* the clip acts on the true (unscaled) gradient norm under ``16-mixed`` too;
+* several processes: the weights come from each rank's batch; they scale the gradient
+  before DDP averages it, so the replicas stay identical (the weights are those of the
+  rank's batch, not of the global batch).
+
+Logged: ``arl/weight_<m>``.
 """
 
 from __future__ import annotations

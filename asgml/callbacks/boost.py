@@ -20,6 +20,10 @@ measurement with a non-finite score is ignored with a warning (the EMA keeps its
 finite value), and a scale is never applied to a step whose gradients are non-finite
 (multiplying keeps inf/nan as they are; the module or the GradScaler skips such a step).
 Scales and the last consumed measurement version are saved in checkpoints.
+
+Deviations from the official code: none; this library's ASGML is the reference
+implementation of the design document (``docs/asgml_v2_design.md``); where the document is
+silent, the choices are listed above.
 """
 
 from __future__ import annotations

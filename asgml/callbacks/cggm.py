@@ -20,7 +20,7 @@ One training step, as the official code does it:
 6. Every gradient of encoder i is multiplied by ``rou * coeff_i``.
 7. The classifier optimizer steps; ``clip_grad_norm_(model, clip)``; the model optimizer steps.
 
-Deviations:
+Deviations from the official code:
 
 * Classifiers: linear probes on the pooled features (``probe_type=mlp_1layer`` is refused:
   ``W_i`` must have the shape of the fusion weight block) instead of the official 2-layer
@@ -34,6 +34,11 @@ Deviations:
   with the gradient routed into the current ``W_fus`` parameter.
 * With N modalities the sum runs over all of them (the official scripts hard-code the index
   terms per dataset: 2, 3 or 4 modalities). Works for N >= 2.
+* The clip acts on the true (unscaled) gradient norm under ``16-mixed`` too.
+* Several processes (the official code runs one): the classifiers start from rank 0's
+  weights, their gradients are averaged over the ranks before their step and the
+  accuracies are those of the global batch, so classifiers, coefficients and ``L_gm`` are
+  the same on every rank.
 
 Logged: ``cggm/coeff_<m>``, ``cggm/acc_<m>``, ``cggm/l_gm``.
 """

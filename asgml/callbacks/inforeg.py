@@ -20,7 +20,9 @@ What the official code does (2 modalities; audio plays the first, visual the sec
   gradient of a proximal term pulling the leading encoder back to where the epoch began).
   The FIM is accumulated from the gradients *after* this term is added, as in ``main.py``.
 
-Generalisation to N >= 2 modalities (deviations, documented):
+Deviations from the official code:
+
+Generalisation to N >= 2 modalities:
 
 * The Fisher trace is computed for every modality (logged as ``inforeg/trace_<m>``).
   ``window_source`` decides which trace opens the window: ``first`` (default, official: the
@@ -32,7 +34,7 @@ Generalisation to N >= 2 modalities (deviations, documented):
 * ``score_reduction``: ``sum`` over the batch (official; tanh saturates at batch size 64)
   or ``mean``.
 
-Other deviations: ``theta_epoch_start`` is a copy of the encoder parameters only (the
+Other: ``theta_epoch_start`` is a copy of the encoder parameters only (the
 official deep-copies the whole model; only encoder entries are read); a zero trace
 (``tr1 == 0``) gives ``k = 0`` instead of a division by zero; parameters without a
 gradient this step are skipped.

@@ -13,7 +13,8 @@ Algorithm (2 modalities A, B), once per epoch after validation:
     else:           every encoder uses the base lr
     (if every u < 0 nothing changes)
 
-Choices (no official code to follow):
+Deviations from the official code: no official code has been released, so these are the
+choices made where the paper is silent:
 
 * ``M`` is validation accuracy: ``val/acc`` (fused) and ``val/acc_<m>`` (unimodal logits
   derived from the fusion layer, as the module logs them). ``y_B`` is therefore the

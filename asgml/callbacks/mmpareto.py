@@ -23,10 +23,18 @@ comes from one extra ``autograd.grad`` of the fused loss (retaining the graph);
 Every loss term other than the fused one that reaches encoder m (normally only m's unimodal
 CE) is therefore counted on the unimodal side.
 
-Deviations: works for any N >= 2 (the 2-task solve is per encoder, between the fused loss
-and that encoder's own unimodal loss; the official code hard-codes audio/visual). Needs
-unimodal losses (``method.module.gamma > 0``); the official model has separate unimodal
-heads (``unimodal_heads: true`` here). ``||g_new|| = 0`` gives ``d = 1``.
+Deviations from the official code:
+
+* any N >= 2: the 2-task solve is per encoder, between the fused loss and that encoder's own
+  unimodal loss (the official code hard-codes audio/visual);
+* needs unimodal losses (``method.module.gamma > 0``); the official model has separate
+  unimodal heads (``unimodal_heads: true`` here);
+* ``||g_new|| = 0`` gives ``d = 1`` (the official code divides by zero);
+* ``g_mm`` from one ``autograd.grad`` instead of a separate backward (same values, see
+  above); under ``16-mixed`` it is taken of the loss-scaled fused loss, like ``g_sum``;
+* several processes (the official code runs one): ``g_mm`` is averaged over the DDP ranks
+  like ``g_sum``, so ``g_uni``, the Pareto weights and the edit are the same on every rank.
+
 Logged: ``mmpareto/cos_<m>``, ``mmpareto/k_mm_<m>``.
 """
 

@@ -42,6 +42,15 @@ same scaled tensor, so ``std(S g) = S std(g)``, and the epsilon is scaled too
 Guards: a score of 0 is clamped to ``eps`` before dividing; if any gradient is
 non-finite the step is left unmodulated (coefficients 1, no noise) and counted.
 
+Deviations from the official code:
+
+* parameters are selected by layer type (``params``), not by name-splitting;
+* ``variant=generalized`` (N >= 2, ratio to the mean of the others) is this library's
+  generalisation; ``official``/``pre2022`` follow ``main.py`` for 2 modalities;
+* a zero score is clamped to ``eps``; non-finite steps are left unmodulated and counted;
+* mixed precision and several processes (the official code runs fp32 with DataParallel):
+  see below; the result equals the single-process fp32 one on the global batch.
+
 DDP: the scores are sums over each rank's local batch; they are all-reduced (summed) before
 the coefficients are computed, so every rank applies the same coefficients to the (already
 averaged) gradients. The GE noise draws from the global torch RNG, which is seeded alike on

@@ -22,6 +22,10 @@ Reliability:
   (written by rank 0) holds the state of all ranks;
 * probe weights, probe optimizer, scores, version and the pending evaluation are saved in
   checkpoints.
+
+Deviations from the official code: none; this library's ASGML is the reference
+implementation of the design document (``docs/asgml_v2_design.md``); where the document is
+silent, the choices are listed above.
 """
 
 from __future__ import annotations

@@ -106,7 +106,9 @@ def loss_scale(trainer: Any) -> Tensor | float:
     scaler = _scaler(trainer)
     if scaler is None:
         return 1.0
-    return scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else scaler.get_scale()
+    # the scale tensor exists once the scaler has scaled a loss (before that: its init value)
+    scale = scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else None
+    return scale if scale is not None else float(scaler.get_scale())
 
 
 def grad_norm(trainer: Any, grads: Sequence[Tensor]) -> Tensor:

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from asgml.callbacks.boost import ASGMLBoost
+from asgml.callbacks.cggm import CGGM
 from asgml.callbacks.probe import ProbeMonitor
 
 TRACKED = ("ogm/", "boost/", "probe/acc_")
@@ -16,10 +17,12 @@ TRACKED = ("ogm/", "boost/", "probe/acc_")
 
 class RankDump(L.Callback):
     """Records the method's per-step values and, at the end of training, the parameters,
-    boost scales and probe state of this rank in ``<out_dir>/rank<r>.pt``."""
+    boost scales and the state of a method's own networks (probes, CGGM classifiers) of
+    this rank in ``<out_dir>/<tag>rank<r>.pt``."""
 
-    def __init__(self, out_dir: str) -> None:
+    def __init__(self, out_dir: str, tag: str = "") -> None:
         self.out_dir = out_dir
+        self.tag = tag
         self.steps: list[dict[str, float]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
@@ -32,8 +35,12 @@ class RankDump(L.Callback):
         self.steps.append(values)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        probe = next(cb for cb in trainer.callbacks if isinstance(cb, ProbeMonitor))
-        assert probe.bank is not None
+        banks = {}
+        for cb in trainer.callbacks:
+            if isinstance(cb, ProbeMonitor | CGGM) and cb.bank is not None:
+                banks[type(cb).__name__] = {
+                    k: v.detach().cpu() for k, v in cb.bank.state_dict().items()
+                }
         torch.save(
             {
                 "world_size": trainer.world_size,
@@ -41,8 +48,9 @@ class RankDump(L.Callback):
                 # trainable parameters; BatchNorm running statistics are per rank between
                 # forwards (DDP broadcasts rank 0's at the start of each forward)
                 "params": {k: v.detach().cpu() for k, v in pl_module.named_parameters()},
-                "probes": {k: v.detach().cpu() for k, v in probe.bank.state_dict().items()},
+                "probes": banks.get("ProbeMonitor", {}),
+                "banks": banks,
                 "steps": self.steps,
             },
-            Path(self.out_dir) / f"rank{trainer.global_rank}.pt",
+            Path(self.out_dir) / f"{self.tag}rank{trainer.global_rank}.pt",
         )

@@ -21,9 +21,8 @@ finite value), and a scale is never applied to a step whose gradients are non-fi
 (multiplying keeps inf/nan as they are; the module or the GradScaler skips such a step).
 Scales and the last consumed measurement version are saved in checkpoints.
 
-Deviations from the official code: none; this library's ASGML is the reference
-implementation of the design document (``docs/asgml_v2_design.md``); where the document is
-silent, the choices are listed above.
+Deviations from the official code: none; this library's boost is the reference
+implementation of the design document (``docs/asgml_v2_design.md``).
 """
 
 from __future__ import annotations

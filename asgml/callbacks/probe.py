@@ -23,9 +23,7 @@ Reliability:
 * probe weights, probe optimizer, scores, version and the pending evaluation are saved in
   checkpoints.
 
-Deviations from the official code: none; this library's ASGML is the reference
-implementation of the design document (``docs/asgml_v2_design.md``); where the document is
-silent, the choices are listed above.
+Deviations from the official code: none (this library is the reference implementation).
 """
 
 from __future__ import annotations

@@ -29,9 +29,8 @@ window's running sums (they are counted apart and reported at epoch end), a wind
 finite step leaves tau unchanged, and under DDP the window sums and finite-step counts are
 all-reduced before the ratios are taken, so every rank computes the same tau.
 
-Deviations from the official code: none; this library's ASGML is the reference
-implementation of the design document (``docs/asgml_v2_design.md``); where the document is
-silent, the choices are listed above.
+Deviations from the official code: none; ASGML v1 is implemented here from the design
+document, and the choices it leaves open are listed above.
 """
 
 from __future__ import annotations

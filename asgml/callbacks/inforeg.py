@@ -23,10 +23,11 @@ information-sufficient modality of the paper, visual the information-insufficien
   The FIM is accumulated from the gradients *after* this term is added, as in ``main.py``.
 
 Roles, not positions: the official constants and window belong to the modalities' roles
-(audio = information-sufficient, the ``dominant`` here), never to the order the modalities are
-listed in. ``dominant`` names that modality (default ``null``: ``audio``, as official, when
-there is an ``audio`` modality, otherwise the first modality in config order; a warning at
-start-up says which one was taken whenever the modalities are not exactly audio and visual). It gets ``beta_scales[0]`` (0.95) and, with ``window_source=dominant``, its
+(audio = information-sufficient, the ``dominant`` here), never to the order the modalities
+are listed in. ``dominant`` names that modality (default ``null``: ``audio``, as official,
+when there is an ``audio`` modality, otherwise the first modality in config order; a
+warning at start-up says which one was taken whenever the modalities are not exactly audio
+and visual). It gets ``beta_scales[0]`` (0.95) and, with ``window_source=dominant``, its
 Fisher trace opens the window; the others get ``beta_scales[1:]``. Swapping the order of
 ``audio`` and ``visual`` in the dataset config changes nothing.
 
@@ -42,7 +43,7 @@ Deviations from the official code (generalisation to N >= 2 modalities and names
   leader's score minus the *second-best* score (for N = 2: ``score_a - score_v``). Ties
   regulate nothing.
 * Beyond audio-visual data the official code gives no rule (MMSA's text/audio/vision
-  defaults to audio, though text is usually the stronger there): set ``dominant`` to the
+  defaults to audio, though text is the stronger modality in most MSA results): set ``dominant`` to the
   dataset's information-sufficient modality.
 * ``score_reduction``: ``sum`` over the batch (official; tanh saturates at batch size 64)
   or ``mean``.

@@ -18,6 +18,7 @@ from asgml.callbacks.cggm import (
     fusion_weight_block,
 )
 from asgml.train import run
+from tests.conftest import compose_cfg
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 
 
@@ -239,3 +240,13 @@ def test_state_dict_roundtrip() -> None:
 def test_runs_end_to_end(make_cfg, extra) -> None:
     m = run(make_cfg(["method=cggm", *extra]))
     assert m["metrics"]["test/acc"] >= 0
+
+
+def test_defaults_leave_the_official_clip_and_zero_sum_values_as_switches() -> None:
+    # the official clip (0.8) belongs to its Adam recipe and clips every run; alone on CGGM
+    # under SGD it is a learning-rate cut, so it is off unless asked for
+    cfg = compose_cfg(["method=cggm"]).method.cggm
+    assert cfg.clip is None and cfg.zero_sum == "skip"
+    assert CGGM().clip is None and CGGM().zero_sum == "skip"
+    with pytest.raises(ValueError, match="method.cggm.zero_sum"):
+        CGGM(zero_sum="ignore")

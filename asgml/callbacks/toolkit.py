@@ -218,7 +218,8 @@ def broadcast_module_(trainer: Any, module: nn.Module) -> None:
 # ------------------------------------------------------------------- epoch window
 @dataclass(frozen=True)
 class EpochWindow:
-    """The inclusive window ``start <= epoch <= end`` of 0-based epochs a method acts in."""
+    """The inclusive window ``start <= epoch <= end`` a method acts in (0-based Lightning
+    epochs unless the method says otherwise: AGM passes 1-based ones, as official)."""
 
     start: int
     end: int

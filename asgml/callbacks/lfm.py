@@ -68,11 +68,14 @@ def polynomial(coefs: Sequence[float], x: float) -> float:
 
 
 def js_alignment(logits_p: Tensor, logits_q: Tensor) -> Tensor:
-    """The official ``Alignment``: ``0.5 KL(m || p) + 0.5 KL(m || q)``, batch-mean."""
-    p, q = logits_p.softmax(dim=-1), logits_q.softmax(dim=-1)
-    m = 0.5 * p + 0.5 * q
+    """The official ``Alignment``: ``0.5 KL(m || p) + 0.5 KL(m || q)``, batch-mean.
+
+    ``log p`` is taken with ``log_softmax`` (the official ``softmax(.).log()`` gives ``-inf``
+    once a probability underflows; the value is otherwise the same)."""
+    log_p, log_q = logits_p.log_softmax(dim=-1), logits_q.log_softmax(dim=-1)
+    m = 0.5 * log_p.exp() + 0.5 * log_q.exp()
     return 0.5 * (
-        F.kl_div(p.log(), m, reduction="batchmean") + F.kl_div(q.log(), m, reduction="batchmean")
+        F.kl_div(log_p, m, reduction="batchmean") + F.kl_div(log_q, m, reduction="batchmean")
     )
 
 

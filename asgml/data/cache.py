@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from asgml.data.common import Clip, decode_frame, frame_indices
+from asgml.data.audiovisual import Clip, decode_frame, frame_indices
 
 if TYPE_CHECKING:
-    from asgml.data.common import AVDataModuleBase
+    from asgml.data.audiovisual import AVDataModuleBase
 
 log = logging.getLogger("asgml.data")
 
@@ -109,7 +109,7 @@ class AVCacheSplit:
 
 
 class AVCache:
-    """Builds and opens caches for an :class:`~asgml.data.common.AVDataModuleBase`."""
+    """Builds and opens caches for an :class:`~asgml.data.audiovisual.AVDataModuleBase`."""
 
     @staticmethod
     def build(dm: AVDataModuleBase, overwrite: bool = False) -> Path:

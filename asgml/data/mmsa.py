@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from asgml.data.audiovisual import check_data_dir, layout_error
 from asgml.data.base import SplitDataModule
-from asgml.data.common import check_data_dir, layout_error
 
 log = logging.getLogger("asgml.data")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from fixtures import frame_ids, make_ave, make_ks
 
+from asgml.data.audiovisual import DataLayoutError
 from asgml.data.avdataset import AVDataModule
-from asgml.data.common import DataLayoutError
 
 IMG = 24
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from fixtures import frame_ids, make_cremad
 
-from asgml.data.common import DataLayoutError, frame_indices, stratified_val_split
+from asgml.data.audiovisual import DataLayoutError, frame_indices, stratified_val_split
 from asgml.data.cremad import LABELS, CremadDataModule
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:torchvision")

@@ -119,7 +119,7 @@ def load_spectrogram(path: Path) -> np.ndarray:
     return arr
 
 
-class AVDataModule(AVDataModuleBase):
+class AVEKSDataModule(AVDataModuleBase):
     """AVE (28 events) / Kinetics-Sounds (31 actions): ``{"audio": (1, F, T), "visual":
     (3, T, S, S), "label"}`` batches.
 

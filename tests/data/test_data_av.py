@@ -10,21 +10,21 @@ import torch
 from fixtures import frame_ids, make_ave, make_ks
 
 from asgml.data.audiovisual import DataLayoutError
-from asgml.data.avdataset import AVDataModule
+from asgml.data.avdataset import AVEKSDataModule
 
 IMG = 24
 
 
-def ave(root: Path, **kw) -> AVDataModule:
+def ave(root: Path, **kw) -> AVEKSDataModule:
     kw = {"image_size": IMG, "num_workers": 0, "batch_size": 2, "cache": "off", **kw}
-    m = AVDataModule(str(root), name="ave", **kw)
+    m = AVEKSDataModule(str(root), name="ave", **kw)
     m.setup()
     return m
 
 
-def ks(root: Path, **kw) -> AVDataModule:
+def ks(root: Path, **kw) -> AVEKSDataModule:
     kw = {"image_size": IMG, "num_workers": 0, "batch_size": 2, "cache": "off", **kw}
-    m = AVDataModule(
+    m = AVEKSDataModule(
         str(root), name="ks", num_classes=31, split_format="ks", audio_dir="audio",
         audio_ext="npy", dedupe_last=False, **kw,
     )  # fmt: skip
@@ -74,14 +74,14 @@ def test_ave_cache_matches_and_bad_input(ave_root: Path, tmp_path: Path) -> None
             a, b = ref.splits[split][i], cached.splits[split][i]
             assert torch.equal(a["audio"], b["audio"]) and torch.equal(a["visual"], b["visual"])
     with pytest.raises(ValueError, match="stat.txt lists 3"):
-        AVDataModule(str(ave_root), num_classes=28)
+        AVEKSDataModule(str(ave_root), num_classes=28)
 
 
 def test_ave_bad_files(tmp_path: Path) -> None:
     root = make_ave(tmp_path / "AVE", n_train_per_class=1, spec_shape=(8, 8))
     (root / "stat.txt").unlink()
     with pytest.raises(DataLayoutError, match="stat.txt(.|\n)*audio_spec"):
-        AVDataModule(str(root))
+        AVEKSDataModule(str(root))
     root = make_ave(tmp_path / "AVE2", n_train_per_class=1, spec_shape=(8, 8))
     name = (root / "my_test.txt").read_text().split("\n")[0].split(",")[1]
     (root / "audio_spec" / f"{name}.pkl").write_bytes(b"garbage")

@@ -8,7 +8,7 @@
   decode size, then the OGM-GE transforms (train ``RandomResizedCrop`` + flip, test
   ``Resize``; ImageNet normalisation) with ``torchvision.transforms.v2`` on the tensor, so
   the on-the-fly and the cached paths give identical results.
-* :class:`AVDataModuleBase` -- official train/test lists, a seeded stratified validation
+* :class:`AudioVisualDataModule` -- official train/test lists, a seeded stratified validation
   split carved from train (the test list stays untouched), missing-file counting, and the
   on-disk cache of :mod:`asgml.data.cache`.
 """
@@ -207,7 +207,7 @@ class AVClipDataset(Dataset):
 
     def __init__(
         self,
-        dm: AVDataModuleBase,
+        dm: AudioVisualDataModule,
         clips: Sequence[Clip],
         positions: Sequence[int],
         train: bool,
@@ -241,7 +241,7 @@ class AVClipDataset(Dataset):
         }
 
 
-class AVDataModuleBase(SplitDataModule):
+class AudioVisualDataModule(SplitDataModule):
     """Common base of the audio-visual datamodules.
 
     Subclasses set ``NAME``, ``LAYOUT``, ``modalities``/``num_classes`` and implement

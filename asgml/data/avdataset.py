@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from asgml.data.audiovisual import AVDataModuleBase, Clip, layout_error, list_frames
+from asgml.data.audiovisual import AudioVisualDataModule, Clip, layout_error, list_frames
 
 AVE_LAYOUT = """\
 <data_dir>/
@@ -119,11 +119,11 @@ def load_spectrogram(path: Path) -> np.ndarray:
     return arr
 
 
-class AVEKSDataModule(AVDataModuleBase):
+class AVEKSDataModule(AudioVisualDataModule):
     """AVE (28 events) / Kinetics-Sounds (31 actions): ``{"audio": (1, F, T), "visual":
     (3, T, S, S), "label"}`` batches.
 
-    Args (besides :class:`~asgml.data.audiovisual.AVDataModuleBase`'s):
+    Args (besides :class:`~asgml.data.audiovisual.AudioVisualDataModule`'s):
         name: dataset name used in messages (``ave`` / ``ks``).
         num_classes: class count; checked against ``stat.txt`` for ``class_name``.
         split_format: ``class_name`` (``stat.txt`` + ``<class>,<name>``) or ``ks``.

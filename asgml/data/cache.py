@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from asgml.data.audiovisual import Clip, decode_frame, frame_indices
 
 if TYPE_CHECKING:
-    from asgml.data.audiovisual import AVDataModuleBase
+    from asgml.data.audiovisual import AudioVisualDataModule
 
 log = logging.getLogger("asgml.data")
 
@@ -41,7 +41,7 @@ MARKER = "COMPLETE"
 SPLITS = ("train", "test")
 
 
-def _stored_mode(dm: AVDataModuleBase, split: str) -> str:
+def _stored_mode(dm: AudioVisualDataModule, split: str) -> str:
     """``all`` frames (random sampling at train) or only the ``even`` ones."""
     return "all" if split == "train" and dm.frame_sampling == "random" else "even"
 
@@ -50,7 +50,7 @@ def _stored_indices(n: int, mode: str, t: int) -> list[int]:
     return list(range(n)) if mode == "all" else frame_indices(n, t)
 
 
-def cache_key(dm: AVDataModuleBase) -> tuple[str, dict[str, Any]]:
+def cache_key(dm: AudioVisualDataModule) -> tuple[str, dict[str, Any]]:
     """The cache directory name and the config it encodes."""
     h = hashlib.sha256()
     config = {"version": CACHE_VERSION, **dm.cache_config()}
@@ -70,7 +70,7 @@ def _identity(x: Any) -> Any:
 class _DecodeSet(Dataset):
     """Decodes one clip (audio + stored frames) -- run through a DataLoader for workers."""
 
-    def __init__(self, dm: AVDataModuleBase, clips: list[Clip], mode: str) -> None:
+    def __init__(self, dm: AudioVisualDataModule, clips: list[Clip], mode: str) -> None:
         self.dm, self.clips, self.mode = dm, clips, mode
 
     def __len__(self) -> int:
@@ -109,10 +109,10 @@ class AVCacheSplit:
 
 
 class AVCache:
-    """Builds and opens caches for an :class:`~asgml.data.audiovisual.AVDataModuleBase`."""
+    """Builds and opens caches for an :class:`~asgml.data.audiovisual.AudioVisualDataModule`."""
 
     @staticmethod
-    def build(dm: AVDataModuleBase, overwrite: bool = False) -> Path:
+    def build(dm: AudioVisualDataModule, overwrite: bool = False) -> Path:
         key, config = cache_key(dm)
         root = dm.cache_root / key
         if (root / MARKER).is_file() and not overwrite:
@@ -171,7 +171,7 @@ class AVCache:
         return root
 
     @staticmethod
-    def open(dm: AVDataModuleBase, split: str, required: bool = False) -> AVCacheSplit | None:
+    def open(dm: AudioVisualDataModule, split: str, required: bool = False) -> AVCacheSplit | None:
         key, _ = cache_key(dm)
         root = dm.cache_root / key
         if (root / MARKER).is_file():

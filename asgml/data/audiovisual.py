@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import warnings
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from asgml.data.base import SplitDataModule
+from asgml.data.cache import AVCache
 
 log = logging.getLogger("asgml.data")
 
@@ -241,7 +243,7 @@ class AVClipDataset(Dataset):
         }
 
 
-class AudioVisualDataModule(SplitDataModule):
+class AudioVisualDataModule(SplitDataModule, abc.ABC):
     """Common base of the audio-visual datamodules.
 
     Subclasses set ``NAME``, ``LAYOUT``, ``modalities``/``num_classes`` and implement
@@ -311,15 +313,22 @@ class AudioVisualDataModule(SplitDataModule):
         self.splits: dict[str, AVClipDataset] = {}
         self._clips: dict[str, list[Clip]] = {}
 
+    # frame choice and frame decoding (the cache stores and reads frames with these too)
+    select_frames = staticmethod(frame_indices)
+    read_frame = staticmethod(decode_frame)
+
     # ------------------------------------------------------------ subclass API
-    def read_split(self, split: str) -> list[Clip]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read_split(self, split: str) -> list[Clip]:
+        """The clips listed in the official ``split`` file (``train`` / ``test``)."""
 
-    def load_audio(self, path: Path) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load_audio(self, path: Path) -> np.ndarray:
+        """One clip's audio file as a 2-D float32 array."""
 
-    def audio_config(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def audio_config(self) -> dict[str, Any]:
+        """The audio preprocessing settings (part of the cache key)."""
 
     # ---------------------------------------------------------------- listing
     def official_clips(self, split: str) -> list[Clip]:
@@ -344,16 +353,12 @@ class AudioVisualDataModule(SplitDataModule):
     # ------------------------------------------------------------------ cache
     def build_cache(self, overwrite: bool = False) -> Path:
         """Decode every listed clip once into the on-disk cache; returns its directory."""
-        from asgml.data.cache import AVCache
-
         return AVCache.build(self, overwrite=overwrite)
 
     def _open_cache(self, split: str) -> Any | None:
         if self.cache_mode == "off":
             log.info("%s %s: cache=off, decoding files on the fly", self.NAME, split)
             return None
-        from asgml.data.cache import AVCache
-
         return AVCache.open(self, split, required=self.cache_mode == "require")
 
     # ----------------------------------------------------------------- splits

@@ -200,10 +200,11 @@ def _as_tensor(a: np.ndarray) -> Tensor:
 
 
 class AVClipDataset(Dataset):
-    """``{"audio": (1, F, T) float32, "visual": (3, T, H, W) float32, "label": int64}`` items.
+    """``{<audio>: (1, F, T) float32, <visual>: (3, T, H, W) float32, "label": int64}`` items,
+    keyed by the datamodule's two ``modalities`` names (default ``audio``, ``visual``).
 
     Reads from the cache when ``cache`` is given, else decodes the files on the fly with
-    the datamodule's ``load_audio`` / :func:`decode_frame`; both go through the same
+    the datamodule's ``load_audio`` / ``read_frame``; both go through the same
     transforms, so outputs agree exactly at eval transforms.
     """
 
@@ -232,13 +233,14 @@ class AVClipDataset(Dataset):
             audio, frames = self.cache.get(self.positions[i], self.dm.frames, self.random_frames)
         else:
             audio = self.dm.load_audio(clip.audio)
-            idx = frame_indices(len(clip.frames), self.dm.frames, self.random_frames)
-            frames = [decode_frame(clip.frames[j], self.dm.decode_hw) for j in idx]
+            idx = self.dm.select_frames(len(clip.frames), self.dm.frames, self.random_frames)
+            frames = [self.dm.read_frame(clip.frames[j], self.dm.decode_hw) for j in idx]
         # per-frame transforms, as OGM-GE (each frame gets its own crop/flip at train)
         vis = torch.stack([self.transform(np.asarray(f)) for f in frames], dim=1)
+        audio_name, visual_name = self.dm.modalities
         return {
-            "audio": _as_tensor(np.asarray(audio, dtype=np.float32))[None],
-            "visual": vis,
+            audio_name: _as_tensor(np.asarray(audio, dtype=np.float32))[None],
+            visual_name: vis,
             "label": torch.tensor(clip.label, dtype=torch.long),
         }
 
@@ -246,12 +248,14 @@ class AVClipDataset(Dataset):
 class AudioVisualDataModule(SplitDataModule, abc.ABC):
     """Common base of the audio-visual datamodules.
 
-    Subclasses set ``NAME``, ``LAYOUT``, ``modalities``/``num_classes`` and implement
+    Subclasses set ``NAME``, ``LAYOUT``, ``num_classes`` and implement
     :meth:`read_split` (official list -> clips), :meth:`load_audio` (file -> 2-D float32
     array) and :meth:`audio_config` (preprocessing settings, part of the cache hash).
 
     Args:
         data_dir: dataset root (see ``LAYOUT``).
+        modalities: the names of the audio and the visual stream, in that order (the batch
+            keys; ``model.encoders`` must use the same names).
         frames: visual frames per clip (T).
         image_size: side of the square frames the model sees (224 in OGM-GE).
         decode_size: stored frame size (int or [H, W]); default ``round(image_size*256/224)``.
@@ -273,6 +277,7 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
     def __init__(
         self,
         data_dir: str | None,
+        modalities: Sequence[str] = ("audio", "visual"),
         frames: int = 1,
         image_size: int = 224,
         decode_size: int | Sequence[int] | None = None,
@@ -290,6 +295,13 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         self.data_dir = check_data_dir(data_dir, self.NAME, self.LAYOUT)
         for f in self.SPLIT_FILES.values():
             require_file(self.data_dir / f, self.NAME, self.LAYOUT)
+        names = [str(m) for m in modalities]
+        if len(names) != 2 or names[0] == names[1]:
+            raise ValueError(
+                f"{self.NAME}: modalities must be two distinct names [<audio>, <visual>], "
+                f"got {list(modalities)}"
+            )
+        self.modalities = names
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
         if frame_sampling not in ("even", "random"):

@@ -160,7 +160,6 @@ class AVEKSDataModule(AudioVisualDataModule):
         self.split_format = split_format
         self.audio_dir, self.audio_ext, self.visual_dir = audio_dir, audio_ext, visual_dir
         self.dedupe_last = dedupe_last
-        self.modalities = ["audio", "visual"]
         if split_format == "class_name":
             stat = self.data_dir / stat_file
             if not stat.is_file():

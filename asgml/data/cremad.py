@@ -113,7 +113,6 @@ class CremadDataModule(AudioVisualDataModule):
         self.n_mels = int(n_mels)
         self.audio_dir = audio_dir
         self.visual_dir = visual_dir
-        self.modalities = ["audio", "visual"]
         self.num_classes = len(LABELS)
 
     def read_split(self, split: str) -> list[Clip]:

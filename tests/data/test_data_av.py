@@ -9,7 +9,7 @@ import pytest
 import torch
 from fixtures import frame_ids, make_ave, make_ks
 
-from asgml.data.audiovisual import DataLayoutError
+from asgml.data.audiovisual import AudioVisualDataModule, DataLayoutError
 from asgml.data.avdataset import AVEKSDataModule
 
 IMG = 24
@@ -52,6 +52,32 @@ def test_ave_shapes_labels_frames(ave_root: Path) -> None:
     with open(ave_root / "audio_spec" / f"{rows[0][1]}.pkl", "rb") as f:
         assert torch.equal(item["audio"][0], torch.from_numpy(pickle.load(f)))
     assert {s: len(d) for s, d in m.splits.items()} == {"train": 5, "val": 1, "test": 3}
+
+
+def test_av_modality_names_come_from_config(ave_root: Path) -> None:
+    m = ave(ave_root, num_classes=3, modalities=["sound", "frames"])
+    ref = ave(ave_root, num_classes=3)
+    assert m.modalities == ["sound", "frames"]
+    item, ref_item = m.splits["test"][0], ref.splits["test"][0]
+    assert set(item) == {"sound", "frames", "label"}
+    assert torch.equal(item["sound"], ref_item["audio"])
+    assert torch.equal(item["frames"], ref_item["visual"])
+    with pytest.raises(ValueError, match="modalities must be two distinct names"):
+        AVEKSDataModule(str(ave_root), name="ave", modalities=["audio", "audio"])
+    with pytest.raises(ValueError, match="modalities must be two distinct names"):
+        AVEKSDataModule(str(ave_root), name="ave", modalities=["audio", "visual", "text"])
+
+
+def test_av_base_requires_the_subclass_api(ave_root: Path) -> None:
+    class NoSplitReader(AudioVisualDataModule):
+        def load_audio(self, path: Path):
+            raise AssertionError
+
+        def audio_config(self):
+            return {}
+
+    with pytest.raises(TypeError, match="read_split"):
+        NoSplitReader(str(ave_root))
 
 
 def test_ave_duplicates_keep_last_label(tmp_path: Path) -> None:

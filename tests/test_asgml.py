@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from asgml.build import build_callbacks
 from asgml.callbacks.boost import ASGMLBoost, continuous_scales, ema_update
 from asgml.callbacks.probe import ProbeMonitor
 from asgml.callbacks.staleness import StalenessScheduler, learning_speed, should_update, staleness
@@ -232,8 +233,6 @@ def test_cli_overrides_reach_callbacks(tmp_path):
         ],
         output_dir=tmp_path,
     )
-    from asgml.train import build_callbacks
-
     cbs = {type(c).__name__: c for c in build_callbacks(cfg)}
     assert cbs["ASGMLBoost"].alpha == 0.75 and cbs["ASGMLBoost"].ema is False
     assert cbs["ProbeMonitor"].eval_freq == 50 and cbs["ProbeMonitor"].probe_type == "mlp_1layer"

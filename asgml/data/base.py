@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
@@ -10,14 +13,21 @@ class SplitDataModule(L.LightningDataModule):
     """A datamodule whose ``setup`` fills ``self.splits`` (``train``, ``val``, ``test``).
 
     Subclasses set ``batch_size``, ``num_workers`` and ``pin_memory`` and expose
-    ``modalities`` and ``num_classes`` right after ``__init__``. Training batches are
+    ``modalities`` and ``num_classes`` right after ``__init__`` (the
+    :class:`asgml.types.MultimodalDataModule` protocol). Training batches are
     shuffled and the last incomplete one is dropped (when there is more than one batch).
     """
 
     batch_size: int = 64
     num_workers: int = 0
     pin_memory: bool = False
+    modalities: Sequence[str]
+    num_classes: int
     splits: dict[str, Dataset]
+
+    def encoder_overrides(self) -> dict[str, dict[str, Any]]:
+        """Encoder arguments read from the data; none by default."""
+        return {}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.splits[split]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from typing_extensions import override
 
 from asgml.data.audiovisual import check_data_dir, layout_error
 from asgml.data.base import SplitDataModule
@@ -219,9 +220,10 @@ class MMSADataModule(SplitDataModule):
         self._load()
         return {m: int(x.shape[-1]) for m, x in self.splits["train"].features.items()}
 
+    @override
     def encoder_overrides(self) -> dict[str, dict[str, Any]]:
         """``{modality: {"input_dim": D}}``, merged into ``cfg.model.encoders`` by
-        :func:`asgml.train.run` before the model is built."""
+        :func:`asgml.build.build_model`."""
         return {m: {"input_dim": d} for m, d in self.feature_dims().items()}
 
     def setup(self, stage: str | None = None) -> None:

@@ -9,8 +9,12 @@ import pytest
 import torch
 from fixtures import frame_ids, make_ave, make_ks
 
+from asgml.build import build
+from asgml.config import to_container
 from asgml.data.audiovisual import AudioVisualDataModule, DataLayoutError
 from asgml.data.avdataset import AVEKSDataModule
+from asgml.eval import build_from_config
+from asgml.types import MultimodalDataModule
 
 IMG = 24
 
@@ -133,16 +137,30 @@ def test_ks_format(tmp_path: Path) -> None:
         ks(root)
 
 
-def test_configs_compose(ave_root: Path, tmp_path: Path, make_cfg) -> None:
-    from hydra.utils import instantiate
+SMALL_ENCODERS = ["dataset.encoders.audio.width=4", "dataset.encoders.visual.width=4"]
 
-    from asgml.config import check_datamodule_matches
 
-    cfg = make_cfg(["dataset=ave", f"data_dir={ave_root}", "dataset.num_classes=3"], fast=False)
-    m = instantiate(cfg.dataset.datamodule)
-    check_datamodule_matches(m, cfg.model)
+def test_configs_build(ave_root: Path, tmp_path: Path, make_cfg) -> None:
+    cfg = make_cfg(
+        ["dataset=ave", f"data_dir={ave_root}", "dataset.num_classes=3", *SMALL_ENCODERS],
+        fast=False,
+    )
+    m, model, _ = build(cfg, callbacks=False)
+    assert isinstance(m, AVEKSDataModule) and isinstance(m, MultimodalDataModule)
+    assert list(model.modalities) == m.modalities == ["audio", "visual"]
     ks_root = make_ks(tmp_path / "KS", n_train_per_class=1, n_test_per_class=1)
-    cfg = make_cfg(["dataset=ks", f"data_dir={ks_root}"], fast=False)
-    m = instantiate(cfg.dataset.datamodule)
-    check_datamodule_matches(m, cfg.model)
+    cfg = make_cfg(["dataset=ks", f"data_dir={ks_root}", *SMALL_ENCODERS], fast=False)
+    m, model, _ = build(cfg, callbacks=False)
     assert m.num_classes == 31 and m.split_format == "ks" and m.frames == 3
+    assert model.num_classes == 31
+
+
+def test_stored_config_with_the_old_datamodule_name_still_builds(ave_root: Path, make_cfg) -> None:
+    cfg = make_cfg(
+        ["dataset=ave", f"data_dir={ave_root}", "dataset.num_classes=3", *SMALL_ENCODERS],
+        fast=False,
+    )
+    stored = to_container(cfg)
+    stored["dataset"]["datamodule"]["_target_"] = "asgml.data.avdataset.AVDataModule"
+    m, _ = build_from_config(stored)
+    assert type(m) is AVEKSDataModule

@@ -82,6 +82,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics = {
         "metrics": {k: v for k, v in result.items() if k.startswith("test/")},
         "val_acc_best": result.get("fit/val/acc_best"),
+        "optimized_metric": optimized_value(cfg, result),
         "best_checkpoint": os.path.relpath(best_path, out_dir) if best_path else None,
         "skipped_nonfinite_steps": model.skipped_nonfinite_steps,
         "config": to_container(cfg),
@@ -90,6 +91,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         print_summary(cfg, metrics, out_dir)
     return metrics
+
+
+def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:
+    """The fit's ``cfg.optimized_metric`` (what a sweeper optimizes); ``None`` without a fit."""
+    name = cfg.get("optimized_metric")
+    if not name or not cfg.get("train", True):
+        return None
+    if str(name).startswith("test/"):
+        raise ValueError(f"optimized_metric={name!r}: tune on a validation metric, not a test one")
+    if f"fit/{name}" not in result:
+        fit = sorted(k.removeprefix("fit/") for k in result if k.startswith("fit/"))
+        raise ValueError(f"optimized_metric={name!r} was not logged by the fit; it logged {fit}")
+    return result[f"fit/{name}"]
 
 
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], out_dir: Path) -> None:
@@ -122,8 +136,8 @@ def _finish_wandb(loggers: list[Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://asgml.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
-    return metrics["metrics"].get("test/acc")
+    """Train and test; returns the fit's ``optimized_metric`` (for Hydra sweepers)."""
+    return run(cfg)["optimized_metric"]
 
 
 if __name__ == "__main__":

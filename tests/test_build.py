@@ -6,9 +6,10 @@ from typing import Any
 
 import lightning as L
 import pytest
+from hydra.errors import InstantiationException
 from omegaconf import open_dict
 
-from asgml.build import build, build_datamodule, build_model, model_config
+from asgml.build import build, build_callbacks, build_datamodule, build_model, model_config
 from asgml.callbacks.boost import ASGMLBoost
 from asgml.callbacks.probe import ProbeMonitor
 from asgml.data.synthetic import SyntheticDataModule
@@ -71,3 +72,11 @@ def test_datamodule_outside_the_protocol_is_refused(make_cfg) -> None:
     assert not isinstance(L.LightningDataModule(), MultimodalDataModule)
     with pytest.raises(TypeError, match=r"dataset.datamodule._target_=.*MultimodalDataModule"):
         build_datamodule(cfg)
+
+
+def test_method_callback_errors_name_the_key(make_cfg) -> None:
+    cfg = make_cfg(["method=ogm", "method.ogm.params=all"])
+    with pytest.raises(InstantiationException, match=r"(?s)^method.ogm: .*params='all' needs"):
+        build_callbacks(cfg)
+    cfg = make_cfg(["method=ogm", "method.ogm.variant=generalized", "method.ogm.params=all"])
+    assert build_callbacks(cfg)[-1].params == "all"

@@ -18,7 +18,7 @@ from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
 # ---------------------------------------------------------------- the formulas
 
 
-def test_seed_worked_example():
+def test_design_document_worked_example():
     """docs/asgml_v2_design.md 3.2: audio 0.65, visual 0.35, alpha 0.5 -> 1.0 / 1.5."""
     s = continuous_scales({"audio": 0.65, "visual": 0.35}, alpha=0.5, scale_max=2.0)
     assert s == {"audio": 1.0, "visual": 1.5}

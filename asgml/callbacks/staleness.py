@@ -9,11 +9,11 @@ speed,
     tau_m         = clamp(tau_base * speed_m, 1, tau_max)
 
 and modality m's encoder is updated only on steps where ``step % round(tau_m) == 0``; on
-the other steps its gradients are zeroed (``skip=zero``, as the seed describes; SGD's
+the other steps its gradients are zeroed (``skip=zero``, as the design document describes; SGD's
 momentum and weight decay still move the weights) or removed (``skip=none``: the optimizer
 leaves the encoder untouched that step).
 
-Where the seed is silent we chose (and document):
+Where the design document is silent we chose (and document):
 
 * the signals are averaged over windows of ``update_freq`` steps; tau is recomputed at the
   end of each window and used during the next (all tau = 1 during the first window);

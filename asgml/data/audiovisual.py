@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from asgml.data.base import SplitDataModule
+from asgml.data.base import SplitDataModule, check_data_dir, require_file
 from asgml.data.cache import AVCache
 
 log = logging.getLogger("asgml.data")
@@ -39,33 +39,6 @@ log = logging.getLogger("asgml.data")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FRAME_EXTS = (".jpg", ".jpeg")
-
-
-class DataLayoutError(FileNotFoundError):
-    """A data directory or split file is missing; the message shows the expected layout."""
-
-
-def layout_error(what: str, layout: str) -> DataLayoutError:
-    return DataLayoutError(f"{what}\nExpected layout:\n{layout.rstrip()}")
-
-
-def check_data_dir(data_dir: str | os.PathLike | None, name: str, layout: str) -> Path:
-    """``data_dir`` as a Path, or an error showing the expected layout."""
-    if data_dir is None or str(data_dir) in ("", "None", "null"):
-        raise layout_error(
-            f"{name}: data_dir is not set; pass data_dir=/path/to/{name} on the command line",
-            layout,
-        )
-    path = Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise layout_error(f"{name}: data_dir {str(path)!r} does not exist", layout)
-    return path
-
-
-def require_file(path: Path, name: str, layout: str) -> Path:
-    if not path.is_file():
-        raise layout_error(f"{name}: missing file {str(path)!r}", layout)
-    return path
 
 
 @dataclass

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from asgml.data.audiovisual import AudioVisualDataModule, Clip, layout_error, list_frames
+from asgml.data.audiovisual import AudioVisualDataModule, Clip, list_frames
+from asgml.data.base import layout_error
 
 AVE_LAYOUT = """\
 <data_dir>/

@@ -40,8 +40,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from asgml.data.audiovisual import check_data_dir, layout_error
-from asgml.data.base import SplitDataModule
+from asgml.data.base import SplitDataModule, check_data_dir, layout_error
 
 log = logging.getLogger("asgml.data")
 

@@ -11,8 +11,9 @@ from fixtures import frame_ids, make_ave, make_ks
 
 from asgml.build import build
 from asgml.config import to_container
-from asgml.data.audiovisual import AudioVisualDataModule, DataLayoutError
+from asgml.data.audiovisual import AudioVisualDataModule
 from asgml.data.avdataset import AVEKSDataModule
+from asgml.data.base import DataLayoutError
 from asgml.eval import build_from_config
 from asgml.types import MultimodalDataModule
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from fixtures import frame_ids, make_cremad
 
-from asgml.data.audiovisual import DataLayoutError, frame_indices, stratified_val_split
+from asgml.data.audiovisual import frame_indices, stratified_val_split
+from asgml.data.base import DataLayoutError
 from asgml.data.cremad import LABELS, CremadDataModule
 from asgml.types import MultimodalDataModule
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from fixtures import make_mmsa, mmsa_split
 
-from asgml.data.audiovisual import DataLayoutError
+from asgml.data.base import DataLayoutError
 from asgml.data.mmsa import MMSADataModule, sentiment_classes
 from asgml.types import MultimodalDataModule
 

@@ -39,7 +39,7 @@ def test_debug_configs_compose(name: str) -> None:
         "default": {"max_epochs": 1},
         "fdr": {"fast_dev_run": True},
         "overfit": {"max_epochs": 20, "overfit_batches": 3},
-        "limit": {"max_epochs": 3, "limit_train_batches": 0.01, "limit_test_batches": 0.05},
+        "limit": {"max_epochs": 3, "limit_train_batches": 10, "limit_test_batches": 5},
         "profiler": {"max_epochs": 1, "profiler": "simple"},
     }[name]
     assert {k: t.get(k) for k in expected} == expected
@@ -53,6 +53,21 @@ def test_debug_fdr_runs_one_batch_each(tmp_path: Path) -> None:
     assert "test/acc" in metrics["metrics"]
     assert metrics["optimized_metric"] == metrics["val_acc_best"] is not None
     assert not (tmp_path / "checkpoints").exists()  # fast_dev_run writes no checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["default", "overfit", "limit", "profiler"])
+def test_debug_configs_run(name: str, tmp_path: Path) -> None:
+    small = [
+        "dataset.datamodule.num_train=128",
+        "dataset.datamodule.num_val=32",
+        "dataset.datamodule.num_test=32",
+        "dataset.datamodule.batch_size=16",
+        "trainer.max_epochs=1",
+    ]
+    cfg = compose_cfg([f"debug={name}", *small], output_dir=tmp_path, fast=False)
+    metrics = run(cfg)
+    assert "test/acc" in metrics["metrics"] and metrics["optimized_metric"] is not None
 
 
 def test_boost_optuna_composes() -> None:

@@ -208,7 +208,11 @@ class MultimodalModule(L.LightningModule):
 
     # ------------------------------------------------------------ step plans
     def planned_forward(
-        self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor], plan: StepPlan
+        self,
+        inputs: Mapping[str, Tensor],
+        lengths: Mapping[str, Tensor],
+        plan: StepPlan,
+        batch: Mapping[str, Any] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """:meth:`forward` as ``plan`` says; identical to it for a default plan.
 
@@ -216,7 +220,7 @@ class MultimodalModule(L.LightningModule):
         layer. Unimodal logits come from the unscaled features of forwarded modalities."""
         feats = self.encode(inputs, lengths, plan.forward, plan.no_grad)
         for cb in self._loss_hooks():
-            cb.on_step_features(self.trainer, self, plan, feats)
+            cb.on_step_features(self.trainer, self, plan, feats, batch)
         plan.validate()
         if plan.forward == set(self.modalities) and not plan.fusion_scale:
             logits, uni = self.heads(feats)
@@ -281,7 +285,7 @@ class MultimodalModule(L.LightningModule):
         opt = self.optimizers()
         inputs, lengths, y = self.split_batch(batch)
         plan = self._begin_step_plan(batch)
-        logits, uni, feats = self.planned_forward(inputs, lengths, plan)
+        logits, uni, feats = self.planned_forward(inputs, lengths, plan, batch)
         losses: dict[str, Tensor] = {"fused": self._masked_ce(logits, y, plan.sample_mask)}
         if self.gamma > 0:
             for m in uni:

@@ -10,7 +10,7 @@ masked) at the start of every training step and hands it to each
 1. ``on_step_plan(trainer, module, plan, batch)`` before any encoder runs: set
    :attr:`StepPlan.forward`, :attr:`StepPlan.no_grad`, :attr:`StepPlan.step`,
    :attr:`StepPlan.step_head`;
-2. ``on_step_features(trainer, module, plan, features)`` after the encoders ran and before
+2. ``on_step_features(trainer, module, plan, features, batch)`` after the encoders ran and before
    the fusion layer: set :attr:`StepPlan.fusion_scale` and :attr:`StepPlan.sample_mask`
    from the features of this very batch.
 

@@ -57,6 +57,7 @@ DEFAULT_METHODS = [
     "agm",
     "mmpareto",
     "arl",
+    "opm:method.opm.modulation_starts=0",
 ]
 
 

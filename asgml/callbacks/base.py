@@ -59,6 +59,7 @@ class BalancingCallback(L.Callback):
         module: MultimodalModule,
         plan: StepPlan,
         features: dict[str, Tensor],
+        batch: Any,
     ) -> None:
         """Edit the plan from this batch's features, before the fusion layer
         (``plan.fusion_scale``, ``plan.sample_mask``)."""

@@ -23,7 +23,7 @@ class Planner(BalancingCallback):
         if self.edit:
             self.edit(plan)
 
-    def on_step_features(self, trainer, module, plan, features) -> None:
+    def on_step_features(self, trainer, module, plan, features, batch) -> None:
         if self.feat_edit:
             self.feat_edit(plan, features)
 

@@ -58,6 +58,7 @@ DEFAULT_METHODS = [
     "mmpareto",
     "arl",
     "opm:method.opm.modulation_starts=0",
+    "amco",
 ]
 
 

@@ -59,6 +59,7 @@ DEFAULT_METHODS = [
     "arl",
     "opm:method.opm.modulation_starts=0",
     "amco",
+    "mla",
 ]
 
 

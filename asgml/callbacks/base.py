@@ -73,7 +73,9 @@ class BalancingCallback(L.Callback):
         features: dict[str, Tensor],
     ) -> Tensor:
         """The fused logits validation and test score (a method's test-time fusion);
-        returns ``logits`` unchanged by default."""
+        returns ``logits`` unchanged by default. A method whose unimodal predictions come
+        from elsewhere may replace entries of ``unimodal_logits`` in place (they feed the
+        ``acc_<m>`` metrics)."""
         return logits
 
     @staticmethod

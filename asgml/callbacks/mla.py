@@ -1,6 +1,6 @@
 """MLA: multimodal learning with alternating unimodal adaptation.
 
-Paper: Zhang, Latham, Yao, Liu, "Multimodal Representation Learning by Alternating Unimodal
+Paper: Zhang, Yoon, Bansal, Yao, "Multimodal Representation Learning by Alternating Unimodal
 Adaptation", CVPR 2024.
 Official code: Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation @
 ab6c184579f9ff390e9c9b8216c9900c2a43545b (``main.py``: ``train_epoch`` with ``gs_flag``,

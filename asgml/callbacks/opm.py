@@ -1,6 +1,6 @@
 """OPM: on-the-fly prediction modulation (drop the dominant modality's features).
 
-Paper: Wei, Hu, Peng, Di Hu, "On-the-fly Modulation for Balanced Multimodal Learning",
+Paper: Wei, Hu, Du, Wen, "On-the-fly Modulation for Balanced Multimodal Learning",
 TPAMI 2024.
 Official code: GeWu-Lab/BML_TPAMI2024 @ 4b3aa4fd841856c4acbebf48549e6c59fbf7635e
 (``code/models/Classifier.py``: ``calcu_q``, ``Modality_drop``; ``code/main.py``: ``train``).

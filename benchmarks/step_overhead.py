@@ -60,6 +60,7 @@ DEFAULT_METHODS = [
     "opm:method.opm.modulation_starts=0",
     "amco",
     "mla",
+    "relearning",
 ]
 
 

@@ -36,8 +36,10 @@ def _same(a: Any, b: Any, where: str = "") -> None:
         assert a == b, where
 
 
-def assert_resume_exact(tmp: Path, overrides: Sequence[str], callback_key: str) -> dict:
-    """Run full (2 epochs), first (1 epoch) and resumed-from-first; assert the resumed last
+def assert_resume_exact(
+    tmp: Path, overrides: Sequence[str], callback_key: str, epochs: int = 2
+) -> dict:
+    """Run full (``epochs``), first (one fewer) and resumed-from-first; assert the resumed last
     checkpoint equals the full one (weights, optimizer, the method's callback state).
     Returns the full run's last checkpoint."""
 
@@ -45,9 +47,13 @@ def assert_resume_exact(tmp: Path, overrides: Sequence[str], callback_key: str) 
         run(compose_cfg([*RESUME, *overrides, *extra], output_dir=tmp / name))
         return torch.load(tmp / name / "checkpoints" / "last.ckpt", weights_only=True)
 
-    full = train("full")
-    train("first", "trainer.max_epochs=1")
-    resumed = train("resumed", f"ckpt_path={tmp / 'first' / 'checkpoints' / 'last.ckpt'}")
+    full = train("full", f"trainer.max_epochs={epochs}")
+    train("first", f"trainer.max_epochs={epochs - 1}")
+    resumed = train(
+        "resumed",
+        f"trainer.max_epochs={epochs}",
+        f"ckpt_path={tmp / 'first' / 'checkpoints' / 'last.ckpt'}",
+    )
     assert full["global_step"] == resumed["global_step"] > 0
     _same(full["state_dict"], resumed["state_dict"], "state_dict")
     _same(full["optimizer_states"], resumed["optimizer_states"], "optimizer")

@@ -1,6 +1,6 @@
 """ReLearning: diagnose each modality by clustering its features, softly re-initialise it.
 
-Paper: Wei, Li, Hu, "Diagnosing and Re-learning for Balanced Multimodal Learning", ECCV 2024.
+Paper: Wei, Li, Feng, Hu, "Diagnosing and Re-learning for Balanced Multimodal Learning", ECCV 2024.
 Official code: GeWu-Lab/Diagnosing_Relearning_ECCV2024 @
 025085ea82ed784c6ab6e5fb1b08bfe498dd0fc7 (``code/ours.py``: ``purity_score``,
 ``reinit_score``, ``reinit``, ``get_feature``, ``main``).

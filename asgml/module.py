@@ -259,7 +259,7 @@ class MultimodalModule(L.LightningModule):
         for group in opt.param_groups:
             name = str(group.get("name", ""))
             keep = (
-                name.removeprefix("encoder.") in plan.step or plan.step is None
+                plan.step is None or name.removeprefix("encoder.") in plan.step
                 if name.startswith("encoder.")
                 else plan.step_head
             )

@@ -105,3 +105,12 @@ def test_fusion_scale_and_sample_mask_match_a_hand_built_loss() -> None:
 def test_unknown_modality_is_refused() -> None:
     with pytest.raises(ValueError, match="StepPlan.forward names unknown"):
         _one_step(Planner(lambda p: p.forward.add("text")))
+
+
+def test_step_head_false_freezes_only_the_head() -> None:
+    module, before, _ = _one_step(Planner(lambda p: setattr(p, "step_head", False)))
+    after = module.state_dict()
+    for k in before:
+        if k.startswith("fusion."):
+            assert torch.equal(before[k], after[k]), k
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoders."))

@@ -1,5 +1,5 @@
-"""Exact-resume check shared by the method tests: a 2-epoch run equals a 1-epoch run
-resumed from its ``last.ckpt`` (weights, optimizer, every callback's state)."""
+"""Exact-resume check shared by the step-plan method tests (the pattern of
+tests/reliability/test_reliability_resume.py): a 2-epoch run equals 1 epoch + resume."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import torch
 from asgml.train import run
 from tests.conftest import compose_cfg
 
-# monitor=null: a checkpoint (and last.ckpt) every epoch; with a monitor, `save_last` only
-# refreshes last.ckpt when the monitored value improves
-BASE = [
+# monitor=null: a checkpoint (and last.ckpt) at every epoch end, whatever val/acc does
+RESUME = [
     "trainer.max_epochs=2",
     "trainer.deterministic=true",
     "test=false",
@@ -22,35 +21,61 @@ BASE = [
 ]
 
 
-def _ckpt(run_dir: Path) -> dict[str, Any]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-
-
-def assert_same(a: Any, b: Any, where: str = "") -> None:
+def _same(a: Any, b: Any, where: str = "") -> None:
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
+            _same(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, list | tuple):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{where}[{i}]")
+            _same(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
 
 
+def assert_resume_exact(
+    tmp: Path, overrides: Sequence[str], callback_key: str, epochs: int = 2
+) -> dict:
+    """Run full (``epochs``), first (one fewer) and resumed-from-first; assert the resumed last
+    checkpoint equals the full one (weights, optimizer, the method's callback state).
+    Returns the full run's last checkpoint."""
+
+    def train(name: str, *extra: str) -> dict:
+        run(compose_cfg([*RESUME, *overrides, *extra], output_dir=tmp / name))
+        return torch.load(tmp / name / "checkpoints" / "last.ckpt", weights_only=True)
+
+    full = train("full", f"trainer.max_epochs={epochs}")
+    train("first", f"trainer.max_epochs={epochs - 1}")
+    resumed = train(
+        "resumed",
+        f"trainer.max_epochs={epochs}",
+        f"ckpt_path={tmp / 'first' / 'checkpoints' / 'last.ckpt'}",
+    )
+    assert full["global_step"] == resumed["global_step"] > 0
+    _same(full["state_dict"], resumed["state_dict"], "state_dict")
+    _same(full["optimizer_states"], resumed["optimizer_states"], "optimizer")
+    assert callback_key in full["callbacks"], sorted(full["callbacks"])
+    _same(full["callbacks"][callback_key], resumed["callbacks"][callback_key], callback_key)
+    return full
+
+
 def check_resume(root: Path, overrides: Sequence[str], callback_keys: Sequence[str]) -> None:
-    """Train 2 epochs straight and 1 + 1 resumed; everything in ``last.ckpt`` must match."""
-    run(compose_cfg([*BASE, *overrides], output_dir=root / "full"))
-    run(compose_cfg([*BASE, *overrides, "trainer.max_epochs=1"], output_dir=root / "first"))
-    last = root / "first" / "checkpoints" / "last.ckpt"
-    run(compose_cfg([*BASE, *overrides, f"ckpt_path={last}"], output_dir=root / "resumed"))
-    full, resumed = _ckpt(root / "full"), _ckpt(root / "resumed")
+    """Train 2 epochs straight and 1 + 1 resumed (3 steps per epoch); everything in
+    ``last.ckpt`` must match: weights, optimizer and the state of every callback named."""
+
+    def train(name: str, *extra: str) -> dict:
+        run(compose_cfg([*RESUME, *overrides, *extra], output_dir=root / name))
+        return torch.load(root / name / "checkpoints" / "last.ckpt", weights_only=True)
+
+    full = train("full")
+    train("first", "trainer.max_epochs=1")
+    resumed = train("resumed", f"ckpt_path={root / 'first' / 'checkpoints' / 'last.ckpt'}")
     assert full["global_step"] == resumed["global_step"] == 6
-    assert_same(full["state_dict"], resumed["state_dict"], "state_dict")
-    assert_same(full["optimizer_states"], resumed["optimizer_states"], "optimizer")
+    _same(full["state_dict"], resumed["state_dict"], "state_dict")
+    _same(full["optimizer_states"], resumed["optimizer_states"], "optimizer")
     for key in callback_keys:
         assert key in full["callbacks"], sorted(full["callbacks"])
-        assert_same(full["callbacks"][key], resumed["callbacks"][key], key)
+        _same(full["callbacks"][key], resumed["callbacks"][key], key)

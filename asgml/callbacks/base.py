@@ -2,25 +2,36 @@
 
 A method is a Lightning :class:`~lightning.pytorch.callbacks.Callback`. Besides the
 ordinary Lightning hooks (``on_train_epoch_end`` for epoch-level schedules, ...) a
-:class:`BalancingCallback` implements two hooks that
-:class:`~asgml.module.MultimodalModule` calls inside ``training_step``, in callback order,
-with the step's :class:`~asgml.types.StepOutput`:
+:class:`BalancingCallback` implements hooks that :class:`~asgml.module.MultimodalModule`
+calls inside a step, in callback order:
 
+* :meth:`~BalancingCallback.on_step_plan` before any encoder runs and
+  :meth:`~BalancingCallback.on_step_features` before the fusion layer: methods that change
+  the structure of a step (which modalities are forwarded or updated, feature masks, sample
+  subsets) set a :class:`~asgml.step_plan.StepPlan` there;
 * :meth:`~BalancingCallback.on_train_losses` after the forward pass, before the backward
-  pass: add, reweight or replace terms of ``out.losses``, register tensor hooks on
-  ``out.features``, or run extra passes (e.g. masked-modality passes);
+  pass, with the step's :class:`~asgml.types.StepOutput`: add, reweight or replace terms of
+  ``out.losses``, register tensor hooks on ``out.features``, or run extra passes (e.g.
+  masked-modality passes);
 * :meth:`~BalancingCallback.on_train_gradients` after ``manual_backward``, before the
-  optimizer step: read and edit the (DDP-averaged) gradients.
+  optimizer step: read and edit the (DDP-averaged) gradients;
+* :meth:`~BalancingCallback.on_eval_logits` at validation and test time: replace the fused
+  logits (a method's test-time fusion).
 
-The step output is valid for the duration of those two calls; nothing is stored on the
+The step output is valid for the duration of the training hooks; it is not stored on the
 module. The shared plumbing (unscaled gradients under any precision, skipped steps, DDP
 reductions, epoch windows, deferred checkpoint state) is in :mod:`asgml.callbacks.toolkit`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 
+from torch import Tensor
+
+from asgml.step_plan import StepPlan
 from asgml.types import StepOutput
 
 
@@ -45,6 +56,41 @@ class BalancingCallback(L.Callback):
 
         Under ``16-mixed`` they carry the loss scale (see
         :func:`asgml.callbacks.toolkit.loss_scale`); ``out.loss`` is the summed loss."""
+
+    def on_step_plan(
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        plan: StepPlan,
+        batch: Any,
+    ) -> None:
+        """Edit this step's :class:`~asgml.step_plan.StepPlan` before any encoder runs
+        (which modalities are forwarded, which encoders update)."""
+
+    def on_step_features(
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        plan: StepPlan,
+        features: dict[str, Tensor],
+        batch: Any,
+    ) -> None:
+        """Edit the plan from this batch's features, before the fusion layer
+        (``plan.fusion_scale``, ``plan.sample_mask``)."""
+
+    def on_eval_logits(
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        logits: Tensor,
+        unimodal_logits: dict[str, Tensor],
+        features: dict[str, Tensor],
+    ) -> Tensor:
+        """The fused logits validation and test score (a method's test-time fusion);
+        returns ``logits`` unchanged by default. A method whose unimodal predictions come
+        from elsewhere may replace entries of ``unimodal_logits`` in place (they feed the
+        ``acc_<m>`` metrics)."""
+        return logits
 
     @staticmethod
     def log_now(trainer: L.Trainer, metrics: dict[str, float]) -> None:

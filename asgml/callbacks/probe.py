@@ -8,7 +8,7 @@ on the whole batch, the "v1" ablation). The accuracies are the modalities' utili
 scores, exposed as :attr:`ProbeMonitor.utilization` (:class:`asgml.types.Utilization`), which
 the boost callback reads. The monitor never touches the model's parameters or gradients.
 
-Paper: ASGML v2, "Probe-guided weak-modality boosting" (this library's seed document).
+Paper: ASGML v2, "Probe-guided weak-modality boosting" (this library's design document, ``docs/asgml_v2_design.md``).
 
 Reliability:
 

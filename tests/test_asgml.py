@@ -15,7 +15,7 @@ from asgml.callbacks.staleness import StalenessScheduler, learning_speed, should
 from asgml.data.synthetic import DictTensorDataset
 from asgml.models.encoders import MLPEncoder
 from asgml.module import MultimodalModule
-from asgml.train import build_callbacks, run
+from asgml.train import run
 from asgml.types import Utilization
 from tests.conftest import compose_cfg
 from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader

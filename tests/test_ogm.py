@@ -236,7 +236,7 @@ def test_boost_and_ogm_compose_multiplicatively():
 
 def test_nonfinite_grads_leave_step_unmodulated():
     g = [torch.tensor([1.0, float("nan")]), torch.tensor([2.0, 3.0])]
-    from asgml.callbacks.grads import all_finite
+    from asgml.callbacks.toolkit import all_finite
 
     fin = all_finite(g)
     assert not bool(fin)

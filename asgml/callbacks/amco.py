@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import sum_over_ranks
+from asgml.callbacks.toolkit import EpochWindow, sum_over_ranks
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
@@ -105,13 +105,8 @@ class AMCo(BalancingCallback):
             raise ValueError(f"method.amco.sigma must be in (0, 1), got {sigma}")
         if eps <= 0:
             raise ValueError(f"method.amco.eps must be > 0, got {eps}")
-        if modulation_ends < modulation_starts:
-            raise ValueError(
-                f"method.amco.modulation_ends ({modulation_ends}) < modulation_starts "
-                f"({modulation_starts})"
-            )
-        self.sigma, self.eps, self.star = float(sigma), float(eps), bool(star)
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
+        self.window = EpochWindow(modulation_starts, modulation_ends)
         self.generator = torch.Generator().manual_seed(int(seed))
         self.dependent: dict[str, bool] = {}
         self.l_t = 0.0
@@ -131,7 +126,7 @@ class AMCo(BalancingCallback):
             module.add_module(STAR, nn.Linear(module.num_classes, module.num_classes))
 
     def in_window(self, epoch: int) -> bool:
-        return self.modulation_starts <= epoch <= self.modulation_ends
+        return epoch in self.window
 
     def fused(self, module: MultimodalModule, uni: Mapping[str, Tensor]) -> Tensor:
         total = torch.stack([uni[m] for m in module.modalities]).sum(0)
@@ -147,8 +142,8 @@ class AMCo(BalancingCallback):
         trainer: L.Trainer,
         module: MultimodalModule,
         out: StepOutput,
-        losses: dict[str, Tensor],
     ) -> None:
+        losses = out.losses
         y = out.labels
         if not self.in_window(trainer.current_epoch):
             losses["fused"] = F.cross_entropy(self.fused(module, out.unimodal_logits), y)

@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-
 from torch import Tensor
 
 from asgml.step_plan import StepPlan

@@ -52,6 +52,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.toolkit import EpochWindow
 from asgml.models.fusion import ConcatFusion, MMCosineFusion, SumFusion
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class CML(BalancingCallback):
         self.lam = float(lam)
         self.modulation_starts = int(modulation_starts)
         self.modulation_ends = int(modulation_ends)
+        self.window = EpochWindow(self.modulation_starts, self.modulation_ends)
         self.variant = variant
         self.seed = int(seed)
         self.removal_order: list[str] = []
@@ -143,9 +145,9 @@ class CML(BalancingCallback):
         trainer: L.Trainer,
         module: MultimodalModule,
         out: StepOutput,
-        losses: dict[str, Tensor],
     ) -> None:
-        if not self.modulation_starts <= trainer.current_epoch <= self.modulation_ends:
+        losses = out.losses
+        if trainer.current_epoch not in self.window:
             return
         order = self.removal_order or self.draw_order(
             list(module.modalities), trainer.current_epoch

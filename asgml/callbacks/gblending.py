@@ -221,8 +221,8 @@ class GBlending(BalancingCallback):
         trainer: L.Trainer,
         module: MultimodalModule,
         out: StepOutput,
-        losses: dict[str, Tensor],
     ) -> None:
+        losses = out.losses
         if not self.weights:
             return
         losses["fused"] = self.weights[FUSED] * losses["fused"]

@@ -123,8 +123,8 @@ class LFM(BalancingCallback):
         trainer: L.Trainer,
         module: MultimodalModule,
         out: StepOutput,
-        losses: dict[str, Tensor],
     ) -> None:
+        losses = out.losses
         k_ce, k_align = self.weights(trainer.current_epoch)
         mods = module.modalities
         ce = F.cross_entropy(out.logits / len(mods), out.labels)

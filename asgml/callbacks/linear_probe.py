@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
@@ -105,8 +104,8 @@ class LinearProbe(BalancingCallback):
         trainer: L.Trainer,
         module: MultimodalModule,
         out: StepOutput,
-        losses: dict[str, Tensor],
     ) -> None:
+        losses = out.losses
         for m in module.modalities:
             losses[f"probe_{m}"] = F.cross_entropy(out.unimodal_logits[m], out.labels)
 

@@ -53,6 +53,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.toolkit import EpochWindow
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
@@ -105,6 +106,7 @@ class MBSD(BalancingCallback):
             raise ValueError(f"method.mbsd.rs_input must be auto|logits|probs, got {rs_input!r}")
         self.modulation_starts = int(modulation_starts)
         self.modulation_ends = int(modulation_ends)
+        self.window = EpochWindow(self.modulation_starts, self.modulation_ends)
         self.rs_input = rs_input
         self.detach_weights = bool(detach_weights)
 
@@ -122,9 +124,9 @@ class MBSD(BalancingCallback):
         trainer: L.Trainer,
         module: MultimodalModule,
         out: StepOutput,
-        losses: dict[str, Tensor],
     ) -> None:
-        if not self.modulation_starts <= trainer.current_epoch <= self.modulation_ends:
+        losses = out.losses
+        if trainer.current_epoch not in self.window:
             return
         y, uni = out.labels, out.unimodal_logits
         mods = module.modalities

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import sum_over_ranks
+from asgml.callbacks.toolkit import sum_over_ranks
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
@@ -164,8 +164,8 @@ class MLA(BalancingCallback):
         trainer: L.Trainer,
         module: MultimodalModule,
         out: StepOutput,
-        losses: dict[str, Tensor],
     ) -> None:
+        losses = out.losses
         m = self._current
         assert m is not None
         f = out.features[m]
@@ -177,10 +177,14 @@ class MLA(BalancingCallback):
             self._r = (total[:-1] / total[-1]).unsqueeze(0)
 
     @override
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_gradients(
+        self, trainer: L.Trainer, module: MultimodalModule, out: StepOutput
+    ) -> None:
+        # the projection is linear in the gradient, so the loss scale a 16-mixed gradient
+        # carries passes through unchanged
         if self._r is None or self.projection == "none":
             return
-        w = getattr(pl_module, HEAD).weight
+        w = getattr(module, HEAD).weight
         if self.exp_count != 0 and w.grad is not None:
             batch_idx = trainer.fit_loop.epoch_loop.batch_idx
             alpha = gs_alpha(batch_idx, max(1, int(trainer.num_training_batches)))

@@ -84,7 +84,6 @@ class MMCosine(BalancingCallback):
         trainer: L.Trainer,
         module: MultimodalModule,
         out: StepOutput,
-        losses: dict[str, Tensor],
     ) -> None:
         if not self.logging_step(trainer):
             return

@@ -100,7 +100,7 @@ def pareto_combine(
 
 
 class MMPareto(BalancingCallback):
-    """MMPareto gradient integration at ``on_after_backward``.
+    """MMPareto gradient integration at ``on_train_gradients``.
 
     Args:
         gamma: the final rescaling factor (official 1.5).

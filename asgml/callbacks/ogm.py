@@ -34,7 +34,7 @@ per tensor, from the un-modulated gradient) is added to every modulated tensor o
 modality, including those with coefficient 1. ``mode=OGM`` scales only. Modulation runs
 while ``modulation_starts <= epoch <= modulation_ends`` (0-based, inclusive).
 
-Mixed precision: under ``16-mixed`` the gradients seen at ``on_after_backward`` are
+Mixed precision: under ``16-mixed`` the gradients seen at ``on_train_gradients`` are
 multiplied by the loss scale S. Scaling commutes with it; the noise std is taken from the
 same scaled tensor, so ``std(S g) = S std(g)``, and the epsilon is scaled too
 (``S * 1e-8``), so after unscaling the noise is exactly ``N(0, std(g) + 1e-8)``.
@@ -190,7 +190,7 @@ def check_unimodal_heads_train(pl_module: L.LightningModule, method: str) -> Non
 
 
 class OGMGE(BalancingCallback):
-    """OGM / OGM-GE gradient modulation at ``on_after_backward``.
+    """OGM / OGM-GE gradient modulation at ``on_train_gradients``.
 
     Args:
         alpha: modulation strength (official README: 0.8 for CREMA-D, 0.1 for VGGSound).

@@ -45,8 +45,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import sum_over_ranks
 from asgml.callbacks.ogm import ogm_scores
+from asgml.callbacks.toolkit import sum_over_ranks
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule

@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.toolkit import EpochWindow, sum_over_ranks
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
@@ -125,6 +126,7 @@ class PMR(BalancingCallback):
         self.momentum_coef = float(momentum_coef)
         self.modulation_starts = int(modulation_starts)
         self.modulation_ends = int(modulation_ends)
+        self.window = EpochWindow(self.modulation_starts, self.modulation_ends)
         self.proto_fraction = float(proto_fraction)
         self.seed = int(seed)
         self.prototypes: dict[str, Tensor] = {}
@@ -165,11 +167,8 @@ class PMR(BalancingCallback):
                     sums[m] += onehot.t() @ feats[m].float()
         finally:
             module.train(was_training)
-        counts = trainer.strategy.reduce(counts, reduce_op="sum")
-        return {
-            m: class_means(trainer.strategy.reduce(s, reduce_op="sum"), counts)
-            for m, s in sums.items()
-        }
+        counts = sum_over_ranks(trainer, counts)
+        return {m: class_means(sum_over_ranks(trainer, s), counts) for m, s in sums.items()}
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -187,8 +186,8 @@ class PMR(BalancingCallback):
         trainer: L.Trainer,
         module: MultimodalModule,
         out: StepOutput,
-        losses: dict[str, Tensor],
     ) -> None:
+        losses = out.losses
         if not self.prototypes:
             return
         epoch = trainer.current_epoch
@@ -199,7 +198,7 @@ class PMR(BalancingCallback):
         with torch.no_grad():
             scores = torch.stack([prototype_score(sims[m].float(), y) for m in module.modalities])
             coefs = pmr_coefficients(scores, self.alpha)
-        if self.modulation_starts <= epoch <= self.modulation_ends:
+        if epoch in self.window:
             for i, m in enumerate(module.modalities):
                 # a zero coefficient adds nothing (as beta * loss in the official code)
                 losses[f"pmr_proto_{m}"] = coefs[i] * F.cross_entropy(sims[m], y)

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.toolkit import EpochWindow
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
@@ -116,6 +117,7 @@ class UMT(BalancingCallback):
         self.scaling = float(scaling)
         self.modulation_starts = int(modulation_starts)
         self.modulation_ends = int(modulation_ends)
+        self.window = EpochWindow(self.modulation_starts, self.modulation_ends)
         self.teacher_mode = teacher_mode
         self.teachers: dict[str, nn.Module] = {}
 
@@ -143,9 +145,9 @@ class UMT(BalancingCallback):
         trainer: L.Trainer,
         module: MultimodalModule,
         out: StepOutput,
-        losses: dict[str, Tensor],
     ) -> None:
-        if not self.modulation_starts <= trainer.current_epoch <= self.modulation_ends:
+        losses = out.losses
+        if trainer.current_epoch not in self.window:
             return
         log = self.logging_step(trainer)
         for m, teacher in self.teachers.items():

@@ -67,7 +67,7 @@ def test_loss_is_the_balancebenchmark_composition(n_mod) -> None:
     cb.removal_order = cb.draw_order(mods, 0)
     assert len(cb.removal_order) == n_mod - 1 and len(set(cb.removal_order)) == n_mod - 1
     out, losses = _step(module, batch)
-    cb.on_train_losses(_fake_trainer(), module, out, losses)
+    cb.on_train_losses(_fake_trainer(), module, out)
     total = sum(losses.values())
     # CML_trainer.py: out_p = out_s - uni[removed] + bias / N; loss = (CE(out) + sum CE(out_p)) / N
     b = module.fusion.fc_out.bias
@@ -98,7 +98,7 @@ def test_confidence_term_reaches_the_removed_modality() -> None:
     with torch.no_grad():  # make the audio-only logits over-confident so the penalty is active
         module.fusion.fc_out.weight[:, :8] *= 20
     out, losses = _step(module, batch)
-    cb.on_train_losses(_fake_trainer(), module, out, losses)
+    cb.on_train_losses(_fake_trainer(), module, out)
     assert losses["cml_conf"].item() > 0
     grads = torch.autograd.grad(losses["cml_conf"], list(module.parameters()), allow_unused=True)
     named = dict(zip([n for n, _ in module.named_parameters()], grads, strict=True))

@@ -48,7 +48,7 @@ def test_weighted_loss_and_its_gradients() -> None:
     out = StepOutput(feats, logits, uni, y, inputs, lengths, losses)
     cb = GBlending()
     cb.weights = {"audio": 0.2, "visual": 0.7, "fused": 0.1}
-    cb.on_train_losses(_fake_trainer(), module, out, losses)
+    cb.on_train_losses(_fake_trainer(), module, out)
     exp = 0.1 * F.cross_entropy(logits, y) + 0.2 * F.cross_entropy(uni["audio"], y)
     exp = exp + 0.7 * F.cross_entropy(uni["visual"], y)
     assert sum(losses.values()).item() == pytest.approx(exp.item(), rel=1e-6)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.grads import select_parameters
 from asgml.callbacks.inforeg import (
     InfoReg,
     add_proximal_,
@@ -17,6 +16,7 @@ from asgml.callbacks.inforeg import (
     inforeg_scores,
     plw_growth,
 )
+from asgml.callbacks.toolkit import select_parameters
 from asgml.train import run
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 

@@ -61,7 +61,7 @@ def test_loss_composition_and_gradients(n_mod) -> None:
     logits, uni, feats = module(inputs, lengths)
     losses = {"fused": F.cross_entropy(logits, y)}
     out = StepOutput(feats, logits, uni, y, inputs, lengths, losses)
-    LFM().on_train_losses(_fake_trainer(epoch=3), module, out, losses)
+    LFM().on_train_losses(_fake_trainer(epoch=3), module, out)
     k1, k2 = polynomial(FITTED_CE, 3), polynomial(FITTED_ALIGN, 3)
     # Crema_epoch.py: 2 * (k1 * CE(0.5 o_v + 0.5 o_a) + k2 * Alignment(o_a, o_v))
     mean_logits = sum(uni.values()) / n_mod

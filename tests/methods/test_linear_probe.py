@@ -40,7 +40,7 @@ def test_loss_and_frozen_encoders(tmp_path: Path) -> None:
     logits, uni, feats = module(inputs, lengths)
     losses = {"fused": F.cross_entropy(logits, y)}
     out = StepOutput(feats, logits, uni, y, inputs, lengths, losses)
-    cb.on_train_losses(SimpleNamespace(), module, out, losses)
+    cb.on_train_losses(SimpleNamespace(), module, out)
     exp = F.cross_entropy(logits, y) + sum(F.cross_entropy(uni[m], y) for m in uni)
     assert sum(losses.values()).item() == pytest.approx(exp.item(), rel=1e-6)
     total = sum(losses.values())

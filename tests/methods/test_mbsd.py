@@ -73,7 +73,7 @@ def test_terms_reach_encoders_and_unimodal_heads_only(n_mod) -> None:
     module = tiny_mlp_module(mods, unimodal_heads=True)
     batch = next(iter(vector_loader(mods, n=16, batch_size=16)))
     out, losses = _step(module, batch)
-    MBSD().on_train_losses(_fake_trainer(), module, out, losses)
+    MBSD().on_train_losses(_fake_trainer(), module, out)
     assert set(losses) == {"fused", "mbsd_rs", "mbsd_kl", *(f"mbsd_unimodal_{m}" for m in mods)}
     extra = sum(v for k, v in losses.items() if k.startswith("mbsd_"))
     grads = torch.autograd.grad(
@@ -89,7 +89,7 @@ def test_terms_reach_encoders_and_unimodal_heads_only(n_mod) -> None:
     assert all(g.abs().sum() > 0 for g in rs_grads)
     # outside the window: only the fused CE
     out, losses = _step(module, batch)
-    MBSD(modulation_ends=0).on_train_losses(_fake_trainer(epoch=1), module, out, losses)
+    MBSD(modulation_ends=0).on_train_losses(_fake_trainer(epoch=1), module, out)
     assert set(losses) == {"fused"}
 
 

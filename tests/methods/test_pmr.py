@@ -82,7 +82,7 @@ def test_prototype_ce_reaches_only_the_slow_encoder() -> None:
     protos["visual"] = protos["visual"][[1, 2, 0]]
     cb.prototypes = protos
     out, losses = _step(module, batch)
-    cb.on_train_losses(_fake_trainer(), module, out, losses)
+    cb.on_train_losses(_fake_trainer(), module, out)
     assert losses["pmr_proto_audio"].item() == 0.0
     exp = 2.0 * F.cross_entropy(prototype_similarity(out.features["visual"], protos["visual"]), y)
     assert losses["pmr_proto_visual"].item() == pytest.approx(exp.item())
@@ -97,7 +97,7 @@ def test_prototype_ce_reaches_only_the_slow_encoder() -> None:
     # outside the epoch window: no prototype terms
     cb.modulation_ends = -1
     out, losses = _step(module, batch)
-    cb.on_train_losses(_fake_trainer(epoch=3), module, out, losses)
+    cb.on_train_losses(_fake_trainer(epoch=3), module, out)
     assert set(losses) == {"fused"}
 
 

@@ -107,7 +107,7 @@ def test_umt_term_reaches_only_the_distilled_encoder(teachers, make_cfg) -> None
     logits, uni, feats = module(inputs, lengths)
     losses = {"fused": F.cross_entropy(logits, y)}
     out = StepOutput(feats, logits, uni, y, inputs, lengths, losses)
-    cb.on_train_losses(_fake_trainer(), module, out, losses)
+    cb.on_train_losses(_fake_trainer(), module, out)
     with torch.no_grad():
         target = cb.teachers["visual"](inputs["visual"])
     exp = 10.0 * F.mse_loss(feats["visual"], target)

@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
 from asgml.callbacks.boost import ASGMLBoost
@@ -19,7 +20,7 @@ from asgml.callbacks.staleness import StalenessScheduler
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 
 
-class PoisonGrads(L.Callback):
+class PoisonGrads(BalancingCallback):
     """Puts a NaN into one audio-encoder gradient on the given batches (place first)."""
 
     def __init__(self, batches: set[int]) -> None:
@@ -29,9 +30,10 @@ class PoisonGrads(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.batch_idx = batch_idx
 
-    def on_after_backward(self, trainer: L.Trainer, pl_module: Any) -> None:
+    @override
+    def on_train_gradients(self, trainer: L.Trainer, module: Any, out: Any) -> None:
         if self.batch_idx in self.batches:
-            next(iter(pl_module.encoder_parameters("audio"))).grad[0].fill_(float("nan"))
+            next(iter(module.encoder_parameters("audio"))).grad[0].fill_(float("nan"))
 
 
 class PoisonFeatures(BalancingCallback):
@@ -45,6 +47,7 @@ class PoisonFeatures(BalancingCallback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.batch_idx = batch_idx
 
+    @override
     def on_train_losses(self, trainer, module, out) -> None:
         if self.batch_idx in self.batches:
             out.features["audio"] = torch.full_like(out.features["audio"], float("inf"))
@@ -98,6 +101,7 @@ def test_nonfinite_loss_still_skips_and_raises() -> None:
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             self.batch_idx = batch_idx
 
+        @override
         def on_train_losses(self, trainer, module, out) -> None:
             if self.batch_idx == 1:
                 out.losses["fused"] = out.losses["fused"] * float("nan")

@@ -105,6 +105,7 @@ class AMCo(BalancingCallback):
             raise ValueError(f"method.amco.sigma must be in (0, 1), got {sigma}")
         if eps <= 0:
             raise ValueError(f"method.amco.eps must be > 0, got {eps}")
+        self.sigma, self.eps, self.star = float(sigma), float(eps), bool(star)
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
         self.window = EpochWindow(modulation_starts, modulation_ends)
         self.generator = torch.Generator().manual_seed(int(seed))

@@ -16,6 +16,7 @@ from asgml.callbacks.pmr import (
     prototype_score,
     prototype_similarity,
 )
+from asgml.callbacks.toolkit import EpochWindow
 from asgml.train import run
 from asgml.types import StepOutput
 from tests.helpers import fit, tiny_mlp_module, vector_loader
@@ -95,7 +96,7 @@ def test_prototype_ce_reaches_only_the_slow_encoder() -> None:
         else:
             assert g is None or g.abs().sum() == 0, name
     # outside the epoch window: no prototype terms
-    cb.modulation_ends = -1
+    cb.window = EpochWindow(0, 2)  # epoch 3 lies outside
     out, losses = _step(module, batch)
     cb.on_train_losses(_fake_trainer(epoch=3), module, out)
     assert set(losses) == {"fused"}

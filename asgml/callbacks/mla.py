@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.toolkit import sum_over_ranks
+from asgml.callbacks.toolkit import step_finite, sum_over_ranks
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
@@ -189,7 +189,10 @@ class MLA(BalancingCallback):
             batch_idx = trainer.fit_loop.epoch_loop.batch_idx
             alpha = gs_alpha(batch_idx, max(1, int(trainer.num_training_batches)))
             assert self.projector is not None
-            p = gs_update(self.projector.to(w.device), self._r.to(w.device), alpha)
+            old = self.projector.to(w.device)
+            p = gs_update(old, self._r.to(w.device), alpha)
+            # a step the optimizer skips (non-finite loss or gradients) leaves the projector
+            p = torch.where(step_finite(module, out).to(w.device), p, old)
             self.projector = p
             proj = w.grad @ p.t().to(w.grad.dtype)
             if self.projection == "replace":

@@ -45,6 +45,9 @@ EXTRA = {
     "boost_cggm": ["method.probe.eval_freq=1"],
     "arl": ["method.arl.start=-1"],
     "staleness": ["method.staleness.update_freq=2"],
+    # MLA forwards one modality per step: the other encoder has no gradient
+    "mla": ["trainer.strategy=ddp_find_unused_parameters_true"],
+    "opm": ["method.opm.modulation_starts=0", "method.opm.p_exe=1.0"],
 }
 
 

@@ -35,6 +35,10 @@ METHODS = [
     "mmpareto",
     "arl",
     "staleness",
+    "mla",
+    "opm",
+    "pmr",
+    "amco",
 ]
 
 

@@ -61,6 +61,7 @@ DEFAULT_METHODS = [
     "amco",
     "mla",
     "relearning",
+    "greedy:method.greedy.starting_epoch=0",
 ]
 
 

@@ -95,10 +95,9 @@ def bayes_accuracy(informative: Sequence[float], num_classes: int) -> float:
     return 1.0 - (1.0 - 1.0 / num_classes) * miss
 
 
-def _smooth(x: Tensor, size: Sequence[int], grain: int, g: torch.Generator) -> Tensor:
-    """Upsample ``x``'s trailing ``len(size)`` dims from a grid ``grain`` times coarser."""
-    coarse = [max(2, n // grain) if grain > 1 else n for n in size]
-    if list(coarse) == list(size):
+def _smooth(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Upsample a coarse random pattern ``x`` (batch, channel, *grid) to ``size``."""
+    if tuple(x.shape[2:]) == tuple(size):
         return x
     mode = "linear" if len(size) == 1 else "bilinear"
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=True)
@@ -115,18 +114,31 @@ def _prototypes(
     if kind == "spectrogram":  # profile over frequency, constant over time
         _, f, t = shape
         n = max(2, f // grain) if grain > 1 else f
-        prof = _smooth(torch.randn((k, 1, n), generator=g), (f,), grain, g)
+        prof = _smooth(torch.randn((k, 1, n), generator=g), (f,))
         p = prof.view(k, 1, f, 1).expand(k, 1, f, t)
     elif kind == "frames":  # colour image, the same in every frame
         c, t, h, w = shape
         hw = (max(2, h // grain), max(2, w // grain)) if grain > 1 else (h, w)
-        img = _smooth(torch.randn((k, c, *hw), generator=g), (h, w), grain, g)
+        img = _smooth(torch.randn((k, c, *hw), generator=g), (h, w))
         p = img.unsqueeze(2).expand(k, c, t, h, w)
     else:  # one vector, the same at every time step
         length, dim = shape
         p = torch.randn((k, 1, dim), generator=g).expand(k, length, dim)
     p = p - p.flatten(1).mean(dim=1).view(-1, *[1] * len(shape))
     return (p / p.flatten(1).std(dim=1).view(-1, *[1] * len(shape))).contiguous()
+
+
+def class_prototypes(
+    specs: Mapping[str, Mapping[str, Any]], num_classes: int, seed: int
+) -> dict[str, Tensor]:
+    """Every modality's ``(K, *shape)`` prototypes $P_m$ (unscaled), from ``seed`` alone."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        m: _prototypes(
+            spec["kind"], _shape(spec["kind"], spec), num_classes, int(spec.get("grain", 1)), g
+        )
+        for m, spec in specs.items()
+    }
 
 
 def make_synthetic(
@@ -144,17 +156,7 @@ def make_synthetic(
     ``return_flags`` the per-modality informative flags ``(num_samples,)`` (bool) come back
     as a third element.
     """
-    g_proto = torch.Generator().manual_seed(seed)
-    protos = {
-        m: _prototypes(
-            spec["kind"],
-            _shape(spec["kind"], spec),
-            num_classes,
-            int(spec.get("grain", 1)),
-            g_proto,
-        )
-        for m, spec in specs.items()
-    }
+    protos = class_prototypes(specs, num_classes, seed)
     g = torch.Generator().manual_seed(seed * 1000 + 17 + split_offset)
     labels = torch.randint(0, num_classes, (num_samples,), generator=g)
     data, flags = {}, {}
@@ -213,6 +215,10 @@ class SyntheticDataModule(SplitDataModule):
                 )
             if "strength" not in spec:
                 raise ValueError(f"dataset.modalities.{m}.strength is required")
+            if int(spec.get("grain", 1)) < 1:
+                raise ValueError(
+                    f"dataset.modalities.{m}.grain must be an integer >= 1, got {spec['grain']!r}"
+                )
             q = float(spec.get("informative", 1.0))
             if not 0.0 <= q <= 1.0:
                 raise ValueError(

@@ -137,7 +137,7 @@ def test_default_shows_the_imbalance(seed, tmp_path):
     )["metrics"]
     audio_cap = bayes_accuracy([SPECS["audio"]["informative"]], K)
     assert m["test/acc_audio"] > audio_cap - 0.12, m  # strong: near its 81.25 % cap
-    assert m["test/acc_visual"] < 1 / K + 0.17, m  # weak: near chance (25 %)
+    assert m["test/acc_visual"] < 1 / K + 0.2, m  # weak: near chance (25 %)
     assert m["test/acc_audio"] > m["test/acc_visual"] + 0.3, m
     assert m["test/acc"] < bayes_accuracy([0.75, 0.6], K) - 0.03, m  # below the joint 92.5 %
 

@@ -363,6 +363,8 @@ class MultimodalModule(L.LightningModule):
         metrics["acc"].update(logits, y)
         metrics["f1"].update(logits, y)
         for m in self.modalities:
+            if m not in uni:  # a method that trains fewer modalities (method=unimodal)
+                continue
             metrics[f"acc_{m}"].update(uni[m], y)
             metrics[f"f1_{m}"].update(uni[m], y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=y.shape[0])

@@ -14,17 +14,18 @@ import logging
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import asgml  # noqa: F401  (registers resolvers)
+from asgml.build import build_datamodule
 
 log = logging.getLogger("asgml")
 
 
 def prepare(cfg: DictConfig) -> Path:
-    """Instantiate ``cfg.dataset.datamodule`` and build its cache; returns the cache dir."""
-    dm = instantiate(cfg.dataset.datamodule)
+    """Build the run's datamodule (:func:`asgml.build.build_datamodule`, as
+    ``asgml.train`` does) and write its cache; returns the cache dir."""
+    dm = build_datamodule(cfg)
     if not hasattr(dm, "build_cache"):
         raise ValueError(
             f"dataset={cfg.dataset.name} has no cache to prepare "

@@ -216,7 +216,8 @@ def format_table(
         "|" + "|".join("---" for _ in headers) + "|",
     ]
     for _, row in summary.iterrows():
-        cells = [str(row[k]) for k in group_by]
+        # a key some runs' configs lack (e.g. method.modality of method=unimodal) reads -
+        cells = ["–" if _is_nan(row[k]) else str(row[k]) for k in group_by]
         for col, _ in columns:
             mean, std = row[f"{col}_mean"], row[f"{col}_std"]
             text = _fmt(mean, std, int(row["n"]), scale, digits)
@@ -237,6 +238,10 @@ def load_curves(run_dirs: Iterable[str | Path]) -> dict[str, pd.DataFrame]:
         if path.exists():
             curves[str(d)] = pd.read_csv(path)
     return curves
+
+
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
 
 
 def group_label(row: Mapping[str, Any], group_by: Sequence[str]) -> str:

@@ -123,11 +123,55 @@ class GatedFusion(Fusion):
         return self.fc_out(torch.sigmoid(self.fc_x(x)) * self.fc_y(y))
 
 
+def cosine_logits(features: Tensor, weight: Tensor, scaling: float) -> Tensor:
+    """MMCosine's modality-wise logits: ``s * normalize(f) @ normalize(W, rows).T``.
+
+    ``features`` ``(B, d)``, ``weight`` ``(C, d)`` (one row per class): every feature vector
+    and every class row is L2-normalised, so each logit is ``s * cos(f, W_c)``."""
+    f = torch.nn.functional.normalize(features, dim=1)
+    w = torch.nn.functional.normalize(weight, dim=1)
+    return scaling * f @ w.t()
+
+
+class MMCosineFusion(Fusion):
+    """MMCosine (Xu et al., ICASSP 2023): ``logits = sum_m s * cos(f_m, W_m)``.
+
+    One bias-free ``Linear(sum d_m, C)`` whose column block ``W_m`` reads modality m (as
+    ``concat``); each modality's logits are the scaled cosines between its L2-normalised
+    features and the L2-normalised class rows of ``W_m``. Unimodal logits are those
+    per-modality terms. ``scaling`` (``s``) is set by the ``mmcosine`` method callback.
+    """
+
+    def __init__(
+        self, feature_dims: Mapping[str, int], num_classes: int, scaling: float = 10.0
+    ) -> None:
+        super().__init__(feature_dims, num_classes)
+        self.fc_out = nn.Linear(sum(self.feature_dims.values()), num_classes, bias=False)
+        offsets, start = {}, 0
+        for m, d in self.feature_dims.items():
+            offsets[m] = (start, start + d)
+            start += d
+        self.blocks = offsets
+        self.scaling = float(scaling)
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        return torch.stack(list(self.unimodal_logits(features).values())).sum(0)
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        w = self.fc_out.weight
+        out = {}
+        for m in self.modalities:
+            lo, hi = self.blocks[m]
+            out[m] = cosine_logits(features[m], w[:, lo:hi], self.scaling)
+        return out
+
+
 FUSIONS: dict[str, type[Fusion]] = {
     "concat": ConcatFusion,
     "sum": SumFusion,
     "film": FiLMFusion,
     "gated": GatedFusion,
+    "mmcosine": MMCosineFusion,
 }
 
 

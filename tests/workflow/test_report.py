@@ -117,3 +117,32 @@ def test_write_report_files_and_skipped_plots(
 def test_no_runs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         report.load_runs(tmp_path)
+
+
+def test_unimodal_runs_share_the_table_with_joint_methods(tmp_path: Path) -> None:
+    """`method=unimodal` runs carry `method.modality`; it becomes a group key and the joint
+    methods (which lack it) read `–` in that column, all in one table."""
+    root = tmp_path / "mixed"
+    _fake_run(root, "0", "baseline", 0, 0.6)
+    _fake_run(root, "1", "mmcosine", 0, 0.62)
+    for job, mod, acc in (("2", "audio", 0.55), ("3", "visual", 0.3)):
+        d = _fake_run(root, job, "unimodal", 0, acc)
+        data = json.loads((d / "metrics.json").read_text())
+        data["config"]["method"]["modality"] = mod
+        (d / "metrics.json").write_text(json.dumps(data))
+        (d / ".hydra" / "overrides.yaml").write_text(
+            f"- method=unimodal\n- method.modality={mod}\n"
+        )
+    runs = report.load_runs(root)
+    keys = report.default_group_by(runs)
+    assert keys == ["method.name", "method.modality"]
+    table = report.format_table(
+        report.summarize(runs, keys, [c for c, _ in report.metric_columns(runs)]),
+        keys,
+        report.metric_columns(runs),
+    )
+    lines = table.splitlines()
+    assert any(line.startswith("| baseline | – |") for line in lines)
+    assert any(line.startswith("| mmcosine | – |") for line in lines)
+    assert any(line.startswith("| unimodal | audio |") for line in lines)
+    assert any(line.startswith("| unimodal | visual |") for line in lines)

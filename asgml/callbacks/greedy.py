@@ -94,12 +94,14 @@ class GreedyMMTM(nn.Module):
 def relative_grad_energy(params: Iterable[nn.Parameter], grad_scale: float = 1.0) -> float:
     """``sum ||grad||^2 / sum ||theta||^2`` over ``params`` (gradients divided by
     ``grad_scale``); parameters without a gradient count with a zero gradient."""
-    gn, wn = 0.0, 0.0
-    for p in params:
-        wn += float(p.detach().float().pow(2).sum())
-        if p.grad is not None:
-            gn += float(p.grad.detach().float().pow(2).sum())
-    return gn / (grad_scale**2) / wn if wn > 0 else 0.0
+    params = list(params)
+    if not params:
+        return 0.0
+    wn = torch.stack([t.float() for t in torch._foreach_norm([p.detach() for p in params])])
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    gn = torch.stack([t.float() for t in torch._foreach_norm(grads)]) if grads else wn * 0
+    w, g = float(wn.pow(2).sum()), float(gn.pow(2).sum())
+    return g / (grad_scale**2) / w if w > 0 else 0.0
 
 
 def greedy_bdr(m_bypass: Sequence[float], m_main: Sequence[float]) -> list[float]:

@@ -208,13 +208,12 @@ class Greedy(BalancingCallback):
     def _update_average(
         self, trainer: L.Trainer, mods: Sequence[str], gates: Mapping[str, Tensor]
     ) -> None:
-        src = mods if self.running_average == "own" else mods[:1]
-        means = torch.stack([gates[m].detach().float().mean(0) for m in src])
+        src = list(mods) if self.running_average == "own" else [mods[0]] * len(mods)
+        parts = [gates[m].detach().float().mean(0) for m in src]  # dims may differ
         world = max(int(getattr(trainer, "world_size", 1)), 1)
-        means = sum_over_ranks(trainer, means) / world
+        flat = sum_over_ranks(trainer, torch.cat(parts)) / world
         k = self.avg_count
-        for i, m in enumerate(mods):
-            new = means[i if self.running_average == "own" else 0].cpu()
+        for m, new in zip(mods, flat.cpu().split([p.numel() for p in parts]), strict=True):
             old = self.avg_gates.get(m, torch.zeros_like(new))
             self.avg_gates[m] = (new + old * k) / (k + 1)
         self.avg_count = k + 1

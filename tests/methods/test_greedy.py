@@ -21,6 +21,8 @@ from asgml.callbacks.greedy import (
     greedy_decision,
     relative_grad_energy,
 )
+from asgml.models.encoders import MLPEncoder
+from asgml.module import MultimodalModule
 from asgml.train import run
 from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
 from tests.methods.resume_check import assert_resume_exact
@@ -56,6 +58,23 @@ def test_mmtm_gates_hand_computed() -> None:
     e = 3.0 - 1.0 + 0.5
     assert g["a"].item() == pytest.approx(1 / (1 + math.exp(-2 * e)))
     assert g["b"].item() == pytest.approx(1 / (1 + math.exp(-(1 - e))))
+
+
+def test_running_average_own_and_official() -> None:
+    gates = {"a": torch.tensor([[0.2, 0.4], [0.4, 0.8]]), "b": torch.tensor([[1.0, 0.0]] * 2)}
+    own = Greedy()
+    own.avg_gates, own.avg_count = {"a": torch.tensor([0.0, 0.0]), "b": torch.ones(2)}, 1
+    own._update_average(None, ["a", "b"], gates)  # type: ignore[arg-type]
+    assert torch.allclose(own.avg_gates["a"], torch.tensor([0.15, 0.3]))  # (0.3 + 0) / 2
+    assert torch.allclose(own.avg_gates["b"], torch.tensor([1.0, 0.5]))
+    official = Greedy(running_average="official")  # b reads a's gates (the official typo)
+    official._update_average(None, ["a", "b"], gates)  # type: ignore[arg-type]
+    assert torch.allclose(official.avg_gates["b"], torch.tensor([0.3, 0.6]))
+    with pytest.raises(ValueError, match="running_average=official"):
+        encs = {
+            m: MLPEncoder(input_dim=4, hidden_dim=8, feature_dim=d) for m, d in [("a", 8), ("b", 6)]
+        }
+        official.setup(None, MultimodalModule(encs, num_classes=3), "fit")  # type: ignore[arg-type]
 
 
 def _gated_module():

@@ -134,7 +134,8 @@ class AGM(BalancingCallback):
 
     Args:
         alpha: modulation strength (official default 1.0; the author's CREMA-D setting 1.5).
-        modulation_starts, modulation_ends: inclusive 0-based epoch window (official 0, 20).
+        modulation_starts: first epoch of the inclusive 0-based window (official 0).
+        modulation_ends: last epoch of the window (official 20).
         clip: cap of ``rbar - r``; ``null``: 10 for N = 2, 7 for N >= 3 (official).
         empty_baseline: include ``f(empty)`` in the Shapley values; ``null``: off for N = 2,
             on for N >= 3 (official).

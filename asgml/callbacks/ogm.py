@@ -162,7 +162,8 @@ class OGMGE(BalancingCallback):
             ``ratio - 1``) or ``generalized`` (N >= 2, ratio to the mean of the others).
         params: parameter selection for ``generalized``: ``conv``, ``weights`` or ``all``
             (``official``/``pre2022`` always use ``conv``, as the official code).
-        modulation_starts, modulation_ends: inclusive 0-based epoch window.
+        modulation_starts: first epoch of the inclusive 0-based modulation window.
+        modulation_ends: last epoch of the window.
         eps: guard for a zero score.
     """
 

@@ -34,8 +34,9 @@ except ImportError:  # pragma: no cover - exercised only without the docs extra
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
-MARKER = re.compile(r"<!--\s*asgml:hparams\s+([A-Za-z0-9_\-]+)\s*-->")
-API_MARKER = re.compile(r"<!--\s*asgml:api\s+([A-Za-z0-9_.]+)\s*-->")
+# a marker is replaced only on a line of its own (not when quoted in text or code)
+MARKER = re.compile(r"^<!--\s*asgml:hparams\s+([A-Za-z0-9_\-]+)\s*-->[ \t]*$", re.M)
+API_MARKER = re.compile(r"^<!--\s*asgml:api\s+([A-Za-z0-9_.]+)\s*-->[ \t]*$", re.M)
 _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_\-]+)\s*:(?P<rest>.*)$")
 _LIST_LINE = re.compile(r"^ *- ")
 

@@ -135,6 +135,8 @@ def test_marker_is_replaced(tmp_path: Path) -> None:
     assert "<!-- asgml:hparams" not in out
     assert "| `method.push.alpha` | `0.5` | push strength |" in out
     assert out.endswith("after\n")
+    quoted = "Write `<!-- asgml:hparams push -->` on its own line.\n"
+    assert hooks.render_hparams(quoted, conf) == quoted  # quoted in text: left alone
 
 
 def test_real_composed_method_table() -> None:

@@ -110,11 +110,10 @@ def _defaults_chain(name: str, conf_dir: Path) -> list[Path]:
     raw = OmegaConf.load(path)
     chain: list[Path] = []
     for entry in raw.get("defaults", []) if isinstance(raw, DictConfig) else []:
-        if entry == "_self_":
-            continue
-        if not isinstance(entry, str):
-            raise ValueError(f"{path}: defaults entry {entry!r}: expected a method name")
-        chain.extend(p for p in _defaults_chain(entry, conf_dir) if p not in chain)
+        # other methods composed in (`- ogm`); entries of other groups (`- /model@x: y`,
+        # `_self_`) only change values, which the Hydra composition already shows
+        if isinstance(entry, str) and (conf_dir / "method" / f"{entry}.yaml").is_file():
+            chain.extend(p for p in _defaults_chain(entry, conf_dir) if p not in chain)
     chain.append(path)
     return chain
 

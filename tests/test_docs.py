@@ -88,8 +88,10 @@ FIXTURE = {
         "  cap: null\n"
     ),
     "method/combo.yaml": (
-        "defaults:\n  - throttle\n  - push\n  - _self_\nname: combo\npush:\n  alpha: 0.75\n"
+        "defaults:\n  - throttle\n  - push\n  - /extra@opts: big\n  - _self_\n"
+        "name: combo\npush:\n  alpha: 0.75\n"
     ),
+    "extra/big.yaml": "size: 2\n",
 }
 
 
@@ -123,9 +125,21 @@ def test_hparams_table_composes_defaults(tmp_path: Path) -> None:
         "| `method.push.alpha` | `0.75` | push strength |",
         "| `method.push.scales` | `[1, 2]` | per modality |",
         "| `method.push.cap` | `null` |  |",
+        "| `method.opts.size` | `2` |  |",  # from another group, composed in
     ]
     assert "`method.throttle`: `pkg.Throttle`; `method.push`: `pkg.Push`" in table
     assert "`conf/method/throttle.yaml`, `conf/method/push.yaml`, `conf/method/combo.yaml`" in table
+
+
+def test_composition_with_other_groups(tmp_path: Path) -> None:
+    """A method that overrides another group's option still gets its table."""
+    conf = _fixture_conf(tmp_path)
+    assert hooks.compose_method("combo", conf).opts.size == 2
+    assert [p.name for p in hooks._defaults_chain("combo", conf)] == [
+        "throttle.yaml",
+        "push.yaml",
+        "combo.yaml",
+    ]
 
 
 def test_marker_is_replaced(tmp_path: Path) -> None:
@@ -195,3 +209,12 @@ def test_lazy_reexport_of_run() -> None:
     assert train.run is training.run
     with pytest.raises(AttributeError):
         _ = train.no_such_name
+
+
+def test_readme_is_a_front_door() -> None:
+    """README stays short, keeps the CI test command, and its links to the docs resolve."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    assert "python -m pytest -q\n" in text
+    for target in re.findall(r"\]\(((?:docs/|LICENSE)[^)#]*)", text):
+        assert (ROOT / target).exists(), f"README links to missing {target}"

@@ -52,8 +52,9 @@ def missing_method_pages(docs_dir: Path, conf_dir: Path = CONF_DIR) -> list[str]
     return [n for n in method_names(conf_dir) if not (docs_dir / "methods" / f"{n}.md").is_file()]
 
 
-def _trailing_comment(rest: str) -> str:
-    """The ``# comment`` after a YAML value (a ``#`` inside quotes is not a comment)."""
+def _trailing_comment(rest: str) -> tuple[str, int]:
+    """The ``# comment`` after a YAML value and its offset in ``rest`` (-1: none); a ``#``
+    inside quotes is not a comment."""
     quote = ""
     for i, ch in enumerate(rest):
         if quote:
@@ -62,26 +63,32 @@ def _trailing_comment(rest: str) -> str:
         elif ch in "'\"":
             quote = ch
         elif ch == "#" and (i == 0 or rest[i - 1] in " \t"):
-            return rest[i + 1 :].strip()
-    return ""
+            return rest[i + 1 :].strip(), i
+    return "", -1
 
 
 def yaml_comments(path: Path) -> dict[str, str]:
     """Comment of every key of a block-style YAML file, by dotted key path.
 
-    A key's comment is its trailing ``# ...`` or, failing that, the block of full-line
-    comments directly above it (the block at the very top of the file describes the file
+    A key's comment is its trailing ``# ...`` (continued by comment lines aligned under it)
+    or, failing that, the block of full-line comments directly above it (the block at the very top of the file describes the file
     and belongs to no key). Keys under ``defaults:`` are skipped.
     """
     out: dict[str, str] = {}
     stack: list[tuple[int, str]] = []
     pending: list[str] = []
     seen_key = False
+    last: tuple[str, int] | None = None  # key whose trailing comment may continue, its column
     for raw in path.read_text().splitlines():
         stripped = raw.strip()
         if stripped.startswith("#"):
+            if last and raw.index("#") == last[1]:  # aligned under a trailing comment
+                out[last[0]] += " " + stripped.lstrip("#").strip()
+                continue
+            last = None
             pending.append(stripped.lstrip("#").strip())
             continue
+        last = None
         if not stripped:
             pending = []
             continue
@@ -94,9 +101,12 @@ def yaml_comments(path: Path) -> dict[str, str]:
             stack.pop()
         stack.append((indent, m["key"]))
         key = ".".join(k for _, k in stack)
-        comment = _trailing_comment(m["rest"]) or (" ".join(pending) if seen_key else "")
+        trailing, offset = _trailing_comment(m["rest"])
+        comment = trailing or (" ".join(pending) if seen_key else "")
         if comment and not key.startswith("defaults"):
             out[key] = comment
+            if trailing:  # a comment line aligned under this one continues it
+                last = (key, len(raw) - len(m["rest"]) + offset)
         pending = []
         seen_key = True
     return out

@@ -76,6 +76,10 @@ FIXTURE = {
         "  # the window, in epochs\n"
         "  ends: 50\n"
         "  mode: 'a#b'             # a value with a hash\n"
+        "  clip: null              # clip norm; null = off,\n"
+        "                          # continued on the next line\n"
+        "  # about the next key\n"
+        "  last: 1\n"
     ),
     "method/push.yaml": (
         "name: push\n"
@@ -109,6 +113,8 @@ def test_yaml_comments(tmp_path: Path) -> None:
         "throttle.alpha": "throttle strength",
         "throttle.ends": "the window, in epochs",
         "throttle.mode": "a value with a hash",
+        "throttle.clip": "clip norm; null = off, continued on the next line",
+        "throttle.last": "about the next key",
     }
 
 
@@ -121,6 +127,8 @@ def test_hparams_table_composes_defaults(tmp_path: Path) -> None:
         "| `method.throttle.alpha` | `0.8` | throttle strength |",
         "| `method.throttle.ends` | `50` | the window, in epochs |",
         "| `method.throttle.mode` | `a#b` | a value with a hash |",
+        "| `method.throttle.clip` | `null` | clip norm; null = off, continued on the next line |",
+        "| `method.throttle.last` | `1` | about the next key |",
         # overridden by combo.yaml (0.75), described by push.yaml's comment
         "| `method.push.alpha` | `0.75` | push strength |",
         "| `method.push.scales` | `[1, 2]` | per modality |",

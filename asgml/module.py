@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -16,6 +17,7 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from asgml.models.fusion import build_fusion
+from asgml.step_plan import StepPlan
 from asgml.types import StepOutput
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -90,6 +92,7 @@ class MultimodalModule(L.LightningModule):
                 raise ValueError(f"model.encoders.{m} ({type(enc).__name__}) has no feature_dim")
             dims[m] = int(enc.feature_dim)
         self.num_classes = num_classes
+        self.feature_dims = dims
         self.fusion = build_fusion(fusion, dims, num_classes)
         if not unimodal_heads and not self.fusion.supports_unimodal:
             raise ValueError(
@@ -114,6 +117,7 @@ class MultimodalModule(L.LightningModule):
             }
         )
         self.step_output: StepOutput | None = None
+        self.step_plan: StepPlan | None = None  # this training step's plan (see step_plan.py)
         self.run_config: dict[str, Any] | None = None  # set by asgml.train, saved in ckpts
         self._encoder_params: dict[str, tuple[nn.Parameter, ...]] = {}
         self.skipped_nonfinite_steps = 0
@@ -163,14 +167,26 @@ class MultimodalModule(L.LightningModule):
         lengths = dict(batch.get("lengths", {}) or {})
         return inputs, lengths, batch["label"]
 
-    def encode(self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None):
+    def encode(
+        self,
+        inputs: Mapping[str, Tensor],
+        lengths: Mapping[str, Tensor] | None = None,
+        modalities: Iterable[str] | None = None,
+        no_grad: Iterable[str] = (),
+    ) -> dict[str, Tensor]:
+        """Features of ``modalities`` (default: all); those in ``no_grad`` without graph."""
         lengths = lengths or {}
+        wanted = set(self.modalities if modalities is None else modalities)
+        frozen = set(no_grad)
         feats = {}
         for m in self.modalities:
-            if m in lengths:
-                feats[m] = self.encoders[m](inputs[m], lengths=lengths[m])
-            else:
-                feats[m] = self.encoders[m](inputs[m])
+            if m not in wanted:
+                continue
+            with torch.no_grad() if m in frozen else contextlib.nullcontext():
+                if m in lengths:
+                    feats[m] = self.encoders[m](inputs[m], lengths=lengths[m])
+                else:
+                    feats[m] = self.encoders[m](inputs[m])
         return feats
 
     def heads(self, features: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -190,6 +206,75 @@ class MultimodalModule(L.LightningModule):
         logits, uni = self.heads(feats)
         return logits, uni, feats
 
+    # ------------------------------------------------------------ step plans
+    def planned_forward(
+        self,
+        inputs: Mapping[str, Tensor],
+        lengths: Mapping[str, Tensor],
+        plan: StepPlan,
+        batch: Mapping[str, Any] | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """:meth:`forward` as ``plan`` says; identical to it for a default plan.
+
+        Calls every callback's ``on_step_features`` between the encoders and the fusion
+        layer. Unimodal logits come from the unscaled features of forwarded modalities."""
+        feats = self.encode(inputs, lengths, plan.forward, plan.no_grad)
+        for cb in self._loss_hooks():
+            cb.on_step_features(self.trainer, self, plan, feats, batch)
+        plan.validate()
+        if plan.forward == set(self.modalities) and not plan.fusion_scale:
+            logits, uni = self.heads(feats)
+            return logits, uni, feats
+        ref = next(iter(feats.values()))
+        fused_in = {}
+        for m in self.modalities:
+            f = feats.get(m)
+            if f is None:
+                f = ref.new_zeros(ref.shape[0], self.feature_dims[m])
+            elif m in plan.fusion_scale:
+                f = f * plan.fusion_scale[m].to(f.dtype)
+            fused_in[m] = f
+        logits = self.fusion(fused_in)
+        if self.unimodal_heads is not None:
+            uni = {m: self.unimodal_heads[m](feats[m]) for m in feats}
+        else:  # fusion-derived, from the unscaled features of the forwarded modalities
+            derived = self.fusion.unimodal_logits({**fused_in, **feats})
+            uni = {m: derived[m] for m in feats}
+        return logits, uni, feats
+
+    def _begin_step_plan(self, batch: Mapping[str, Any]) -> StepPlan:
+        plan = StepPlan.default(self.modalities)
+        for cb in self._loss_hooks():
+            cb.on_step_plan(self.trainer, self, plan, batch)
+        plan.validate()
+        self.step_plan = plan
+        return plan
+
+    def _drop_unplanned_grads(self, plan: StepPlan) -> None:
+        """Gradients of the encoders (and head) the plan does not update -> ``None``."""
+        if plan.step is None and plan.step_head:
+            return
+        opt = self.optimizers()
+        opt = getattr(opt, "optimizer", opt)
+        for group in opt.param_groups:
+            name = str(group.get("name", ""))
+            keep = (
+                plan.step is None or name.removeprefix("encoder.") in plan.step
+                if name.startswith("encoder.")
+                else plan.step_head
+            )
+            if not keep:
+                for p in group["params"]:
+                    p.grad = None
+
+    @staticmethod
+    def _masked_ce(logits: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
+        if mask is None:
+            return F.cross_entropy(logits, y)
+        per = F.cross_entropy(logits, y, reduction="none")
+        m = mask.to(per.dtype)
+        return (per * m).sum() / m.sum().clamp_min(1.0)
+
     # ---------------------------------------------------------------- training
     def _loss_hooks(self) -> list:
         from asgml.callbacks.base import BalancingCallback
@@ -199,11 +284,12 @@ class MultimodalModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         opt = self.optimizers()
         inputs, lengths, y = self.split_batch(batch)
-        logits, uni, feats = self(inputs, lengths)
-        losses: dict[str, Tensor] = {"fused": F.cross_entropy(logits, y)}
+        plan = self._begin_step_plan(batch)
+        logits, uni, feats = self.planned_forward(inputs, lengths, plan, batch)
+        losses: dict[str, Tensor] = {"fused": self._masked_ce(logits, y, plan.sample_mask)}
         if self.gamma > 0:
-            for m in self.modalities:
-                losses[f"unimodal_{m}"] = self.gamma * F.cross_entropy(uni[m], y)
+            for m in uni:
+                losses[f"unimodal_{m}"] = self.gamma * self._masked_ce(uni[m], y, plan.sample_mask)
         out = StepOutput(
             features=feats,
             logits=logits,
@@ -240,6 +326,7 @@ class MultimodalModule(L.LightningModule):
                 opt.zero_grad(set_to_none=True)
                 return loss.detach()
             warnings.warn(msg + ": the GradScaler skips the update", stacklevel=1)
+        self._drop_unplanned_grads(plan)
         opt.step()
 
         bs = y.shape[0]
@@ -268,7 +355,10 @@ class MultimodalModule(L.LightningModule):
     # -------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Mapping[str, Any], metrics: MetricCollection, stage: str) -> None:
         inputs, lengths, y = self.split_batch(batch)
-        logits, uni, _ = self(inputs, lengths)
+        logits, uni, feats = self(inputs, lengths)
+        if self._trainer is not None:  # test-time fusion of a method (e.g. MLA's)
+            for cb in self._loss_hooks():
+                logits = cb.on_eval_logits(self.trainer, self, logits, uni, feats)
         loss = F.cross_entropy(logits, y)
         metrics["acc"].update(logits, y)
         metrics["f1"].update(logits, y)

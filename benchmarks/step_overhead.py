@@ -57,6 +57,10 @@ DEFAULT_METHODS = [
     "agm",
     "mmpareto",
     "arl",
+    "opm:method.opm.modulation_starts=0",
+    "amco",
+    "mla",
+    "relearning",
 ]
 
 

@@ -8,18 +8,22 @@ ordinary Lightning hooks (``on_after_backward`` to edit gradients after
 forward pass and before the backward pass. There a method can add, reweight or
 replace loss terms, register tensor hooks on the published features, or run extra
 passes it needs (e.g. masked-modality passes) -- without editing the module or
-``train.py``.
+``train.py``. Methods that change the structure of a step (which modalities are forwarded
+or updated, feature masks, sample subsets) set a :class:`~asgml.step_plan.StepPlan` in
+:meth:`on_step_plan` / :meth:`on_step_features`; :meth:`on_eval_logits` replaces the fused
+logits at validation and test time.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from torch import Tensor
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
+    from asgml.step_plan import StepPlan
     from asgml.types import StepOutput
 
 
@@ -38,6 +42,41 @@ class BalancingCallback(L.Callback):
         losses: dict[str, Tensor],
     ) -> None:
         """Edit ``losses`` (a name -> scalar tensor dict) in place before backward."""
+
+    def on_step_plan(
+        self,
+        trainer: L.Trainer,
+        module: MultimodalModule,
+        plan: StepPlan,
+        batch: Any,
+    ) -> None:
+        """Edit this step's :class:`~asgml.step_plan.StepPlan` before any encoder runs
+        (which modalities are forwarded, which encoders update)."""
+
+    def on_step_features(
+        self,
+        trainer: L.Trainer,
+        module: MultimodalModule,
+        plan: StepPlan,
+        features: dict[str, Tensor],
+        batch: Any,
+    ) -> None:
+        """Edit the plan from this batch's features, before the fusion layer
+        (``plan.fusion_scale``, ``plan.sample_mask``)."""
+
+    def on_eval_logits(
+        self,
+        trainer: L.Trainer,
+        module: MultimodalModule,
+        logits: Tensor,
+        unimodal_logits: dict[str, Tensor],
+        features: dict[str, Tensor],
+    ) -> Tensor:
+        """The fused logits validation and test score (a method's test-time fusion);
+        returns ``logits`` unchanged by default. A method whose unimodal predictions come
+        from elsewhere may replace entries of ``unimodal_logits`` in place (they feed the
+        ``acc_<m>`` metrics)."""
+        return logits
 
     @staticmethod
     def log_now(trainer: L.Trainer, metrics: dict[str, float]) -> None:

@@ -32,19 +32,24 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 import asgml  # noqa: F401  (registers resolvers)
+from asgml.build import build
 from asgml.config import to_container
 from asgml.shapley import Coalition, all_subsets, coalition_name, shapley_values
 
 log = logging.getLogger("asgml")
 
 MASK_MODES = ("feature", "input")
+
+# `_target_`s renamed since a checkpoint may have been written: old name -> new name
+RENAMED_TARGETS = {
+    "asgml.data.avdataset.AVDataModule": "asgml.data.avdataset.AVEKSDataModule",
+}
 
 
 def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
@@ -68,8 +73,13 @@ def build_from_config(
     data_dir: str | None = None,
     datamodule_overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Any, torch.nn.Module]:
-    """``(datamodule, model)`` from a resolved run config (as stored in checkpoints)."""
+    """``(datamodule, model)`` from a resolved run config (as stored in checkpoints), built
+    by :func:`asgml.build.build` as the training run built them."""
     cfg = OmegaConf.create(dict(run_cfg))
+    target = cfg.dataset.datamodule.get("_target_")
+    if target in RENAMED_TARGETS:
+        log.info("stored dataset.datamodule._target_ %s is now %s", target, RENAMED_TARGETS[target])
+        cfg.dataset.datamodule._target_ = RENAMED_TARGETS[target]
     if data_dir is not None:
         cfg.data_dir = data_dir
         # dataset configs read ``${data_dir}``; stored configs are resolved, so also patch
@@ -77,15 +87,9 @@ def build_from_config(
         for key in ("data_dir", "root"):
             if key in cfg.dataset.datamodule:
                 cfg.dataset.datamodule[key] = data_dir
-    dm_cfg = cfg.dataset.datamodule
     if datamodule_overrides:
-        dm_cfg = OmegaConf.merge(dm_cfg, dict(datamodule_overrides))
-    datamodule = instantiate(dm_cfg)
-    model_cfg = cfg.model
-    if hasattr(datamodule, "encoder_overrides"):
-        model_cfg = OmegaConf.merge(model_cfg, {"encoders": datamodule.encoder_overrides()})
-    module_opts = to_container(cfg.method.get("module", {}) or {})
-    model = instantiate(model_cfg, **module_opts)
+        cfg.dataset.datamodule = OmegaConf.merge(cfg.dataset.datamodule, dict(datamodule_overrides))
+    datamodule, model, _ = build(cfg, callbacks=False)
     return datamodule, model
 
 

@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import asgml  # noqa: F401  (registers resolvers)
@@ -23,8 +22,11 @@ log = logging.getLogger("asgml")
 
 
 def prepare(cfg: DictConfig) -> Path:
-    """Instantiate ``cfg.dataset.datamodule`` and build its cache; returns the cache dir."""
-    dm = instantiate(cfg.dataset.datamodule)
+    """Build the run's datamodule (:func:`asgml.build.build_datamodule`, as
+    ``asgml.train`` does) and write its cache; returns the cache dir."""
+    from asgml.build import build_datamodule  # lazy: keeps `--help` free of torch (CLI speed)
+
+    dm = build_datamodule(cfg)
     if not hasattr(dm, "build_cache"):
         raise ValueError(
             f"dataset={cfg.dataset.name} has no cache to prepare "

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 import asgml  # noqa: F401  (registers resolvers)
 
 # Names that used to live here; `from asgml.train import run` keeps working (lazily).
-_TRAINING_NAMES = {"run", "build_callbacks", "build_loggers", "print_summary"}
+_TRAINING_NAMES = {"run", "build_loggers", "optimized_value", "print_summary"}
 
 
 def __getattr__(name: str) -> Any:
@@ -29,10 +29,10 @@ def __getattr__(name: str) -> Any:
 
 @hydra.main(version_base="1.3", config_path="pkg://asgml.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Train and test; returns the fit's ``optimized_metric`` (for Hydra sweepers)."""
     from asgml.training import run  # lazy: imported after Hydra parsed (CLI speed)
 
-    metrics = run(cfg)
-    return metrics["metrics"].get("test/acc")
+    return run(cfg)["optimized_metric"]
 
 
 if __name__ == "__main__":

@@ -17,31 +17,14 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 import asgml  # noqa: F401  (registers resolvers)
-from asgml.config import (
-    check_datamodule_matches,
-    method_callback_configs,
-    to_container,
-    validate_config,
-)
+from asgml.build import build
+from asgml.config import to_container, validate_config
 
 log = logging.getLogger("asgml")
-
-
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """Standard Lightning callbacks (``callbacks/``) then the method's, in config order."""
-    out: list[L.Callback] = []
-    for _, c in (cfg.get("callbacks") or {}).items():
-        if c is not None and "_target_" in c:
-            out.append(instantiate(c))
-    for key, c in method_callback_configs(cfg.method):
-        try:
-            out.append(instantiate(c))
-        except Exception as e:  # name the key that failed
-            raise type(e)(f"method.{key}: {e}") from e
-    return out
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
@@ -61,23 +44,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.dataset.datamodule)
-    check_datamodule_matches(datamodule, cfg.model)
+    datamodule, model, callbacks = build(cfg)
     if cfg.select_on == "test":
         log.warning(
             "select_on=test: the best epoch is chosen on the TEST split (official-script mode)"
         )
         datamodule.val_dataloader = datamodule.test_dataloader
 
-    module_opts = to_container(cfg.method.get("module", {}) or {})
-    model_cfg = cfg.model
-    # a datamodule may fill encoder arguments it reads from the data (e.g. MMSA feature dims)
-    if hasattr(datamodule, "encoder_overrides"):
-        model_cfg = OmegaConf.merge(cfg.model, {"encoders": datamodule.encoder_overrides()})
-    model = instantiate(model_cfg, **module_opts)
     model.run_config = to_container(cfg)
 
-    callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams({"cfg": to_container(cfg)})
@@ -108,6 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics = {
         "metrics": {k: v for k, v in result.items() if k.startswith("test/")},
         "val_acc_best": result.get("fit/val/acc_best"),
+        "optimized_metric": optimized_value(cfg, result),
         "best_checkpoint": os.path.relpath(best_path, out_dir) if best_path else None,
         "skipped_nonfinite_steps": model.skipped_nonfinite_steps,
         "config": to_container(cfg),
@@ -116,6 +92,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         print_summary(cfg, metrics, out_dir)
     return metrics
+
+
+def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:
+    """The fit's ``cfg.optimized_metric`` (what a sweeper optimizes); ``None`` without a fit."""
+    name = cfg.get("optimized_metric")
+    if not name or not cfg.get("train", True):
+        return None
+    if str(name).startswith("test/"):
+        raise ValueError(f"optimized_metric={name!r}: tune on a validation metric, not a test one")
+    if f"fit/{name}" not in result:
+        fit = sorted(k.removeprefix("fit/") for k in result if k.startswith("fit/"))
+        raise ValueError(f"optimized_metric={name!r} was not logged by the fit; it logged {fit}")
+    return result[f"fit/{name}"]
 
 
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], out_dir: Path) -> None:
@@ -141,11 +130,6 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], out_dir: Path) -> No
 
 def _finish_wandb(loggers: list[Any]) -> None:
     """Close a wandb run so sequential multirun jobs don't reuse it."""
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return
-    if any(isinstance(lg, WandbLogger) for lg in loggers):
-        import wandb
-
-        wandb.finish()
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.finish()

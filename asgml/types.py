@@ -1,8 +1,10 @@
-"""Typed contracts shared by the module and the balancing callbacks."""
+"""Typed contracts shared by the datamodules, the module and the balancing callbacks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -46,3 +48,24 @@ class Utilization:
     scores: dict[str, float]
     step: int
     version: int
+
+
+@runtime_checkable
+class MultimodalDataModule(Protocol):
+    """What :func:`asgml.build.build` needs from a datamodule, besides the
+    ``LightningDataModule`` hooks. Every datamodule of :mod:`asgml.data` conforms (through
+    :class:`asgml.data.base.SplitDataModule`); a new dataset's datamodule must too.
+
+    Attributes:
+        modalities: the batch keys of the modalities it provides, in order; they must
+            equal the keys of ``model.encoders``.
+        num_classes: the class count; it must equal ``model.num_classes``.
+    """
+
+    modalities: Sequence[str]
+    num_classes: int
+
+    def encoder_overrides(self) -> dict[str, dict[str, Any]]:
+        """Encoder arguments read from the data (e.g. MMSA feature dims), merged into
+        ``model.encoders`` as ``{modality: {argument: value}}``; ``{}`` when none."""
+        ...

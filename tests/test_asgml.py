@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from asgml.build import build_callbacks
 from asgml.callbacks.boost import ASGMLBoost, continuous_scales, ema_update
 from asgml.callbacks.ogm import OGMGE
 from asgml.callbacks.probe import ProbeMonitor
@@ -24,7 +25,7 @@ MODS = ("audio", "visual")
 # ---------------------------------------------------------------- the formulas
 
 
-def test_seed_worked_example():
+def test_design_document_worked_example():
     """docs/asgml_v2_design.md 3.2: audio 0.65, visual 0.35, alpha 0.5 -> 1.0 / 1.5."""
     s = continuous_scales({"audio": 0.65, "visual": 0.35}, alpha=0.5, scale_max=2.0)
     assert s == {"audio": 1.0, "visual": 1.5}
@@ -264,8 +265,6 @@ def test_cli_overrides_reach_callbacks(tmp_path):
         ],
         output_dir=tmp_path,
     )
-    from asgml.train import build_callbacks
-
     cbs = {type(c).__name__: c for c in build_callbacks(cfg)}
     assert cbs["ASGMLBoost"].alpha == 0.75 and cbs["ASGMLBoost"].ema is False
     assert cbs["ProbeMonitor"].eval_freq == 50 and cbs["ProbeMonitor"].probe_type == "mlp_1layer"

@@ -201,6 +201,16 @@ def test_generalized_mode_modulates_mlp_linear_weights():
                 assert torch.equal(a[name], g), name
 
 
+def test_official_variants_refuse_a_params_choice():
+    for variant in ("official", "pre2022"):
+        assert OGMGE(variant=variant).params == "conv"
+        assert OGMGE(variant=variant, params="conv").params == "conv"
+        with pytest.raises(ValueError, match=r"params='weights' needs variant=generalized"):
+            OGMGE(variant=variant, params="weights")
+    assert OGMGE(variant="generalized").params == "weights"
+    assert OGMGE(variant="generalized", params="all").params == "all"
+
+
 def test_boost_and_ogm_compose_multiplicatively():
     """grad = raw * ogm_coeff * boost_scale for every encoder parameter (noise off)."""
     mods = ("audio", "visual")

@@ -184,8 +184,9 @@ class OGMGE(BalancingCallback):
         mode: ``OGM_GE`` (scaling + noise) or ``OGM`` (scaling only).
         variant: ``official`` (2 modalities, ``ratio``), ``pre2022`` (2 modalities,
             ``ratio - 1``) or ``generalized`` (N >= 2, ratio to the mean of the others).
-        params: parameter selection for ``generalized``: ``conv``, ``weights`` or ``all``
-            (``official``/``pre2022`` always use ``conv``, as the official code).
+        params: parameter selection: ``conv``, ``weights`` or ``all`` for ``generalized``
+            (default ``weights``); ``official``/``pre2022`` modulate ``conv`` as the official
+            code, and any other value with them is an error.
         modulation_starts: first epoch of the inclusive 0-based modulation window.
         modulation_ends: last epoch of the window.
         eps: guard for a zero score.
@@ -196,7 +197,7 @@ class OGMGE(BalancingCallback):
         alpha: float = 0.8,
         mode: str = "OGM_GE",
         variant: str = "official",
-        params: str = "weights",
+        params: str | None = None,
         modulation_starts: int = 0,
         modulation_ends: int = 50,
         eps: float = 1e-8,
@@ -215,7 +216,12 @@ class OGMGE(BalancingCallback):
         self.alpha = alpha
         self.mode = mode
         self.variant = variant
-        self.params = "conv" if variant in ("official", "pre2022") else params
+        if variant != "generalized" and params not in (None, "conv"):
+            raise ValueError(
+                f"params={params!r} needs variant=generalized: variant={variant!r} modulates the "
+                "conv weights as the official code (leave params unset)"
+            )
+        self.params = params or ("weights" if variant == "generalized" else "conv")
         select_parameters(torch.nn.Identity(), self.params)  # validates the name
         self.modulation_starts = modulation_starts
         self.modulation_ends = modulation_ends

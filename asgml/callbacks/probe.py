@@ -8,7 +8,7 @@ on the whole batch, the "v1" ablation). The accuracies are the modalities' utili
 scores, published as ``module.utilization`` (:class:`asgml.types.Utilization`) for the
 boost callback. The monitor never touches the model's parameters or gradients.
 
-Paper: ASGML v2, "Probe-guided weak-modality boosting" (this library's seed document).
+Paper: ASGML v2, "Probe-guided weak-modality boosting" (this library's design document, ``docs/asgml_v2_design.md``).
 
 Reliability:
 

@@ -16,7 +16,7 @@ https://github.com/GeWu-Lab/OGM-GE_CVPR2022) and in the shipped KS split format
     audio/<name>.npy            (1024, 128) kaldi fbank, normalised ``(x + 4.503877) / 10.283``
     visual/<name>/*.jpg         1-fps frames
 
-Frames: ``frames`` (default 3) chosen by :func:`asgml.data.common.frame_indices`; for 10
+Frames: ``frames`` (default 3) chosen by :func:`asgml.data.audiovisual.frame_indices`; for 10
 frames and T = 3 these are the 1st, 4th and 7th in name order, i.e. OGM-GE's
 ``frame_00001/4/7.jpg``. Audio: ``(1, F, T)`` float32 as stored.
 """
@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from asgml.data.common import AVDataModuleBase, Clip, layout_error, list_frames
+from asgml.data.audiovisual import AudioVisualDataModule, Clip, list_frames
+from asgml.data.base import layout_error
 
 AVE_LAYOUT = """\
 <data_dir>/
@@ -119,11 +120,11 @@ def load_spectrogram(path: Path) -> np.ndarray:
     return arr
 
 
-class AVDataModule(AVDataModuleBase):
+class AVEKSDataModule(AudioVisualDataModule):
     """AVE (28 events) / Kinetics-Sounds (31 actions): ``{"audio": (1, F, T), "visual":
     (3, T, S, S), "label"}`` batches.
 
-    Args (besides :class:`~asgml.data.common.AVDataModuleBase`'s):
+    Args (besides :class:`~asgml.data.audiovisual.AudioVisualDataModule`'s):
         name: dataset name used in messages (``ave`` / ``ks``).
         num_classes: class count; checked against ``stat.txt`` for ``class_name``.
         split_format: ``class_name`` (``stat.txt`` + ``<class>,<name>``) or ``ks``.
@@ -160,7 +161,6 @@ class AVDataModule(AVDataModuleBase):
         self.split_format = split_format
         self.audio_dir, self.audio_ext, self.visual_dir = audio_dir, audio_ext, visual_dir
         self.dedupe_last = dedupe_last
-        self.modalities = ["audio", "visual"]
         if split_format == "class_name":
             stat = self.data_dir / stat_file
             if not stat.is_file():

@@ -1,23 +1,62 @@
-"""The loader logic every datamodule shares."""
+"""What every datamodule shares: the loaders over ``splits`` and the data-layout errors."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
+
+
+class DataLayoutError(FileNotFoundError):
+    """A data directory or split file is missing; the message shows the expected layout."""
+
+
+def layout_error(what: str, layout: str) -> DataLayoutError:
+    return DataLayoutError(f"{what}\nExpected layout:\n{layout.rstrip()}")
+
+
+def check_data_dir(data_dir: str | os.PathLike | None, name: str, layout: str) -> Path:
+    """``data_dir`` as a Path, or an error showing the expected layout."""
+    if data_dir is None or str(data_dir) in ("", "None", "null"):
+        raise layout_error(
+            f"{name}: data_dir is not set; pass data_dir=/path/to/{name} on the command line",
+            layout,
+        )
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise layout_error(f"{name}: data_dir {str(path)!r} does not exist", layout)
+    return path
+
+
+def require_file(path: Path, name: str, layout: str) -> Path:
+    if not path.is_file():
+        raise layout_error(f"{name}: missing file {str(path)!r}", layout)
+    return path
 
 
 class SplitDataModule(L.LightningDataModule):
     """A datamodule whose ``setup`` fills ``self.splits`` (``train``, ``val``, ``test``).
 
     Subclasses set ``batch_size``, ``num_workers`` and ``pin_memory`` and expose
-    ``modalities`` and ``num_classes`` right after ``__init__``. Training batches are
+    ``modalities`` and ``num_classes`` right after ``__init__`` (the
+    :class:`asgml.types.MultimodalDataModule` protocol). Training batches are
     shuffled and the last incomplete one is dropped (when there is more than one batch).
     """
 
     batch_size: int = 64
     num_workers: int = 0
     pin_memory: bool = False
+    modalities: Sequence[str]
+    num_classes: int
     splits: dict[str, Dataset]
+
+    def encoder_overrides(self) -> dict[str, dict[str, Any]]:
+        """Encoder arguments read from the data; none by default."""
+        return {}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.splits[split]

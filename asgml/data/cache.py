@@ -23,16 +23,12 @@ import json
 import logging
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
-
-from asgml.data.common import Clip, decode_frame, frame_indices
-
-if TYPE_CHECKING:
-    from asgml.data.common import AVDataModuleBase
 
 log = logging.getLogger("asgml.data")
 
@@ -41,16 +37,50 @@ MARKER = "COMPLETE"
 SPLITS = ("train", "test")
 
 
-def _stored_mode(dm: AVDataModuleBase, split: str) -> str:
+class ClipFiles(Protocol):
+    """A listed clip as the cache sees it (:class:`asgml.data.audiovisual.Clip`)."""
+
+    name: str
+    label: int
+    audio: Path
+    frames: list[Path]
+
+
+class CacheSource(Protocol):
+    """What the cache reads from its datamodule
+    (:class:`asgml.data.audiovisual.AudioVisualDataModule`). The frame choice and the frame
+    decoding are the datamodule's, so this module does not import the datamodule's."""
+
+    NAME: str
+    SPLIT_FILES: dict[str, str]
+    data_dir: Path
+    cache_root: Path
+    frames: int
+    frame_sampling: str
+    decode_hw: tuple[int, int]
+    num_workers: int
+
+    def official_clips(self, split: str) -> Sequence[ClipFiles]: ...
+
+    def cache_config(self) -> dict[str, Any]: ...
+
+    def load_audio(self, path: Path) -> np.ndarray: ...
+
+    def select_frames(self, n: int, t: int, random: bool = False) -> list[int]: ...
+
+    def read_frame(self, path: Path, size_hw: tuple[int, int]) -> np.ndarray: ...
+
+
+def _stored_mode(dm: CacheSource, split: str) -> str:
     """``all`` frames (random sampling at train) or only the ``even`` ones."""
     return "all" if split == "train" and dm.frame_sampling == "random" else "even"
 
 
-def _stored_indices(n: int, mode: str, t: int) -> list[int]:
-    return list(range(n)) if mode == "all" else frame_indices(n, t)
+def _stored_indices(dm: CacheSource, n: int, mode: str) -> list[int]:
+    return list(range(n)) if mode == "all" else dm.select_frames(n, dm.frames)
 
 
-def cache_key(dm: AVDataModuleBase) -> tuple[str, dict[str, Any]]:
+def cache_key(dm: CacheSource) -> tuple[str, dict[str, Any]]:
     """The cache directory name and the config it encodes."""
     h = hashlib.sha256()
     config = {"version": CACHE_VERSION, **dm.cache_config()}
@@ -70,7 +100,7 @@ def _identity(x: Any) -> Any:
 class _DecodeSet(Dataset):
     """Decodes one clip (audio + stored frames) -- run through a DataLoader for workers."""
 
-    def __init__(self, dm: AVDataModuleBase, clips: list[Clip], mode: str) -> None:
+    def __init__(self, dm: CacheSource, clips: Sequence[ClipFiles], mode: str) -> None:
         self.dm, self.clips, self.mode = dm, clips, mode
 
     def __len__(self) -> int:
@@ -78,17 +108,20 @@ class _DecodeSet(Dataset):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         c = self.clips[i]
-        idx = _stored_indices(len(c.frames), self.mode, self.dm.frames)
-        frames = np.stack([decode_frame(c.frames[j], self.dm.decode_hw) for j in idx])
+        idx = _stored_indices(self.dm, len(c.frames), self.mode)
+        frames = np.stack([self.dm.read_frame(c.frames[j], self.dm.decode_hw) for j in idx])
         return np.asarray(self.dm.load_audio(c.audio), dtype=np.float32), frames
 
 
 class AVCacheSplit:
     """Read access to one split of a complete cache (memmaps opened lazily per process)."""
 
-    def __init__(self, path: Path, mode: str) -> None:
+    def __init__(
+        self, path: Path, mode: str, select: Callable[[int, int, bool], list[int]]
+    ) -> None:
         self.path = path
         self.mode = mode
+        self.select = select  # the datamodule's frame choice (for ``all`` stored frames)
         self._audio: np.ndarray | None = None
         self._frames: np.ndarray | None = None
         self.offsets = np.load(path / "offsets.npy")
@@ -104,15 +137,15 @@ class AVCacheSplit:
             self._frames = np.load(self.path / "frames.npy", mmap_mode="r")
         assert self._frames is not None
         s, e = int(self.offsets[pos]), int(self.offsets[pos + 1])
-        idx = frame_indices(e - s, t, random) if self.mode == "all" else range(e - s)
+        idx = self.select(e - s, t, random) if self.mode == "all" else range(e - s)
         return self._audio[pos], [self._frames[s + j] for j in idx]
 
 
 class AVCache:
-    """Builds and opens caches for an :class:`~asgml.data.common.AVDataModuleBase`."""
+    """Builds and opens caches for an :class:`~asgml.data.audiovisual.AudioVisualDataModule`."""
 
     @staticmethod
-    def build(dm: AVDataModuleBase, overwrite: bool = False) -> Path:
+    def build(dm: CacheSource, overwrite: bool = False) -> Path:
         key, config = cache_key(dm)
         root = dm.cache_root / key
         if (root / MARKER).is_file() and not overwrite:
@@ -126,7 +159,7 @@ class AVCache:
             mode = _stored_mode(dm, split)
             out = root / split
             out.mkdir(parents=True)
-            counts = [len(_stored_indices(len(c.frames), mode, dm.frames)) for c in clips]
+            counts = [len(_stored_indices(dm, len(c.frames), mode)) for c in clips]
             offsets = np.zeros(len(clips) + 1, dtype=np.int64)
             offsets[1:] = np.cumsum(counts)
             h, w = dm.decode_hw
@@ -171,7 +204,7 @@ class AVCache:
         return root
 
     @staticmethod
-    def open(dm: AVDataModuleBase, split: str, required: bool = False) -> AVCacheSplit | None:
+    def open(dm: CacheSource, split: str, required: bool = False) -> AVCacheSplit | None:
         key, _ = cache_key(dm)
         root = dm.cache_root / key
         if (root / MARKER).is_file():
@@ -182,7 +215,7 @@ class AVCache:
                     f"cache {root} holds {meta['clips']} {split} clips, expected {n}"
                 )
             log.info("%s %s: using cache %s", dm.NAME, split, root)
-            return AVCacheSplit(root / split, meta["mode"])
+            return AVCacheSplit(root / split, meta["mode"], dm.select_frames)
         prepare = f"python -m asgml.prepare dataset=<{dm.NAME} config> data_dir={dm.data_dir}"
         if root.exists():
             msg = f"partial cache {root} (no {MARKER} marker) is ignored"

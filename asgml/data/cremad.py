@@ -22,7 +22,7 @@ from typing import Any
 import librosa
 import numpy as np
 
-from asgml.data.common import AVDataModuleBase, Clip, list_frames
+from asgml.data.audiovisual import AudioVisualDataModule, Clip, list_frames
 
 LABELS = {"NEU": 0, "HAP": 1, "SAD": 2, "FEA": 3, "DIS": 4, "ANG": 5}
 SR = 22050
@@ -83,11 +83,11 @@ def read_cremad_split(path: Path) -> list[tuple[str, int]]:
     return rows
 
 
-class CremadDataModule(AVDataModuleBase):
+class CremadDataModule(AudioVisualDataModule):
     """CREMA-D (6 emotions, audio + visual): ``{"audio": (1, 257, 188), "visual":
     (3, T, S, S), "label"}`` batches.
 
-    Args (besides :class:`~asgml.data.common.AVDataModuleBase`'s):
+    Args (besides :class:`~asgml.data.audiovisual.AudioVisualDataModule`'s):
         audio: ``stft`` (OGM-GE, 257 bins) or ``mel`` (``n_mels`` bins).
         n_mels: mel bins for ``audio=mel``.
         audio_dir, visual_dir: sub-directories of the wavs and of the frame folders.
@@ -113,7 +113,6 @@ class CremadDataModule(AVDataModuleBase):
         self.n_mels = int(n_mels)
         self.audio_dir = audio_dir
         self.visual_dir = visual_dir
-        self.modalities = ["audio", "visual"]
         self.num_classes = len(LABELS)
 
     def read_split(self, split: str) -> list[Clip]:

@@ -19,7 +19,7 @@ Labels from ``regression_labels`` ``y`` (``num_classes``):
 * 2: ``y < 0`` -> 0, ``y >= 0`` -> 1 (MMSA ``Has0_acc_2``); with ``drop_neutral`` samples with
   ``y == 0`` are dropped (MMSA ``Non0_acc_2``, ``y > 0`` -> 1);
 * 3 (default): negative 0 / neutral 1 / positive 2 with neutral ``|y| <= neutral_band``.
-  The default band 0 is ``<0 / ==0 / >0``: the seed's setting and the convention of
+  The default band 0 is ``<0 / ==0 / >0``: the design document's setting and the convention of
   MMSA's (deprecated) ``classification_labels``; for SIMS (labels on a 0.2 grid) it equals
   MMSA's ``Mult_acc_3`` thresholds (+-0.1). ``neutral_band=0.5`` reproduces MMSA's
   ``Mult_acc_3`` for MOSI/MOSEI (``round(clip(y, -1, 1))``);
@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from typing_extensions import override
 
-from asgml.data.base import SplitDataModule
-from asgml.data.common import check_data_dir, layout_error
+from asgml.data.base import SplitDataModule, check_data_dir, layout_error
 
 log = logging.getLogger("asgml.data")
 
@@ -96,7 +96,7 @@ class MMSADataModule(SplitDataModule):
         file: ``unaligned_50.pkl`` (MOSI/MOSEI) or ``unaligned_39.pkl`` (SIMS).
         name: dataset name used in messages.
         num_classes: 2, 3 or 7 (see the module docstring).
-        neutral_band: 3 classes: ``|y| <= neutral_band`` is neutral (0: the seed's setting).
+        neutral_band: 3 classes: ``|y| <= neutral_band`` is neutral (0: the design document's setting).
         drop_neutral: 2 classes: drop ``y == 0`` samples (MMSA ``Non0``).
         text: ``text`` (BERT features, default) or ``text_bert`` (token ids, as an
             ``(L, 3)`` float sequence, with lengths from its attention mask).
@@ -221,9 +221,10 @@ class MMSADataModule(SplitDataModule):
         self._load()
         return {m: int(x.shape[-1]) for m, x in self.splits["train"].features.items()}
 
+    @override
     def encoder_overrides(self) -> dict[str, dict[str, Any]]:
         """``{modality: {"input_dim": D}}``, merged into ``cfg.model.encoders`` by
-        :func:`asgml.train.run` before the model is built."""
+        :func:`asgml.build.build_model`."""
         return {m: {"input_dim": d} for m, d in self.feature_dims().items()}
 
     def setup(self, stage: str | None = None) -> None:

@@ -9,22 +9,27 @@ import pytest
 import torch
 from fixtures import frame_ids, make_ave, make_ks
 
-from asgml.data.avdataset import AVDataModule
-from asgml.data.common import DataLayoutError
+from asgml.build import build
+from asgml.config import to_container
+from asgml.data.audiovisual import AudioVisualDataModule
+from asgml.data.avdataset import AVEKSDataModule
+from asgml.data.base import DataLayoutError
+from asgml.eval import build_from_config
+from asgml.types import MultimodalDataModule
 
 IMG = 24
 
 
-def ave(root: Path, **kw) -> AVDataModule:
+def ave(root: Path, **kw) -> AVEKSDataModule:
     kw = {"image_size": IMG, "num_workers": 0, "batch_size": 2, "cache": "off", **kw}
-    m = AVDataModule(str(root), name="ave", **kw)
+    m = AVEKSDataModule(str(root), name="ave", **kw)
     m.setup()
     return m
 
 
-def ks(root: Path, **kw) -> AVDataModule:
+def ks(root: Path, **kw) -> AVEKSDataModule:
     kw = {"image_size": IMG, "num_workers": 0, "batch_size": 2, "cache": "off", **kw}
-    m = AVDataModule(
+    m = AVEKSDataModule(
         str(root), name="ks", num_classes=31, split_format="ks", audio_dir="audio",
         audio_ext="npy", dedupe_last=False, **kw,
     )  # fmt: skip
@@ -54,6 +59,32 @@ def test_ave_shapes_labels_frames(ave_root: Path) -> None:
     assert {s: len(d) for s, d in m.splits.items()} == {"train": 5, "val": 1, "test": 3}
 
 
+def test_av_modality_names_come_from_config(ave_root: Path) -> None:
+    m = ave(ave_root, num_classes=3, modalities=["sound", "frames"])
+    ref = ave(ave_root, num_classes=3)
+    assert m.modalities == ["sound", "frames"]
+    item, ref_item = m.splits["test"][0], ref.splits["test"][0]
+    assert set(item) == {"sound", "frames", "label"}
+    assert torch.equal(item["sound"], ref_item["audio"])
+    assert torch.equal(item["frames"], ref_item["visual"])
+    with pytest.raises(ValueError, match="modalities must be two distinct names"):
+        AVEKSDataModule(str(ave_root), name="ave", modalities=["audio", "audio"])
+    with pytest.raises(ValueError, match="modalities must be two distinct names"):
+        AVEKSDataModule(str(ave_root), name="ave", modalities=["audio", "visual", "text"])
+
+
+def test_av_base_requires_the_subclass_api(ave_root: Path) -> None:
+    class NoSplitReader(AudioVisualDataModule):
+        def load_audio(self, path: Path):
+            raise AssertionError
+
+        def audio_config(self):
+            return {}
+
+    with pytest.raises(TypeError, match="read_split"):
+        NoSplitReader(str(ave_root))
+
+
 def test_ave_duplicates_keep_last_label(tmp_path: Path) -> None:
     root = make_ave(tmp_path / "AVE", n_train_per_class=1)
     rows = (root / "my_train.txt").read_text().splitlines()
@@ -74,14 +105,14 @@ def test_ave_cache_matches_and_bad_input(ave_root: Path, tmp_path: Path) -> None
             a, b = ref.splits[split][i], cached.splits[split][i]
             assert torch.equal(a["audio"], b["audio"]) and torch.equal(a["visual"], b["visual"])
     with pytest.raises(ValueError, match="stat.txt lists 3"):
-        AVDataModule(str(ave_root), num_classes=28)
+        AVEKSDataModule(str(ave_root), num_classes=28)
 
 
 def test_ave_bad_files(tmp_path: Path) -> None:
     root = make_ave(tmp_path / "AVE", n_train_per_class=1, spec_shape=(8, 8))
     (root / "stat.txt").unlink()
     with pytest.raises(DataLayoutError, match="stat.txt(.|\n)*audio_spec"):
-        AVDataModule(str(root))
+        AVEKSDataModule(str(root))
     root = make_ave(tmp_path / "AVE2", n_train_per_class=1, spec_shape=(8, 8))
     name = (root / "my_test.txt").read_text().split("\n")[0].split(",")[1]
     (root / "audio_spec" / f"{name}.pkl").write_bytes(b"garbage")
@@ -107,16 +138,30 @@ def test_ks_format(tmp_path: Path) -> None:
         ks(root)
 
 
-def test_configs_compose(ave_root: Path, tmp_path: Path, make_cfg) -> None:
-    from hydra.utils import instantiate
+SMALL_ENCODERS = ["dataset.encoders.audio.width=4", "dataset.encoders.visual.width=4"]
 
-    from asgml.config import check_datamodule_matches
 
-    cfg = make_cfg(["dataset=ave", f"data_dir={ave_root}", "dataset.num_classes=3"], fast=False)
-    m = instantiate(cfg.dataset.datamodule)
-    check_datamodule_matches(m, cfg.model)
+def test_configs_build(ave_root: Path, tmp_path: Path, make_cfg) -> None:
+    cfg = make_cfg(
+        ["dataset=ave", f"data_dir={ave_root}", "dataset.num_classes=3", *SMALL_ENCODERS],
+        fast=False,
+    )
+    m, model, _ = build(cfg, callbacks=False)
+    assert isinstance(m, AVEKSDataModule) and isinstance(m, MultimodalDataModule)
+    assert list(model.modalities) == m.modalities == ["audio", "visual"]
     ks_root = make_ks(tmp_path / "KS", n_train_per_class=1, n_test_per_class=1)
-    cfg = make_cfg(["dataset=ks", f"data_dir={ks_root}"], fast=False)
-    m = instantiate(cfg.dataset.datamodule)
-    check_datamodule_matches(m, cfg.model)
+    cfg = make_cfg(["dataset=ks", f"data_dir={ks_root}", *SMALL_ENCODERS], fast=False)
+    m, model, _ = build(cfg, callbacks=False)
     assert m.num_classes == 31 and m.split_format == "ks" and m.frames == 3
+    assert model.num_classes == 31
+
+
+def test_stored_config_with_the_old_datamodule_name_still_builds(ave_root: Path, make_cfg) -> None:
+    cfg = make_cfg(
+        ["dataset=ave", f"data_dir={ave_root}", "dataset.num_classes=3", *SMALL_ENCODERS],
+        fast=False,
+    )
+    stored = to_container(cfg)
+    stored["dataset"]["datamodule"]["_target_"] = "asgml.data.avdataset.AVDataModule"
+    m, _ = build_from_config(stored)
+    assert type(m) is AVEKSDataModule

@@ -10,8 +10,10 @@ import pytest
 import torch
 from fixtures import frame_ids, make_cremad
 
-from asgml.data.common import DataLayoutError, frame_indices, stratified_val_split
+from asgml.data.audiovisual import frame_indices, stratified_val_split
+from asgml.data.base import DataLayoutError
 from asgml.data.cremad import LABELS, CremadDataModule
+from asgml.types import MultimodalDataModule
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:torchvision")
 IMG = 32
@@ -32,6 +34,7 @@ def dm(root: Path, **kw) -> CremadDataModule:
 def test_shapes_dtypes_labels(cremad_root: Path) -> None:
     m = dm(cremad_root, frames=3)
     assert m.modalities == ["audio", "visual"] and m.num_classes == 6
+    assert isinstance(m, MultimodalDataModule) and m.encoder_overrides() == {}
     item = m.splits["test"][0]
     assert item["audio"].shape == (1, 257, 188) and item["audio"].dtype == torch.float32
     assert item["visual"].shape == (3, 3, IMG, IMG) and item["visual"].dtype == torch.float32

@@ -10,8 +10,9 @@ import pytest
 import torch
 from fixtures import make_mmsa, mmsa_split
 
-from asgml.data.common import DataLayoutError
+from asgml.data.base import DataLayoutError
 from asgml.data.mmsa import MMSADataModule, sentiment_classes
+from asgml.types import MultimodalDataModule
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,7 @@ def sims(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_shapes_lengths_dims(sims: Path) -> None:
     m = MMSADataModule(str(sims.parent), file="unaligned_39.pkl", name="sims", batch_size=4)
     assert m.modalities == ["text", "audio", "vision"] and m.num_classes == 3
+    assert isinstance(m, MultimodalDataModule)
     assert m.encoder_overrides() == {
         "text": {"input_dim": 768}, "audio": {"input_dim": 33}, "vision": {"input_dim": 709}
     }  # fmt: skip

@@ -76,7 +76,7 @@ def test_preset_composes(preset: str) -> None:
         warnings.warn(f"{preset}: not composed yet (missing {missing})", stacklevel=1)
 
 
-def test_table_presets_use_seed_hyperparameters() -> None:
+def test_table_presets_use_design_document_hyperparameters() -> None:
     """docs/asgml_v2_design.md 5.1: OGM-GE alpha 0.8, boost alpha 0.5, boost + OGM-GE boost alpha 0.75."""
     cfg = _compose(["experiment=cremad_1f_table", "method=ogm"])
     assert cfg.method.ogm.alpha == 0.8

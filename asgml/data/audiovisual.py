@@ -8,13 +8,14 @@
   decode size, then the OGM-GE transforms (train ``RandomResizedCrop`` + flip, test
   ``Resize``; ImageNet normalisation) with ``torchvision.transforms.v2`` on the tensor, so
   the on-the-fly and the cached paths give identical results.
-* :class:`AVDataModuleBase` -- official train/test lists, a seeded stratified validation
+* :class:`AudioVisualDataModule` -- official train/test lists, a seeded stratified validation
   split carved from train (the test list stays untouched), missing-file counting, and the
   on-disk cache of :mod:`asgml.data.cache`.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import warnings
@@ -30,40 +31,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from asgml.data.base import SplitDataModule
+from asgml.data.base import SplitDataModule, check_data_dir, require_file
+from asgml.data.cache import AVCache
 
 log = logging.getLogger("asgml.data")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FRAME_EXTS = (".jpg", ".jpeg")
-
-
-class DataLayoutError(FileNotFoundError):
-    """A data directory or split file is missing; the message shows the expected layout."""
-
-
-def layout_error(what: str, layout: str) -> DataLayoutError:
-    return DataLayoutError(f"{what}\nExpected layout:\n{layout.rstrip()}")
-
-
-def check_data_dir(data_dir: str | os.PathLike | None, name: str, layout: str) -> Path:
-    """``data_dir`` as a Path, or an error showing the expected layout."""
-    if data_dir is None or str(data_dir) in ("", "None", "null"):
-        raise layout_error(
-            f"{name}: data_dir is not set; pass data_dir=/path/to/{name} on the command line",
-            layout,
-        )
-    path = Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise layout_error(f"{name}: data_dir {str(path)!r} does not exist", layout)
-    return path
-
-
-def require_file(path: Path, name: str, layout: str) -> Path:
-    if not path.is_file():
-        raise layout_error(f"{name}: missing file {str(path)!r}", layout)
-    return path
 
 
 @dataclass
@@ -198,16 +173,17 @@ def _as_tensor(a: np.ndarray) -> Tensor:
 
 
 class AVClipDataset(Dataset):
-    """``{"audio": (1, F, T) float32, "visual": (3, T, H, W) float32, "label": int64}`` items.
+    """``{<audio>: (1, F, T) float32, <visual>: (3, T, H, W) float32, "label": int64}`` items,
+    keyed by the datamodule's two ``modalities`` names (default ``audio``, ``visual``).
 
     Reads from the cache when ``cache`` is given, else decodes the files on the fly with
-    the datamodule's ``load_audio`` / :func:`decode_frame`; both go through the same
+    the datamodule's ``load_audio`` / ``read_frame``; both go through the same
     transforms, so outputs agree exactly at eval transforms.
     """
 
     def __init__(
         self,
-        dm: AVDataModuleBase,
+        dm: AudioVisualDataModule,
         clips: Sequence[Clip],
         positions: Sequence[int],
         train: bool,
@@ -230,26 +206,29 @@ class AVClipDataset(Dataset):
             audio, frames = self.cache.get(self.positions[i], self.dm.frames, self.random_frames)
         else:
             audio = self.dm.load_audio(clip.audio)
-            idx = frame_indices(len(clip.frames), self.dm.frames, self.random_frames)
-            frames = [decode_frame(clip.frames[j], self.dm.decode_hw) for j in idx]
+            idx = self.dm.select_frames(len(clip.frames), self.dm.frames, self.random_frames)
+            frames = [self.dm.read_frame(clip.frames[j], self.dm.decode_hw) for j in idx]
         # per-frame transforms, as OGM-GE (each frame gets its own crop/flip at train)
         vis = torch.stack([self.transform(np.asarray(f)) for f in frames], dim=1)
+        audio_name, visual_name = self.dm.modalities
         return {
-            "audio": _as_tensor(np.asarray(audio, dtype=np.float32))[None],
-            "visual": vis,
+            audio_name: _as_tensor(np.asarray(audio, dtype=np.float32))[None],
+            visual_name: vis,
             "label": torch.tensor(clip.label, dtype=torch.long),
         }
 
 
-class AVDataModuleBase(SplitDataModule):
+class AudioVisualDataModule(SplitDataModule, abc.ABC):
     """Common base of the audio-visual datamodules.
 
-    Subclasses set ``NAME``, ``LAYOUT``, ``modalities``/``num_classes`` and implement
+    Subclasses set ``NAME``, ``LAYOUT``, ``num_classes`` and implement
     :meth:`read_split` (official list -> clips), :meth:`load_audio` (file -> 2-D float32
     array) and :meth:`audio_config` (preprocessing settings, part of the cache hash).
 
     Args:
         data_dir: dataset root (see ``LAYOUT``).
+        modalities: the names of the audio and the visual stream, in that order (the batch
+            keys; ``model.encoders`` must use the same names).
         frames: visual frames per clip (T).
         image_size: side of the square frames the model sees (224 in OGM-GE).
         decode_size: stored frame size (int or [H, W]); default ``round(image_size*256/224)``.
@@ -273,6 +252,7 @@ class AVDataModuleBase(SplitDataModule):
     def __init__(
         self,
         data_dir: str | None,
+        modalities: Sequence[str] = ("audio", "visual"),
         frames: int = 1,
         image_size: int = 224,
         decode_size: int | Sequence[int] | None = None,
@@ -290,6 +270,13 @@ class AVDataModuleBase(SplitDataModule):
         self.data_dir = check_data_dir(data_dir, self.NAME, self.LAYOUT)
         for f in self.SPLIT_FILES.values():
             require_file(self.data_dir / f, self.NAME, self.LAYOUT)
+        names = [str(m) for m in modalities]
+        if len(names) != 2 or names[0] == names[1]:
+            raise ValueError(
+                f"{self.NAME}: modalities must be two distinct names [<audio>, <visual>], "
+                f"got {list(modalities)}"
+            )
+        self.modalities = names
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
         if frame_sampling not in ("even", "random"):
@@ -313,15 +300,22 @@ class AVDataModuleBase(SplitDataModule):
         self.splits: dict[str, AVClipDataset] = {}
         self._clips: dict[str, list[Clip]] = {}
 
+    # frame choice and frame decoding (the cache stores and reads frames with these too)
+    select_frames = staticmethod(frame_indices)
+    read_frame = staticmethod(decode_frame)
+
     # ------------------------------------------------------------ subclass API
-    def read_split(self, split: str) -> list[Clip]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read_split(self, split: str) -> list[Clip]:
+        """The clips listed in the official ``split`` file (``train`` / ``test``)."""
 
-    def load_audio(self, path: Path) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load_audio(self, path: Path) -> np.ndarray:
+        """One clip's audio file as a 2-D float32 array."""
 
-    def audio_config(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def audio_config(self) -> dict[str, Any]:
+        """The audio preprocessing settings (part of the cache key)."""
 
     # ---------------------------------------------------------------- listing
     def official_clips(self, split: str) -> list[Clip]:
@@ -346,16 +340,12 @@ class AVDataModuleBase(SplitDataModule):
     # ------------------------------------------------------------------ cache
     def build_cache(self, overwrite: bool = False) -> Path:
         """Decode every listed clip once into the on-disk cache; returns its directory."""
-        from asgml.data.cache import AVCache
-
         return AVCache.build(self, overwrite=overwrite)
 
     def _open_cache(self, split: str) -> Any | None:
         if self.cache_mode == "off":
             log.info("%s %s: cache=off, decoding files on the fly", self.NAME, split)
             return None
-        from asgml.data.cache import AVCache
-
         return AVCache.open(self, split, required=self.cache_mode == "require")
 
     # ----------------------------------------------------------------- splits

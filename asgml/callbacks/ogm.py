@@ -187,7 +187,8 @@ class OGMGE(BalancingCallback):
         params: parameter selection: ``conv``, ``weights`` or ``all`` for ``generalized``
             (default ``weights``); ``official``/``pre2022`` modulate ``conv`` as the official
             code, and any other value with them is an error.
-        modulation_starts, modulation_ends: inclusive 0-based epoch window.
+        modulation_starts: first epoch of the inclusive 0-based modulation window.
+        modulation_ends: last epoch of the window.
         eps: guard for a zero score.
     """
 

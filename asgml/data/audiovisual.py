@@ -236,7 +236,9 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
             random frame per segment at train; eval stays ``even``).
         val_fraction: fraction of each train class carved out (seeded) as validation.
         seed: seed of the validation split.
-        batch_size, num_workers, pin_memory: loader settings.
+        batch_size: loader batch size (per process under DDP).
+        num_workers: loader worker processes.
+        pin_memory: loader ``pin_memory``.
         strict: fail (instead of one counting warning) on clips missing on disk.
         cache: ``auto`` (use a complete, matching cache if there is one, else decode on
             the fly with a warning if a stale one is found), ``off``, or ``require``.

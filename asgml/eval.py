@@ -84,8 +84,13 @@ def build_from_config(
     model_cfg = cfg.model
     if hasattr(datamodule, "encoder_overrides"):
         model_cfg = OmegaConf.merge(model_cfg, {"encoders": datamodule.encoder_overrides()})
-    module_opts = to_container(cfg.method.get("module", {}) or {})
-    model = instantiate(model_cfg, **module_opts)
+    # the stored config is resolved: model.* holds every option the run used. Checkpoints
+    # written before model options had one home kept the method's options in method.module,
+    # merged over model.* at training time: replay that for them.
+    legacy = cfg.method.get("module") or {}
+    if legacy:
+        model_cfg = OmegaConf.merge(model_cfg, legacy)
+    model = instantiate(model_cfg)
     return datamodule, model
 
 

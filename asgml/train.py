@@ -22,6 +22,8 @@ import asgml  # noqa: F401  (registers resolvers)
 from asgml.config import (
     check_datamodule_matches,
     method_callback_configs,
+    model_option_overrides,
+    recipe_lines,
     to_container,
     validate_config,
 )
@@ -56,10 +58,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     if cfg.get("print_config"):
         print(OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("recipe\n  %s", "\n  ".join(recipe_lines(cfg)))
+    for key, (value, default) in model_option_overrides(cfg).items():
+        log.info(
+            "model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default
+        )
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
+    # method callbacks first: a bad method option fails before any data is read
+    callbacks = build_callbacks(cfg)
     datamodule = instantiate(cfg.dataset.datamodule)
     check_datamodule_matches(datamodule, cfg.model)
     if cfg.select_on == "test":
@@ -68,15 +77,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         datamodule.val_dataloader = datamodule.test_dataloader
 
-    module_opts = to_container(cfg.method.get("module", {}) or {})
     model_cfg = cfg.model
     # a datamodule may fill encoder arguments it reads from the data (e.g. MMSA feature dims)
     if hasattr(datamodule, "encoder_overrides"):
         model_cfg = OmegaConf.merge(cfg.model, {"encoders": datamodule.encoder_overrides()})
-    model = instantiate(model_cfg, **module_opts)
+    model = instantiate(model_cfg)
     model.run_config = to_container(cfg)
 
-    callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams({"cfg": to_container(cfg)})
@@ -104,9 +111,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _finish_wandb(loggers)
 
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    opt_metric = cfg.get("optimized_metric")
     metrics = {
         "metrics": {k: v for k, v in result.items() if k.startswith("test/")},
         "val_acc_best": result.get("fit/val/acc_best"),
+        "optimized_metric": opt_metric,
+        "optimized_value": result.get(f"fit/{opt_metric}") if opt_metric else None,
         "best_checkpoint": os.path.relpath(best_path, out_dir) if best_path else None,
         "skipped_nonfinite_steps": model.skipped_nonfinite_steps,
         "config": to_container(cfg),
@@ -152,8 +162,13 @@ def _finish_wandb(loggers: list[Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://asgml.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Returns the best validation value named by ``optimized_metric`` (what Hydra sweepers
+    optimise); never a test metric."""
     metrics = run(cfg)
-    return metrics["metrics"].get("test/acc")
+    if cfg.get("select_on") == "test":
+        log.warning("select_on=test: no optimized_metric is returned (it would be a test value)")
+        return None
+    return metrics["optimized_value"]
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ def _if_two_modalities(encoders: Any, two: Any, more: Any) -> Any:
     entries, else ``b`` (e.g. OGM-GE's official variant for two modalities, the generalized
     one for more)."""
     if not isinstance(encoders, Mapping | DictConfig):
-        raise ValueError(f"asgml.if_two_modalities expects a mapping, got {type(encoders).__name__}")
+        raise ValueError(
+            f"asgml.if_two_modalities expects a mapping, got {type(encoders).__name__}"
+        )
     return two if len(encoders) == 2 else more
 
 

@@ -60,9 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("recipe\n  %s", "\n  ".join(recipe_lines(cfg)))
     for key, (value, default) in model_option_overrides(cfg).items():
-        log.info(
-            "model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default
-        )
+        log.info("model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)

@@ -163,7 +163,9 @@ def decode_size_hw(
     ``native`` -> ``None`` (kept at the JPEG's own size, the official pipeline)."""
     if isinstance(decode_size, str):
         if decode_size != "native":
-            raise ValueError(f"decode_size must be 'native', null, an int or [H, W]; got {decode_size!r}")
+            raise ValueError(
+                f"decode_size must be 'native', null, an int or [H, W]; got {decode_size!r}"
+            )
         return None
     if decode_size is None:
         s = int(round(image_size * 256 / 224))

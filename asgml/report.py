@@ -16,7 +16,7 @@ The std is the sample standard deviation (``ddof=1``) over the runs of a group (
 its seeds); with one run it is left blank. The best mean of each column is in bold.
 
 **Reference column.** A preset may carry the published numbers it reproduces (key
-``reference`` of ``conf/experiment/*.yaml``: ``source``, ``metric`` and ``values: {method:
+``reference`` of ``conf/experiment/*.yaml``: ``source``, ``metric`` and ``results: {method:
 {mean, std}}`` in %). The table then shows, beside the measured mean ± std of that metric, a
 ``Paper`` column and ``Δ (std)``: the difference measured - paper in units of the pooled
 std, ``sqrt((s_measured² + s_paper²) / 2)`` (only ``s_measured`` when the paper gives no
@@ -284,8 +284,8 @@ def add_reference(
         ref_mean = ref_std = None
         if method in first.index:
             r = first.loc[method]
-            ref_mean = r.get(f"reference.values.{method}.mean")
-            ref_std = r.get(f"reference.values.{method}.std")
+            ref_mean = r.get(f"reference.results.{method}.mean")
+            ref_std = r.get(f"reference.results.{method}.std")
         ref_mean = None if ref_mean is None or pd.isna(ref_mean) else float(ref_mean) / 100
         ref_std = None if ref_std is None or pd.isna(ref_std) else float(ref_std) / 100
         pooled = pooled_std(row[f"{metric}_std"], ref_std)

@@ -126,7 +126,7 @@ def _add_reference(root: Path, values: dict) -> None:
         data["config"]["reference"] = {
             "source": "test table",
             "metric": "test/acc",
-            "values": values,
+            "results": values,
         }
         path.write_text(json.dumps(data))
 

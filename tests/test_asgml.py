@@ -5,14 +5,21 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from asgml.callbacks.boost import ASGMLBoost, continuous_scales, ema_update
+from asgml.callbacks.ogm import OGMGE
 from asgml.callbacks.probe import ProbeMonitor
 from asgml.callbacks.staleness import StalenessScheduler, learning_speed, should_update, staleness
+from asgml.data.synthetic import DictTensorDataset
+from asgml.models.encoders import MLPEncoder
+from asgml.module import MultimodalModule
 from asgml.train import run
 from asgml.types import Utilization
 from tests.conftest import compose_cfg
 from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
+
+MODS = ("audio", "visual")
 
 # ---------------------------------------------------------------- the formulas
 
@@ -123,17 +130,42 @@ def test_boost_multiplies_encoder_grads_by_scale():
             torch.testing.assert_close(a[name], g * factor, rtol=0, atol=0)
 
 
-def test_probe_monitor_never_changes_training():
-    """Probe on vs off (boost off): encoder parameters bitwise equal after several steps."""
+class GlobalRNGProbe(ProbeMonitor):
+    """A deliberately leaky probe: draws one number from the global RNG per evaluation."""
+
+    def measure(self, trainer, module, features, labels):
+        torch.rand(1)
+        super().measure(trainer, module, features, labels)
+
+
+def _train_with_randomness(callbacks) -> MultimodalModule:
+    """12 steps (3 epochs) that consume the global RNG everywhere training does: dropout in
+    the encoders, a shuffling loader (a new order drawn each epoch) and OGM-GE's noise."""
     torch.manual_seed(0)
-    m_off = tiny_mlp_module()
-    fit(m_off, vector_loader(), [], max_steps=6)
-    m_on = tiny_mlp_module()
+    encs = {m: MLPEncoder(input_dim=4, hidden_dim=8, feature_dim=8, dropout=0.3) for m in MODS}
+    module = MultimodalModule(encs, num_classes=3)
+    loader = vector_loader(n=32, batch_size=8)
+    loader = DataLoader(loader.dataset, batch_size=8, shuffle=True)
+    ogm = OGMGE(variant="generalized", params="weights", mode="OGM_GE")
+    fit(module, loader, [*callbacks, ogm], max_steps=12)
+    return module
+
+
+def _same_parameters(a: MultimodalModule, b: MultimodalModule) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_probe_monitor_never_changes_training():
+    """Probe on vs off (boost off): parameters bitwise equal after training that draws from
+    the global RNG (dropout, shuffling, OGM-GE noise)."""
+    off = _train_with_randomness([])
     probe = ProbeMonitor(eval_freq=2, probe_train_steps=3)
-    fit(m_on, vector_loader(), [probe], max_steps=6)
-    assert probe.version == 3  # steps 0, 2, 4
-    for (n, p_off), (_, p_on) in zip(m_off.named_parameters(), m_on.named_parameters()):
-        assert torch.equal(p_off, p_on), n
+    on = _train_with_randomness([probe])
+    assert probe.version == 6  # steps 0, 2, ..., 10
+    assert _same_parameters(off, on)
+    # the test can fail: a probe drawing one number from the global RNG changes training
+    leaky = GlobalRNGProbe(eval_freq=2, probe_train_steps=3)
+    assert not _same_parameters(off, _train_with_randomness([leaky]))
 
 
 def test_probe_split_batch_uses_halves():
@@ -289,3 +321,58 @@ def test_staleness_zeroes_skipped_encoder_grads():
                 assert torch.count_nonzero(a[name]) == 0, name
             else:
                 assert torch.equal(a[name], g), name
+
+
+def test_staleness_default_throttles_only_the_dominant():
+    """Design (1.3, Appendix A): throttle the dominant, rarely triggered; tau ~ 1-2."""
+    assert StalenessScheduler().tau_base == 1.0
+    assert compose_cfg(["method=staleness"]).method.staleness.tau_base == 1.0
+    # balanced: speed 1 -> tau 1 -> every step updates
+    assert staleness(learning_speed({"a": 1.0, "v": 1.0}, {"a": 0.2, "v": 0.2})) == {
+        "a": 1.0,
+        "v": 1.0,
+    }
+    # grad ratios 1.5 / 0.5, loss ratios 1 / 1 -> speed 1.25 / 0.75 -> tau 1.25 / 1: no skip
+    tau = staleness(learning_speed({"a": 3.0, "v": 1.0}, {"a": 0.2, "v": 0.2}))
+    assert tau == pytest.approx({"a": 1.25, "v": 1.0})
+    assert all(should_update(s, tau["a"]) for s in range(4))
+    # grad and loss ratios 1.5 / 0.5 -> speed 1.5 / 0.5 -> tau 1.5 (round 2) / 1
+    tau = staleness(learning_speed({"a": 3.0, "v": 1.0}, {"a": 0.3, "v": 0.1}))
+    assert tau == pytest.approx({"a": 1.5, "v": 1.0})
+    assert [should_update(s, tau["a"]) for s in range(4)] == [True, False, True, False]
+    assert all(should_update(s, tau["v"]) for s in range(4))
+
+
+def _symmetric_module_and_loader():
+    """Two exactly equally strong modalities: same encoder weights, same fusion block, same
+    inputs, so both have the same gradient norm and loss descent in every window."""
+    module = tiny_mlp_module()
+    module.encoders["visual"].load_state_dict(module.encoders["audio"].state_dict())
+    with torch.no_grad():
+        w = module.fusion.fc_out.weight
+        lo, hi = module.fusion.blocks["visual"]
+        a_lo, a_hi = module.fusion.blocks["audio"]
+        w[:, lo:hi] = w[:, a_lo:a_hi]
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (64,), generator=g)
+    x = 2.0 * torch.randn(3, 4, generator=g)[y] + torch.randn(64, 4, generator=g)
+    data = DictTensorDataset({"audio": x, "visual": x.clone()}, y)
+    return module, DataLoader(data, batch_size=8, shuffle=False)
+
+
+@pytest.mark.parametrize(("tau_base", "skips"), [(None, 0), (2.0, 3)])
+def test_staleness_equally_strong_modalities_skip_neither(tau_base, skips):
+    # update_freq 2: tau = 1 on steps 0-1, then from the window's speeds (both 1.0).
+    # Default tau_base 1 -> tau 1: no skip. tau_base 2 (the old default) -> tau 2 for both:
+    # both encoders skip steps 3, 5 and 7 of 0..7, on the same steps.
+    kw = {} if tau_base is None else {"tau_base": tau_base}
+    sched = StalenessScheduler(update_freq=2, **kw)
+    module, loader = _symmetric_module_and_loader()
+    before, after = GradRecorder(), GradRecorder()
+    fit(module, loader, [before, sched, after], max_steps=8)
+    assert sched.tau == pytest.approx({"audio": sched.tau_base, "visual": sched.tau_base})
+    assert sched.skips == {"audio": skips, "visual": skips}
+    if skips == 0:
+        for b, a in zip(before.grads, after.grads):
+            for name, grad in b.items():
+                assert torch.equal(a[name], grad), name

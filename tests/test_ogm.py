@@ -15,6 +15,7 @@ from asgml.callbacks.ogm import (
     official_coefficients,
     ogm_scores,
 )
+from asgml.train import run
 from tests.helpers import (
     GradRecorder,
     fit,
@@ -243,3 +244,25 @@ def test_bad_values_name_the_key():
         OGMGE(variant="other")
     with pytest.raises(ValueError, match="modulation_ends"):
         OGMGE(modulation_starts=5, modulation_ends=1)
+
+
+@pytest.mark.parametrize("fusion", ["film", "gated", "concat"])
+def test_untrained_unimodal_heads_are_refused_at_start_up(fusion):
+    # film/gated fusion needs separate unimodal heads; with gamma = 0 they never train, so
+    # OGM-GE's scores would come from random heads
+    ogm = OGMGE(variant="generalized", params="weights")
+    module = tiny_mlp_module(fusion=fusion, unimodal_heads=True)
+    with pytest.raises(ValueError, match=rf"model.unimodal_heads=true, model.fusion={fusion}"):
+        ogm.setup(None, module, "fit")
+    with pytest.raises(ValueError, match="model.gamma=0"):
+        fit(module, vector_loader(), [ogm], max_steps=1)
+    # heads that train (gamma > 0) are fine, and so is the fusion-derived default
+    ogm.setup(None, tiny_mlp_module(fusion=fusion, unimodal_heads=True, gamma=1.0), "fit")
+    ogm.setup(None, tiny_mlp_module(), "fit")
+
+
+@pytest.mark.slow
+def test_untrained_unimodal_heads_are_refused_by_the_cli(make_cfg):
+    cfg = make_cfg(["method=ogm", "model.fusion=gated", "model.unimodal_heads=true"])
+    with pytest.raises(ValueError, match="model.gamma=0"):
+        run(cfg)

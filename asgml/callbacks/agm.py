@@ -2,17 +2,21 @@
 
 Paper: Li et al., "Boosting Multi-modal Model Performance with Adaptive Gradient
 Modulation", ICCV 2023.
-Official code: https://github.com/lihong2303/AGM_ICCV2023 (issues answered at lihongcs/AGM).
+Official code: https://github.com/lihong2303/AGM_ICCV2023 @ 5a65542 (issues answered at
+lihongcs/AGM).
 
 Per step (official code):
 
 * The fused network runs on the full input ``T = f(all)`` (train mode) and on masked inputs
   (missing modalities zeroed) in **eval mode, with gradients**.
-* Shapley-style unimodal logits. 2 modalities (official): ``m_a = 1/2 (T - f(v) + f(a))``,
-  ``m_v = 1/2 (T - f(a) + f(v))`` (no ``f(empty)`` term, so ``m_a + m_v == T``). N >= 3:
-  the exact Shapley value over all ``2^N`` subsets, including ``f(empty)`` (the official
-  3-modality UR-Funny model runs 8 passes). ``empty_baseline`` switches the ``f(empty)``
-  term on/off for any N.
+* Shapley-style unimodal logits: the Shapley value over the non-empty subsets, with
+  ``f(empty)`` taken as 0 (the paper's Eq. 1 sums over ``S != empty``), so
+  ``sum_m m_m == T``. 2 modalities (``model/CREMAD_net.py``): ``m_a = 1/2 (T - f(v) + f(a))``,
+  ``m_v = 1/2 (T - f(a) + f(v))``. 3 modalities (``model/URFunny_net.py``, ``Modality_Audio``):
+  ``m_a = (T - f(v,t) + f(a))/3 + (f(a,t) - f(t) + f(a,v) - f(v))/6``, and the same for the
+  others. The official UR-Funny model also runs the all-masked pass ``f(empty)`` and returns
+  ``m_m - f(empty)/3``, but ``run/URFunny_main.py`` trains and scores on ``m_m`` (without it);
+  ``empty_baseline=true`` switches the ``f(empty)`` term (and its pass) on for any N.
 * The loss is ``CE(sum_m m_m, y)``; each ``m_m`` passes through an identity whose backward
   multiplies the gradient by ``c_m`` (official: a full backward hook).
 * ``s_m = mean_batch -log(max(softmax(m_m)[y], 1e-8))``,
@@ -23,7 +27,10 @@ Per step (official code):
   ``sbar`` is updated after the coefficients.
 * After backward: if any entry of the fusion output-layer weight gradient is outside
   ``[-1, 1]``, ``clip_grad_norm_(all parameters, 1.0)``.
-* Modulation only while ``modulation_starts <= epoch <= modulation_ends``.
+* Modulation only while ``modulation_starts <= epoch <= modulation_ends`` in the official
+  **1-based** epochs (``for epoch in range(1, EPOCHS + 1)``): Lightning's 0-based epoch ``e``
+  is modulated iff ``modulation_starts <= e + 1 <= modulation_ends``, so the default
+  ``[0, 20]`` modulates the first 20 epochs, as official.
 
 Official bug kept behind a switch: outside the window the official hooks stay registered and
 keep applying the *last* coefficients (nothing resets them to 1). Default
@@ -31,8 +38,18 @@ keep applying the *last* coefficients (nothing resets them to 1). Default
 CE (no extra passes, coefficients 1). ``outside_window=keep_last`` reproduces the official
 behaviour.
 
-Other deviations: masked inputs are zeros of the input's shape (sequence ``lengths`` are
-passed unchanged); ``sbar`` starting at 0 is unverified against the official code.
+Deviations from the official code:
+
+* N >= 4 (no official code): the same Shapley value over the non-empty subsets.
+* Masked inputs are zeros of the input's shape (sequence ``lengths`` are passed unchanged);
+  ``sbar`` starting at 0 is unverified against the official code.
+* The all-masked pass is skipped unless ``empty_baseline`` (officially computed for
+  N = 3 but unused in training).
+* One gradient-clip rule for every dataset: trigger and max norm 1.0 (``run/CREMAD_main.py``);
+  the official UR-Funny script uses 5.0 for both, MOSEI 1.0 (with a trigger written
+  ``grad_max > 1 and grad_min < 1``), AVE none. The ``rbar - r`` cap is 10 (CREMA-D) / 7
+  (UR-Funny); the official AVE and MOSEI scripts have no cap.
+
 Logged: ``agm/coeff_<m>``, ``agm/score_<m>``. Cost: ``2^N - 2`` extra forward passes
 (``2^N - 1`` with ``empty_baseline``) in the window, and their backward.
 """
@@ -134,10 +151,11 @@ class AGM(BalancingCallback):
 
     Args:
         alpha: modulation strength (official default 1.0; the author's CREMA-D setting 1.5).
-        modulation_starts, modulation_ends: inclusive 0-based epoch window (official 0, 20).
+        modulation_starts, modulation_ends: inclusive window in official 1-based epochs
+            (official 0, 20: the first 20 epochs).
         clip: cap of ``rbar - r``; ``null``: 10 for N = 2, 7 for N >= 3 (official).
-        empty_baseline: include ``f(empty)`` in the Shapley values; ``null``: off for N = 2,
-            on for N >= 3 (official).
+        empty_baseline: include ``f(empty)`` in the Shapley values (default off, as the
+            official training for N = 2 and 3).
         grad_clip: the official conditional ``clip_grad_norm_(all, 1.0)``.
         outside_window: ``reset`` (coefficients 1, default) or ``keep_last`` (official).
     """
@@ -148,7 +166,7 @@ class AGM(BalancingCallback):
         modulation_starts: int = 0,
         modulation_ends: int = 20,
         clip: float | None = None,
-        empty_baseline: bool | None = None,
+        empty_baseline: bool = False,
         grad_clip: bool = True,
         outside_window: str = "reset",
     ) -> None:
@@ -163,7 +181,7 @@ class AGM(BalancingCallback):
         self.modulation_starts = modulation_starts
         self.modulation_ends = modulation_ends
         self.clip_arg = clip
-        self.empty_baseline_arg = empty_baseline
+        self.empty_baseline = bool(empty_baseline)
         self.grad_clip = grad_clip
         self.outside_window = outside_window
         self.sbar: Tensor | None = None
@@ -174,12 +192,11 @@ class AGM(BalancingCallback):
         self.modalities = list(pl_module.modalities)
         n = len(self.modalities)
         self.clip = self.clip_arg if self.clip_arg is not None else (10.0 if n == 2 else 7.0)
-        self.empty_baseline = (
-            self.empty_baseline_arg if self.empty_baseline_arg is not None else n >= 3
-        )
 
     def in_window(self, epoch: int) -> bool:
-        return self.modulation_starts <= epoch <= self.modulation_ends
+        """Whether the 0-based (Lightning) ``epoch`` is modulated: the window is in the
+        official 1-based epochs."""
+        return self.modulation_starts <= epoch + 1 <= self.modulation_ends
 
     def subset_logits(self, pl_module: L.LightningModule, out: Any) -> dict[frozenset, Tensor]:
         """``f(S)`` for every subset S (the full set from the step's forward pass)."""

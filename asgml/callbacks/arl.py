@@ -2,8 +2,8 @@
 Learning").
 
 Paper: Wei et al., "Improving Multimodal Learning via Imbalanced Learning", ICCV 2025.
-Official code: https://github.com/shicaiwei123/ICCV2025-ARL (``main_arl_variance.py``,
-``models/basic_model.py``).
+Official code: https://github.com/shicaiwei123/ICCV2025-ARL @ 358af4f
+(``main_arl_variance.py``, ``models/basic_model.py``, ``models/backbone.py``).
 
 Per step (official code):
 
@@ -12,13 +12,14 @@ Per step (official code):
 * Loss ``CE(fused) + g * sum_m CE(z_m)`` with ``g = gamma`` after warm-up
   (``epoch > start``) and ``g = 1`` before (official default ``gamma`` 1.0, 4.0 in the CREMA-D
   script; ``start`` 5).
-* A ``GradScale`` op on every encoder output multiplies the gradient flowing back into the
-  encoder by ``(1 + w_m)``.
+* After warm-up only (``epoch > start``; ``models/backbone.py:325,345``), a ``GradScale`` op
+  on every encoder output multiplies the gradient flowing back into the encoder by
+  ``(1 + w_m)``. During warm-up (``epoch <= start``, 0-based epochs as in the official
+  ``range(args.epochs)``) encoder gradients are not scaled.
 * Weights (the README's "weight for ARL"), from the batch's unimodal logits (detached):
   ``c_m = sum_classes mean_batch |z_m|`` normalised to sum 1; ``H_m`` = batch-mean entropy
   of ``softmax(z_m)`` (``+1e-16`` in the log), normalised to sum 1 and clamped at >= 0.3;
   ``a_m = (1/H_m) / sum_k (1/H_k)``; ``w = softmax(T * [c_v a_a, c_a a_v])`` (``T`` 8).
-  Before warm-up ``w_m = 0.5``.
 * ``clip_grad_norm_(all, 40)`` after backward.
 
 Official bug kept behind a switch: in the released ``main_arl_variance.py`` (commit 358af4f)
@@ -26,10 +27,15 @@ the computed ``weight`` is only printed; ``audio_weight``/``visual_weight`` stay
 encoders get a symmetric x1.5. Default ``weights=entropy`` applies the weights as the paper
 and README describe; ``weights=official`` reproduces the constant 0.5.
 
-Deviations: N >= 2 -- the crossed term ``c_v a_a`` generalises to ``(1 - c_m) a_m`` (for
-N = 2, ``1 - c_a = c_v``) and the warm-up weight to ``1/N``; the official gate
-``acc_a + acc_v != 0`` (a validation has run) is reduced to ``epoch > start``. With a
-non-concat fusion the module's unimodal logits are used. Logged: ``arl/weight_<m>``.
+Deviations from the official code:
+
+* N >= 2: the crossed term ``c_v a_a`` generalises to ``(1 - c_m) a_m`` (for N = 2,
+  ``1 - c_a = c_v``) and the constant weight of ``weights=official`` to ``1/N``.
+* The official gate ``acc_a + acc_v != 0`` (a validation has run) is reduced to
+  ``epoch > start``.
+* With a non-concat fusion the module's unimodal logits are used.
+
+Logged (after warm-up): ``arl/weight_<m>``.
 """
 
 from __future__ import annotations
@@ -118,7 +124,9 @@ class ARL(BalancingCallback):
         self.modalities = list(pl_module.modalities)
 
     def step_weights(self, epoch: int, unimodal_logits: Mapping[str, Tensor]) -> Tensor:
-        """``w`` for this step: ``1/N`` before warm-up or with ``weights=official`` (0.5 for N = 2)."""
+        """``w`` for this step: ``1/N`` before warm-up or with ``weights=official`` (0.5 for N = 2).
+
+        The gradient scaling only reads it after warm-up (it is off while ``epoch <= start``)."""
         n = len(self.modalities)
         if epoch > self.start and self.weights == "entropy":
             return arl_weights(unimodal_logits, self.temperature)
@@ -140,6 +148,8 @@ class ARL(BalancingCallback):
         g = self.gamma if epoch > self.start else 1.0
         for m in self.modalities:
             losses[f"unimodal_{m}"] = g * F.cross_entropy(uni[m], out.labels)
+        if epoch <= self.start:
+            return  # official: the GradScale op is applied only when epoch > start
         w = self.step_weights(epoch, uni)
         for i, m in enumerate(self.modalities):
             factor = 1.0 + w[i]

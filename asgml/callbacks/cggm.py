@@ -2,7 +2,8 @@
 
 Paper: Guo et al., "Classifier-guided Gradient Modulation for
 Enhanced Multimodal Learning", NeurIPS 2024.
-Official code: https://github.com/zrguo/CGGM (``src/msatrain.py``, ``models/msamodel.py``).
+Official code: https://github.com/zrguo/CGGM @ 21e428c (``src/msatrain.py``,
+``models/msamodel.py``, ``run/mosi_run.py``).
 
 One training step, as the official code does it:
 
@@ -12,7 +13,8 @@ One training step, as the official code does it:
    ``cls_lr``), is run on the batch; its summed CE is backpropagated into the classifiers.
 3. ``acc_i`` = classifier i's batch accuracy (before its update); ``d_i = acc_i(t) - acc_i(t-1)``
    (``acc_i(-1) = 0``).
-4. ``coeff_i = (sum_j d_j - d_i) / (sum_j d_j + 1e-8)`` -- unbounded, as in the official code.
+4. ``coeff_i = (sum_j d_j - d_i) / (sum_j d_j + 1e-8)`` -- unbounded, as in the official code
+   (but see ``zero_sum`` below).
 5. ``L_gm = (sum_i |coeff_i| - sum_i coeff_i * cos(W_i, W_fus)) / M``, kept for the next step.
    As in the code, ``W_i`` / ``W_fus`` are the output-layer *weights* of classifier i and of the
    fusion head (the variables are called ``*_grad`` but hold parameters); the term is
@@ -20,8 +22,33 @@ One training step, as the official code does it:
 6. Every gradient of encoder i is multiplied by ``rou * coeff_i``.
 7. The classifier optimizer steps; ``clip_grad_norm_(model, clip)``; the model optimizer steps.
 
-Deviations:
+Official settings (``run/*_run.py``): MOSI/IEMOCAP ``rou`` 1.3, ``lamda`` 0.2, ``cls_lr``
+5e-4, ``clip`` 0.8, model and classifiers trained with Adam (lr 1e-3 / 5e-4), 30 epochs;
+Food-101 ``lamda`` 0.05 with AdamW (weight decay 6e-3 / 3e-3), 60 epochs. The official
+``clip_grad_norm_(model, 0.8)`` runs on every step of every run, baseline included: it is
+part of the official training recipe, under Adam, which largely cancels a uniform rescaling
+of the gradient. Here the clip can only belong to the method, and under an SGD recipe it
+becomes a learning-rate cut for CGGM alone (the default synthetic task's ResNet-18 gradients
+have a norm of about 9, so a clip at 0.8 divides CGGM's steps by about 11). So the default
+is ``clip=null``; ``clip=0.8`` reproduces the official value (use it with an Adam recipe).
 
+Undefined coefficients (``zero_sum``). Batch accuracies are multiples of ``1/B``, so on
+many steps ``sum_j d_j`` is exactly 0: every accuracy unchanged, or one modality's gain
+cancelling another's loss. The official ``+ 1e-8`` then gives ``coeff_i = -d_i * 1e8``:
+either 0 for every modality (the encoders get no gradient that step) or values of order
+``1e6`` of both signs, which reverse one encoder's gradient, blow ``L_gm`` up to ``~1e6``
+for the next step, and leave the update to the clip (without the clip such runs diverge).
+Default ``zero_sum=skip``: such a step is left unmodulated (encoder gradients unscaled, no
+``L_gm`` from it); ``zero_sum=official`` keeps the official values. With batches of 64
+and three modalities a few percent of the steps are affected.
+
+Deviations from the official code:
+
+* ``zero_sum=skip`` (above; ``official`` switch).
+* No clip by default (above); ``clip=0.8`` is the official value, which officially every
+  run, baseline included, applies.
+* Every parameter of encoder i is scaled; the official code scales the transformer
+  encoders ``encoders.{i}`` but not the input projections ``proj.{i}`` in front of them.
 * Classifiers: linear probes on the pooled features (``probe_type=mlp_1layer`` is refused:
   ``W_i`` must have the shape of the fusion weight block) instead of the official 2-layer
   transformer classifiers over token sequences.
@@ -35,7 +62,8 @@ Deviations:
 * With N modalities the sum runs over all of them (the official scripts hard-code the index
   terms per dataset: 2, 3 or 4 modalities). Works for N >= 2.
 
-Logged: ``cggm/coeff_<m>``, ``cggm/acc_<m>``, ``cggm/l_gm``.
+Logged: ``cggm/coeff_<m>``, ``cggm/acc_<m>``, ``cggm/l_gm``, ``cggm/active`` (0 on steps
+left unmodulated by ``zero_sum=skip``).
 """
 
 from __future__ import annotations
@@ -57,12 +85,23 @@ if TYPE_CHECKING:
     from asgml.module import MultimodalModule
     from asgml.types import StepOutput
 
+ZERO_SUM = ("skip", "official")
+
 
 def cggm_coefficients(acc_now: Tensor, acc_prev: Tensor, eps: float = 1e-8) -> Tensor:
     """``coeff_i = (sum_j d_j - d_i) / (sum_j d_j + eps)``, ``d = acc_now - acc_prev`` ((M,) tensors)."""
     d = acc_now - acc_prev
     total = d.sum()
     return (total - d) / (total + eps)
+
+
+def cggm_defined(acc_now: Tensor, acc_prev: Tensor, tol: float = 1e-6) -> Tensor:
+    """0-d bool: ``|sum_j d_j| >= tol``, i.e. the coefficients are defined. Batch
+    accuracies are multiples of ``1/B``, so ``sum_j d_j`` is exactly 0 on many steps (all
+    accuracies unchanged, or one modality's gain cancelling another's loss); there the
+    official ``1e-8`` guard gives ``coeff_i = -d_i * 1e8``: 0 for every modality, or values
+    of order ``1e6`` of either sign."""
+    return (acc_now - acc_prev).sum().abs() >= tol
 
 
 def cggm_direction_loss(coeffs: Tensor, cosines: Tensor) -> Tensor:
@@ -96,8 +135,11 @@ class CGGM(BalancingCallback):
         lamda: weight of ``L_gm`` (official 0.2 for MOSI/IEMOCAP).
         cls_lr: learning rate of the classifiers' Adam (official 5e-4).
         clip: ``clip_grad_norm_`` max norm on the whole model after modulation (official
-            0.8); ``null`` disables it.
+            0.8, part of the official Adam recipe); ``None`` (default) disables it.
         eps: the official ``1e-8`` in the coefficient denominator.
+        zero_sum: a step whose accuracy changes sum to 0 (coefficients undefined):
+            ``skip`` (default) leaves it unmodulated (encoder gradients unscaled, no
+            ``L_gm`` from it); ``official`` applies the official ``1e-8``-guarded values.
     """
 
     def __init__(
@@ -105,8 +147,9 @@ class CGGM(BalancingCallback):
         rou: float = 1.3,
         lamda: float = 0.2,
         cls_lr: float = 5e-4,
-        clip: float | None = 0.8,
+        clip: float | None = None,
         eps: float = 1e-8,
+        zero_sum: str = "skip",
     ) -> None:
         super().__init__()
         if rou < 0 or lamda < 0 or cls_lr <= 0:
@@ -115,11 +158,15 @@ class CGGM(BalancingCallback):
             )
         if clip is not None and clip <= 0:
             raise ValueError(f"method.cggm.clip must be > 0 or null, got {clip}")
+        if zero_sum not in ZERO_SUM:
+            raise ValueError(f"method.cggm.zero_sum must be one of {ZERO_SUM}, got {zero_sum!r}")
         self.rou = rou
         self.lamda = lamda
         self.cls_lr = cls_lr
         self.clip = clip
         self.eps = eps
+        self.zero_sum = zero_sum
+        self.active: Tensor | None = None  # the coefficients are applied (0-d bool)
         self.bank: ProbeBank | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.acc_prev: Tensor | None = None
@@ -145,6 +192,8 @@ class CGGM(BalancingCallback):
             self.optimizer.load_state_dict(st["optimizer"])
             self.acc_prev = st["acc_prev"].to(dev) if st["acc_prev"] is not None else None
             self.coeffs = st["coeffs"].to(dev) if st["coeffs"] is not None else None
+            active = st.get("active")
+            self.active = active.to(dev) if active is not None else None
             self.saved = {k: v.to(dev) for k, v in st["saved"].items()} if st["saved"] else None
 
     # ------------------------------------------------------------------ steps
@@ -158,7 +207,10 @@ class CGGM(BalancingCallback):
             # value of step t, gradient into the current parameter
             w_fus = self.saved[f"fus_{m}"] + (w_now - w_now.detach())
             cosines.append(flat_cosine(self.saved[f"cls_{m}"], w_fus))
-        return cggm_direction_loss(self.coeffs, torch.stack(cosines))
+        l_gm = cggm_direction_loss(self.coeffs, torch.stack(cosines))
+        if self.active is not None:  # no L_gm from an unmodulated step
+            l_gm = torch.where(self.active, l_gm, torch.zeros_like(l_gm))
+        return l_gm
 
     def on_train_losses(
         self,
@@ -182,6 +234,9 @@ class CGGM(BalancingCallback):
             ).sum().backward()
         prev = self.acc_prev if self.acc_prev is not None else torch.zeros_like(acc)
         self.coeffs = cggm_coefficients(acc, prev, self.eps)
+        self.active = (
+            cggm_defined(acc, prev) if self.zero_sum == "skip" else torch.ones_like(acc[0]).bool()
+        )
         self.acc_prev = acc
         # step-t weights for L_gm (taken before the classifier step, as the official code)
         self.saved = {}
@@ -192,14 +247,17 @@ class CGGM(BalancingCallback):
         for i, m in enumerate(self.modalities):
             pl_module.log(f"cggm/coeff_{m}", self.coeffs[i], on_step=True, on_epoch=False)
             pl_module.log(f"cggm/acc_{m}", acc[i], on_step=True, on_epoch=False)
+        pl_module.log("cggm/active", self.active.float(), on_step=True, on_epoch=False)
         if l_gm is not None:
             pl_module.log("cggm/l_gm", l_gm.detach(), on_step=True, on_epoch=False)
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(pl_module, "step_output", None) is None or self.coeffs is None:
             return
+        active = self.active if self.active is not None else torch.tensor(True)
         for i, m in enumerate(self.modalities):
-            scale_(present_grads(pl_module.encoder_parameters(m)), self.coeffs[i] * self.rou)
+            factor = torch.where(active, self.coeffs[i] * self.rou, torch.ones_like(self.coeffs[i]))
+            scale_(present_grads(pl_module.encoder_parameters(m)), factor)
         if self.clip is not None:
             clip_grad_norm_(present_grads(pl_module.parameters()), self.clip)
 
@@ -210,6 +268,7 @@ class CGGM(BalancingCallback):
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "acc_prev": None if self.acc_prev is None else self.acc_prev.cpu(),
             "coeffs": None if self.coeffs is None else self.coeffs.cpu(),
+            "active": None if self.active is None else self.active.cpu(),
             "saved": {k: v.cpu() for k, v in (self.saved or {}).items()},
         }
 

@@ -2,9 +2,11 @@
 
 Paper: Huang et al., "Adaptive Unimodal Regulation for Balanced Multimodal
 Information Acquisition", CVPR 2025.
-Official code: https://github.com/GeWu-Lab/InfoReg_CVPR2025 (``main.py``, ``train_epoch``).
+Official code: https://github.com/GeWu-Lab/InfoReg_CVPR2025 @ 939b2ed (``main.py``,
+``train_epoch``).
 
-What the official code does (2 modalities; audio plays the first, visual the second):
+What the official code does (2 modalities, audio and visual, by name: audio is the
+information-sufficient modality of the paper, visual the information-insufficient one):
 
 * Loss ``L_mm + L_a + L_v`` with unimodal logits sliced from the concat head
   (here: ``model.gamma=1``, the module's derived unimodal logits).
@@ -20,15 +22,29 @@ What the official code does (2 modalities; audio plays the first, visual the sec
   gradient of a proximal term pulling the leading encoder back to where the epoch began).
   The FIM is accumulated from the gradients *after* this term is added, as in ``main.py``.
 
-Generalisation to N >= 2 modalities (deviations, documented):
+Roles, not positions: the official constants and window belong to the modalities' roles
+(audio = information-sufficient, the ``dominant`` here), never to the order the modalities
+are listed in. ``dominant`` names that modality (default ``null``: ``audio``, as official,
+when there is an ``audio`` modality, otherwise the first modality in config order; a
+warning at start-up says which one was taken whenever the modalities are not exactly audio
+and visual). It gets ``beta_scales[0]`` (0.95) and, with ``window_source=dominant``, its
+Fisher trace opens the window; the others get ``beta_scales[1:]``. Swapping the order of
+``audio`` and ``visual`` in the dataset config changes nothing.
+
+Deviations from the official code (generalisation to N >= 2 modalities and names):
 
 * The Fisher trace is computed for every modality (logged as ``inforeg/trace_<m>``).
-  ``window_source`` decides which trace opens the window: ``first`` (default, official: the
-  first modality in config order, audio on CREMA-D) or ``leader`` (the trace of the
-  modality being regulated at that step).
-* ``beta_scales`` gives one constant per modality in config order (official ``[0.95, 0.1]``);
-  modalities beyond the list take its last value (so N = 3 runs with ``[0.95, 0.1, 0.1]``). The leader is ``argmax score``; the gap is the leader's
-  score minus the *second-best* score (for N = 2: ``score_a - score_v``). Ties regulate nothing.
+  ``window_source`` decides which trace opens the window: ``dominant`` (default, official:
+  audio's trace) or ``leader`` (the trace of the modality being regulated at that step).
+* ``beta_scales`` is ``[c_dominant, c_other, ...]`` (official ``[0.95, 0.1]``): the first
+  value for the dominant modality, the next ones for the other modalities in config order,
+  missing ones taking the last value (so N = 3 runs with ``[0.95, 0.1, 0.1]``); or a mapping
+  ``{modality: c}`` naming every modality. The leader is ``argmax score``; the gap is the
+  leader's score minus the *second-best* score (for N = 2: ``score_a - score_v``). Ties
+  regulate nothing.
+* Beyond audio-visual data the official code gives no rule (MMSA's text/audio/vision
+  defaults to audio, though text is the stronger modality in most MSA results): set ``dominant`` to the
+  dataset's information-sufficient modality.
 * ``score_reduction``: ``sum`` over the batch (official; tanh saturates at batch size 64)
   or ``mean``.
 
@@ -41,6 +57,7 @@ by the current loss scale so it is correct after unscaling.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,7 +68,7 @@ from torch import Tensor
 from asgml.callbacks.base import BalancingCallback
 from asgml.callbacks.grads import loss_scale, select_parameters
 
-WINDOW_SOURCES = ("first", "leader")
+WINDOW_SOURCES = ("dominant", "leader")
 SCORE_REDUCTIONS = ("sum", "mean")
 
 
@@ -126,8 +143,11 @@ class InfoReg(BalancingCallback):
     Args:
         threshold: the epoch is in the PLW iff ``k > threshold`` (official 0.05).
         window: epochs averaged by the trace statistic (official 10).
-        beta_scales: per-modality constants in config order (official ``[0.95, 0.1]``).
-        window_source: ``first`` (official) or ``leader``.
+        beta_scales: ``[c_dominant, c_other, ...]`` (official ``[0.95, 0.1]``; the others in
+            config order, missing ones take the last) or ``{modality: c}`` for every modality.
+        window_source: ``dominant`` (official: audio's trace) or ``leader``.
+        dominant: the information-sufficient modality (official: audio); ``None``: ``audio``
+            if present, else the first modality.
         score_reduction: ``sum`` (official) or ``mean``.
     """
 
@@ -135,22 +155,32 @@ class InfoReg(BalancingCallback):
         self,
         threshold: float = 0.05,
         window: int = 10,
-        beta_scales: Sequence[float] = (0.95, 0.1),
-        window_source: str = "first",
+        beta_scales: Sequence[float] | Mapping[str, float] = (0.95, 0.1),
+        window_source: str = "dominant",
         score_reduction: str = "sum",
+        dominant: str | None = None,
     ) -> None:
         super().__init__()
         if window < 1:
             raise ValueError(f"method.inforeg.window must be >= 1, got {window}")
         if window_source not in WINDOW_SOURCES:
-            raise ValueError(f"method.inforeg.window_source must be one of {WINDOW_SOURCES}")
+            raise ValueError(
+                f"method.inforeg.window_source must be one of {WINDOW_SOURCES}, got {window_source!r}"
+            )
         if score_reduction not in SCORE_REDUCTIONS:
             raise ValueError(f"method.inforeg.score_reduction must be one of {SCORE_REDUCTIONS}")
-        if any(b < 0 for b in beta_scales):
-            raise ValueError(f"method.inforeg.beta_scales must be >= 0, got {list(beta_scales)}")
+        values = list(beta_scales.values()) if isinstance(beta_scales, Mapping) else beta_scales
+        if any(b < 0 for b in values):
+            raise ValueError(f"method.inforeg.beta_scales must be >= 0, got {beta_scales}")
         self.threshold = threshold
         self.window = window
-        self.beta_scales_list = [float(b) for b in beta_scales]
+        self.beta_scales_arg: list[float] | dict[str, float] = (
+            {str(m): float(b) for m, b in beta_scales.items()}
+            if isinstance(beta_scales, Mapping)
+            else [float(b) for b in beta_scales]
+        )
+        self.dominant_arg = dominant
+        self.dominant = ""
         self.window_source = window_source
         self.score_reduction = score_reduction
         self.modalities: list[str] = []
@@ -166,14 +196,9 @@ class InfoReg(BalancingCallback):
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         mods = list(pl_module.modalities)
-        if not self.beta_scales_list or len(self.beta_scales_list) > len(mods):
-            raise ValueError(
-                f"InfoReg: method.inforeg.beta_scales needs 1 to {len(mods)} values (one per "
-                f"modality {mods}; missing ones take the last), got {self.beta_scales_list}"
-            )
         self.modalities = mods
-        scales = self.beta_scales_list + [self.beta_scales_list[-1]] * len(mods)
-        self.beta_scales = dict(zip(mods, scales))
+        self.dominant = self.resolve_dominant(mods)
+        self.beta_scales = self.resolve_beta_scales(mods)
         self._params = {m: pl_module.encoder_parameters(m) for m in mods}
         self._fim_params = {m: select_parameters(pl_module.encoders[m], "weights") for m in mods}
         if not self.trace_lists:
@@ -186,9 +211,50 @@ class InfoReg(BalancingCallback):
             self.anchors = {m: [t.to(dev) for t in ts] for m, ts in st["anchors"].items()}
             self.fim = {m: [t.to(dev) for t in ts] for m, ts in st["fim"].items()}
 
+    def resolve_dominant(self, mods: Sequence[str]) -> str:
+        """The information-sufficient modality: ``dominant``, else ``audio`` (official), else
+        the first modality (warned unless the modalities are exactly audio and visual)."""
+        if self.dominant_arg is not None:
+            if self.dominant_arg not in mods:
+                raise ValueError(
+                    f"method.inforeg.dominant={self.dominant_arg!r} is not a modality of this "
+                    f"model; expected one of {list(mods)}"
+                )
+            return str(self.dominant_arg)
+        dom = "audio" if "audio" in mods else mods[0]
+        if set(mods) != {"audio", "visual"}:
+            warnings.warn(
+                f"InfoReg: method.inforeg.dominant is null, so {dom!r} is treated as the "
+                f"information-sufficient modality among {list(mods)} (the official code fixes "
+                "audio on audio-visual data); set method.inforeg.dominant to choose it",
+                stacklevel=1,
+            )
+        return dom
+
+    def resolve_beta_scales(self, mods: Sequence[str]) -> dict[str, float]:
+        """``{modality: c}``: ``beta_scales[0]`` for the dominant modality, the rest for the
+        others in config order (missing ones take the last), or the given mapping."""
+        arg = self.beta_scales_arg
+        if isinstance(arg, dict):
+            if set(arg) != set(mods):
+                raise ValueError(
+                    f"InfoReg: method.inforeg.beta_scales as a mapping must name every modality "
+                    f"{list(mods)} exactly once, got {sorted(arg)}"
+                )
+            return {m: arg[m] for m in mods}
+        if not arg or len(arg) > len(mods):
+            raise ValueError(
+                f"InfoReg: method.inforeg.beta_scales needs 1 to {len(mods)} values "
+                f"([dominant, the others in config order]; missing ones take the last) for "
+                f"modalities {list(mods)}, got {arg}"
+            )
+        order = [self.dominant] + [m for m in mods if m != self.dominant]
+        scales = arg + [arg[-1]] * len(mods)
+        return {m: scales[order.index(m)] for m in mods}
+
     # -------------------------------------------------------------- per epoch
     def in_window(self, modality: str) -> bool:
-        src = self.modalities[0] if self.window_source == "first" else modality
+        src = self.dominant if self.window_source == "dominant" else modality
         return self.growth.get(src, 1.0) > self.threshold
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

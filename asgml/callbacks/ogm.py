@@ -39,6 +39,14 @@ multiplied by the loss scale S. Scaling commutes with it; the noise std is taken
 same scaled tensor, so ``std(S g) = S std(g)``, and the epsilon is scaled too
 (``S * 1e-8``), so after unscaling the noise is exactly ``N(0, std(g) + 1e-8)``.
 
+Unimodal logits: the fusion head's slices (concat/sum fusion, as official). ``film`` and
+``gated`` fusion cannot derive them and need separate heads (``model.unimodal_heads=true``);
+those heads only train through the unimodal CE (``model.gamma > 0``), so with ``gamma = 0``
+they would stay at their random initialisation and the scores would be noise: that
+combination is refused at start-up. (The official ``main.py`` slices ``fc_out`` in halves
+for every fusion but ``sum``, which fails with shape errors for its FiLM and gated modules,
+so there is no official behaviour to follow there.)
+
 Guards: a score of 0 is clamped to ``eps`` before dividing; if any gradient is
 non-finite the step is left unmodulated (coefficients 1, no noise) and counted.
 
@@ -152,6 +160,22 @@ def modulate_(
         torch._foreach_add_(grads, noises)
 
 
+def check_unimodal_heads_train(pl_module: L.LightningModule, method: str) -> None:
+    """Refuse separate unimodal heads that receive no gradient (``model.gamma == 0``): a
+    method reading unimodal scores from them would read an untrained, random head."""
+    heads = getattr(pl_module, "unimodal_heads", None)
+    if heads is not None and float(getattr(pl_module, "gamma", 0.0)) == 0.0:
+        fusion = dict(getattr(pl_module, "hparams", {})).get("fusion", "?")
+        raise ValueError(
+            f"{method} reads its unimodal scores from the separate unimodal heads "
+            f"(model.unimodal_heads=true, model.fusion={fusion}), but with model.gamma=0 "
+            "those heads never train, so the scores would come from random heads. Set "
+            "model.gamma > 0 (or method.module.gamma: the heads then train with "
+            "gamma * CE(unimodal), which also reaches the encoders), or use "
+            "model.fusion=concat|sum with model.unimodal_heads=false (OGM-GE's official setup)"
+        )
+
+
 class OGMGE(BalancingCallback):
     """OGM / OGM-GE gradient modulation at ``on_after_backward``.
 
@@ -206,6 +230,7 @@ class OGMGE(BalancingCallback):
                 f"OGM-GE variant={self.variant!r} supports exactly 2 modalities, got {mods}; "
                 "use method.ogm.variant=generalized for N > 2"
             )
+        check_unimodal_heads_train(pl_module, "OGM-GE")
         self._params = {m: select_parameters(pl_module.encoders[m], self.params) for m in mods}
         empty = [m for m, ps in self._params.items() if not ps]
         if empty:

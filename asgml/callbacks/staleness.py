@@ -1,7 +1,7 @@
 """ASGML v1: staleness / update-frequency scheduling (docs/asgml_v2_design.md sections 1.3 and Appendix A).
 
-The "original ASGML" row of the paper. A dual signal measures each modality's learning
-speed,
+The "original ASGML" row of the paper. No official code: the design document is the only
+source. A dual signal measures each modality's learning speed,
 
     grad_ratio_m  = G_m / mean_k G_k       (G_m: mean encoder-gradient L2 norm over the window)
     loss_ratio_m  = D_m / mean_k D_k       (D_m: relative descent of the unimodal CE loss)
@@ -9,19 +9,37 @@ speed,
     tau_m         = clamp(tau_base * speed_m, 1, tau_max)
 
 and modality m's encoder is updated only on steps where ``step % round(tau_m) == 0``; on
-the other steps its gradients are zeroed (``skip=zero``, as the seed describes; SGD's
+the other steps its gradients are zeroed (``skip=zero``, the default; SGD's
 momentum and weight decay still move the weights) or removed (``skip=none``: the optimizer
 leaves the encoder untouched that step).
 
-Where the seed is silent we chose (and document):
+The design document fixes the formulas above, the normalisation by the mean, the direction
+("throttle dominant", Appendix A) and the behaviour this produces ("tau ~ 1-2 for all",
+"binary skip rarely triggered", sections 1.3, 5.2 and Appendix A). Hence the default
+``tau_base = 1``: a modality learning at the mean speed (``speed = 1``) has ``tau = 1`` and
+updates every step; only a modality learning at least 1.5 times the mean
+(``round(tau) >= 2``) skips, and the slower ones are clamped to ``tau = 1`` -- so with
+equally strong modalities nothing is skipped, and the weak modality is never throttled.
+(With ``tau_base = 2`` every modality at the mean speed would get ``tau = 2`` and *all*
+encoders would skip every other step, on the same steps.)
 
+What the design document leaves open, and what we chose (all configurable or listed here):
+
+* the value of ``tau_base`` (its example in section 1.3, gradients 100 vs 50 giving
+  "tau ~ 2" for both, fits no single value; we follow the stated behaviour, see above) and
+  of ``tau_max`` (8);
+* how tau becomes a schedule: ``step % round(tau_m) == 0`` (Python's ``round``: 1.5 -> 2,
+  2.5 -> 2), all modalities counted from the same global step, so skips of different
+  modalities coincide;
+* what a skip does to the optimizer (the document only says "skip updates"; ``skip``, see
+  above);
+* what ``beta`` is (``0.5``: equal weight of the two signals);
 * the signals are averaged over windows of ``update_freq`` steps; tau is recomputed at the
   end of each window and used during the next (all tau = 1 during the first window);
 * ``D_m = max(L_prev - L_cur, 0) / L_prev`` with ``L`` the window mean of CE(unimodal_m)
   (unimodal logits as published by the module); for the first window ``D_m = 1`` (no
   history), so only the gradient signal counts there;
-* both ratios are normalised by the mean over modalities (the normalisation that docs/asgml_v2_design.md
-  1.3 identifies as why v1 rarely skips); ``eps`` guards zero means.
+* ``eps`` guards zero means in the normalisation.
 
 Reliability: gradient norms are divided by the AMP loss scale (``16-mixed``), steps whose
 gradients or losses are non-finite (e.g. steps the GradScaler skips) add nothing to the
@@ -64,7 +82,7 @@ def learning_speed(
 
 
 def staleness(
-    speed: Mapping[str, float], tau_base: float = 2.0, tau_max: float = 8.0
+    speed: Mapping[str, float], tau_base: float = 1.0, tau_max: float = 8.0
 ) -> dict[str, float]:
     """``tau_m = clamp(tau_base * speed_m, 1, tau_max)``."""
     return {m: float(min(max(tau_base * s, 1.0), tau_max)) for m, s in speed.items()}
@@ -80,7 +98,8 @@ class StalenessScheduler(BalancingCallback):
 
     Args:
         beta: weight of the gradient signal vs the loss-descent signal.
-        tau_base: staleness of a modality learning at the mean speed.
+        tau_base: staleness of a modality learning at the mean speed (default 1: it is
+            never skipped; only a modality at >= 1.5x the mean speed is).
         tau_max: upper bound of tau.
         update_freq: window length (steps) over which the signals are averaged.
         skip: ``zero`` (zero the grads) or ``none`` (set them to None: no update at all).
@@ -89,7 +108,7 @@ class StalenessScheduler(BalancingCallback):
     def __init__(
         self,
         beta: float = 0.5,
-        tau_base: float = 2.0,
+        tau_base: float = 1.0,
         tau_max: float = 8.0,
         update_freq: int = 20,
         skip: str = "zero",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from asgml.callbacks.agm import (
     AGM,
@@ -140,11 +142,11 @@ def test_outside_window_reset_and_keep_last() -> None:
     base = _Rec()
     fit(copy.deepcopy(module), loader, [base], max_steps=1)
     rec = _Rec()
-    cb = AGM(modulation_starts=1, modulation_ends=3, grad_clip=False)
+    cb = AGM(modulation_starts=2, modulation_ends=3, grad_clip=False)
     fit(copy.deepcopy(module), loader, [cb, rec], max_steps=1)
-    for n, g in base.grads[0].items():  # epoch 0 is outside: plain fused CE
+    for n, g in base.grads[0].items():  # (1-based) epoch 1 is outside: plain fused CE
         assert torch.equal(rec.grads[0][n], g)
-    cb = AGM(modulation_starts=1, modulation_ends=3, grad_clip=False, outside_window="keep_last")
+    cb = AGM(modulation_starts=2, modulation_ends=3, grad_clip=False, outside_window="keep_last")
     cb.setup(None, module, "fit")
     cb.coeffs = torch.tensor([2.0, 0.5])
     rec = _Rec()
@@ -154,6 +156,117 @@ def test_outside_window_reset_and_keep_last() -> None:
     grads, _, _ = _manual_grads(copy.deepcopy(module), next(iter(loader)), torch.tensor([2.0, 0.5]))
     for n, g in grads.items():
         assert torch.allclose(rec.grads[0][n], g, atol=1e-6), n
+
+
+def test_window_uses_the_official_one_based_epochs() -> None:
+    # official: for epoch in range(1, EPOCHS + 1), modulated iff starts <= epoch <= ends
+    cb = AGM()  # [0, 20]: the first 20 epochs, i.e. Lightning epochs 0..19
+    assert [e for e in range(25) if cb.in_window(e)] == list(range(20))
+    cb = AGM(modulation_starts=3, modulation_ends=5)  # 1-based epochs 3, 4, 5
+    assert [e for e in range(10) if cb.in_window(e)] == [2, 3, 4]
+
+
+# Class-0 logit of f(S) for every subset S of {a, v, t} (class-1 logit 0); f(empty) = 4.
+_F3 = {"avt": 3.0, "vt": 1.0, "at": 2.0, "av": 2.5, "a": 1.5, "v": 0.5, "t": 1.0, "": 4.0}
+
+
+class _SubsetNet(nn.Module):
+    """f(S) from a fixed table: S = the modalities whose input is non-zero."""
+
+    modalities = ["a", "v", "t"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = {k: torch.tensor([[v, 0.0]], requires_grad=True) for k, v in _F3.items()}
+        self.calls: list[str] = []
+
+    def forward(self, inputs, lengths=None):
+        key = "".join(m for m in self.modalities if inputs[m].abs().sum() > 0)
+        self.calls.append(key)
+        return (self.f[key],)
+
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+
+def _agm_step(**kw):
+    net = _SubsetNet()
+    cb = AGM(alpha=1.0, grad_clip=False, **kw)
+    cb.setup(None, net, "fit")
+    inputs = {m: torch.ones(1, 2) for m in net.modalities}
+    out = SimpleNamespace(
+        logits=net.f["avt"], inputs=inputs, lengths=None, labels=torch.tensor([0])
+    )
+    losses: dict[str, torch.Tensor] = {}
+    cb.on_train_losses(SimpleNamespace(current_epoch=0), net, out, losses)
+    return net, cb, losses["fused"]
+
+
+def test_three_modality_loss_is_the_official_urfunny_formula() -> None:
+    net, cb, loss = _agm_step()
+    f = {k: v[0, 0].item() for k, v in net.f.items()}
+    # model/URFunny_net.py @ 5a65542 (Modality_Audio / _Visual / _Text), no f(empty) term:
+    phi = {
+        "a": (f["avt"] - f["vt"] + f["a"]) / 3 + (f["at"] - f["t"] + f["av"] - f["v"]) / 6,
+        "v": (f["avt"] - f["at"] + f["v"]) / 3 + (f["vt"] - f["a"] + f["av"] - f["t"]) / 6,
+        "t": (f["avt"] - f["av"] + f["t"]) / 3 + (f["at"] - f["v"] + f["vt"] - f["a"]) / 6,
+    }
+    assert phi["a"] == pytest.approx(5 / 3) and phi["v"] == pytest.approx(2 / 3)
+    assert phi["t"] == pytest.approx(2 / 3)
+    # run/URFunny_main.py trains on CE(m_a + m_v + m_t) = CE(T): log(1 + e^-3)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-3.0)), rel=1e-6)  # 0.04859
+    assert "" not in net.calls and len(net.calls) == 6  # no all-masked pass
+    # scores s_m = -log p(y | m_m) = log(1 + e^-phi_m); r = exp((mean s - s) 3/2); c = exp(1 - r)
+    s = [math.log1p(math.exp(-phi[m])) for m in "avt"]  # 0.17301, 0.41437, 0.41437
+    r = [math.exp((sum(s) / 3 - x) * 1.5) for x in s]
+    c = [math.exp(min(1 - x, 7.0)) for x in r]  # 0.76111, 1.12040, 1.12040
+    assert cb.coeffs.tolist() == pytest.approx(c, rel=1e-6)
+    assert c[0] == pytest.approx(0.761107, rel=1e-5) and c[1] == pytest.approx(1.120397, rel=1e-5)
+    # gradients: the official hooks multiply the gradient into m_m by c_m
+    loss.backward()
+    g = torch.softmax(net.f["avt"].detach(), 1) - torch.tensor([[1.0, 0.0]])  # dCE/dz
+    weights = {  # d m_m / d f(S) from the formulas above, per (m, S)
+        "a": {
+            "avt": 1 / 3,
+            "vt": -1 / 3,
+            "a": 1 / 3,
+            "at": 1 / 6,
+            "t": -1 / 6,
+            "av": 1 / 6,
+            "v": -1 / 6,
+        },
+        "v": {
+            "avt": 1 / 3,
+            "at": -1 / 3,
+            "v": 1 / 3,
+            "vt": 1 / 6,
+            "a": -1 / 6,
+            "av": 1 / 6,
+            "t": -1 / 6,
+        },
+        "t": {
+            "avt": 1 / 3,
+            "av": -1 / 3,
+            "t": 1 / 3,
+            "at": 1 / 6,
+            "v": -1 / 6,
+            "vt": 1 / 6,
+            "a": -1 / 6,
+        },
+    }
+    for key in _F3:
+        if key == "":
+            assert net.f[""].grad is None
+            continue
+        want = sum(c[i] * weights[m].get(key, 0.0) for i, m in enumerate("avt")) * g
+        assert torch.allclose(net.f[key].grad, want, atol=1e-7), key
+
+
+def test_three_modality_empty_baseline_switch() -> None:
+    net, cb, loss = _agm_step(empty_baseline=True)
+    # every m_m loses f(empty)/3 (the official m_m_mc): CE(T - f(empty)) = log(1 + e^1)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(1.0)), rel=1e-6)  # 1.31326
+    assert "" in net.calls
 
 
 def test_conditional_clip() -> None:

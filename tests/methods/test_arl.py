@@ -92,15 +92,23 @@ def test_gradients_after_warm_up(mode) -> None:
         assert torch.allclose(rec.grads[0][n], g, atol=1e-6), n
 
 
-def test_warm_up_uses_gamma_one_and_equal_weights() -> None:
+@pytest.mark.parametrize("start", [0, 5])  # epoch 0 == start is still warm-up
+def test_warm_up_uses_gamma_one_and_no_gradient_scaling(start) -> None:
+    # official: GradScale only when current_epoch > start (models/backbone.py:325,345 @ 358af4f)
     module = tiny_mlp_module()
-    start = copy.deepcopy(module)
+    init = copy.deepcopy(module)
     loader = vector_loader(n=8, batch_size=8)
     rec = _Rec()
-    fit(module, loader, [ARL(gamma=4.0, start=5, clip=None), rec], max_steps=1)
-    grads, _ = _manual(copy.deepcopy(start), next(iter(loader)), 1.0, torch.tensor([0.5, 0.5]))
+    fit(module, loader, [ARL(gamma=4.0, start=start, clip=None), rec], max_steps=1)
+    grads, _ = _manual(copy.deepcopy(init), next(iter(loader)), 1.0, torch.zeros(2))
+    scaled, _ = _manual(copy.deepcopy(init), next(iter(loader)), 1.0, torch.tensor([0.5, 0.5]))
+    enc = [n for n in grads if n.startswith("encoders.")]
+    assert enc
     for n, g in grads.items():
         assert torch.allclose(rec.grads[0][n], g, atol=1e-6), n
+    for n in enc:  # a x1.5 scaling would be visible on every encoder weight
+        if grads[n].abs().max() > 1e-4:
+            assert not torch.allclose(rec.grads[0][n], scaled[n], atol=1e-6), n
 
 
 def test_clip() -> None:

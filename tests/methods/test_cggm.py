@@ -11,12 +11,14 @@ import torch
 from asgml.callbacks.cggm import (
     CGGM,
     cggm_coefficients,
+    cggm_defined,
     cggm_direction_loss,
     clip_grad_norm_,
     flat_cosine,
     fusion_weight_block,
 )
 from asgml.train import run
+from tests.conftest import compose_cfg
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 
 
@@ -32,6 +34,89 @@ def test_coefficients_hand_computed() -> None:
     assert torch.allclose(c, torch.tensor([-2.0, 3.0]))
     # no change at all: every coefficient is 0 (the 1e-8 guard)
     assert torch.equal(cggm_coefficients(torch.ones(2), torch.ones(2)), torch.zeros(2))
+
+
+def test_zero_sum_steps_are_detected() -> None:
+    # d = [0.25, -0.25]: sum 0, so the official coefficients are -d_i / 1e-8 = -+2.5e7
+    now, prev = torch.tensor([0.5, 0.25]), torch.tensor([0.25, 0.5])
+    c = cggm_coefficients(now, prev)
+    assert c.tolist() == pytest.approx([-2.5e7, 2.5e7], rel=1e-6)
+    assert not cggm_defined(now, prev)
+    assert not cggm_defined(torch.ones(3), torch.ones(3))  # nothing changed: coefficients 0
+    # d = [0.125, 0, 0]: defined, coefficients [0, 1, 1]
+    now, prev = torch.tensor([0.375, 0.5, 0.25]), torch.tensor([0.25, 0.5, 0.25])
+    assert cggm_defined(now, prev)
+    assert cggm_coefficients(now, prev).tolist() == pytest.approx([0.0, 1.0, 1.0], abs=1e-6)
+
+
+def test_no_direction_loss_from_a_zero_sum_step() -> None:
+    module = tiny_mlp_module()
+    cb = CGGM()
+    cb.setup(None, module, "fit")
+    g = torch.Generator().manual_seed(0)
+    cb.saved = {}
+    for m in module.modalities:
+        cb.saved[f"cls_{m}"] = torch.randn(3, 8, generator=g)
+        cb.saved[f"fus_{m}"] = fusion_weight_block(module.fusion, m).detach().clone()
+    cb.coeffs = torch.tensor([-2.5e7, 2.5e7])  # the official values for d = [0.25, -0.25]
+    cos = torch.stack(
+        [flat_cosine(cb.saved[f"cls_{m}"], cb.saved[f"fus_{m}"]) for m in module.modalities]
+    )
+    cb.active = torch.tensor(True)  # zero_sum=official
+    official = (5e7 - (cb.coeffs * cos).sum()) / 2
+    assert cb.direction_loss(module).item() == pytest.approx(official.item(), rel=1e-5)
+    cb.active = torch.tensor(False)  # zero_sum=skip
+    loss = cb.direction_loss(module)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert module.fusion.fc_out.weight.grad.abs().max() == 0
+
+
+class _Active(L.Callback):
+    """Records the CGGM state and the gradients after the CGGM edit."""
+
+    def __init__(self, cb: CGGM) -> None:
+        self.cb, self.rows = cb, []
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        grads = {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+        loss = pl_module.step_output.losses.get("cggm_gm")
+        self.rows.append(
+            (self.cb.coeffs.clone(), bool(self.cb.active), grads, None if loss is None else loss)
+        )
+
+
+@pytest.mark.parametrize("zero_sum", ["skip", "official"])
+def test_zero_sum_steps_are_left_unmodulated(zero_sum) -> None:
+    # the same batch of 8 every step and slow classifiers: their accuracies rarely change,
+    # so most steps have sum(d) = 0
+    module = tiny_mlp_module()
+    cb = CGGM(rou=1.3, lamda=0.2, clip=None, zero_sum=zero_sum)
+    before, after = _Rec(cb), _Active(cb)
+    fit(module, vector_loader(n=8, batch_size=8), [before, cb, after], max_steps=6)
+    inactive = [s for s, row in enumerate(after.rows) if not row[1]]
+    if zero_sum == "official":
+        assert not inactive
+    else:
+        assert inactive and inactive != list(range(6))  # both kinds of step occur
+    for s, (c, active, grads, _) in enumerate(after.rows):
+        for n, g in before.grads[s].items():
+            m = n.split(".")[1] if n.startswith("encoders.") else None
+            i = module.modalities.index(m) if m else None
+            factor = 1.3 * c[i].item() if (m and active) else 1.0
+            assert torch.allclose(grads[n], g * factor, rtol=1e-5, atol=1e-7), (s, n)
+        if s + 1 < len(after.rows) and not active:
+            # the L_gm added at step s + 1 comes from step s: none from an unmodulated step
+            assert after.rows[s + 1][3].item() == 0.0
+    if zero_sum == "official":  # sum(d) = 0 with no change: every coefficient 0
+        zeroed = [s for s, row in enumerate(after.rows) if row[0].abs().max() == 0]
+        assert zeroed
+        s = zeroed[0]
+        assert all(
+            after.rows[s][2][n].abs().max() == 0
+            for n in after.rows[s][2]
+            if n.startswith("encoders.")
+        )
 
 
 def test_direction_loss_hand_computed() -> None:
@@ -155,3 +240,13 @@ def test_state_dict_roundtrip() -> None:
 def test_runs_end_to_end(make_cfg, extra) -> None:
     m = run(make_cfg(["method=cggm", *extra]))
     assert m["metrics"]["test/acc"] >= 0
+
+
+def test_defaults_leave_the_official_clip_and_zero_sum_values_as_switches() -> None:
+    # the official clip (0.8) belongs to its Adam recipe and clips every run; alone on CGGM
+    # under SGD it is a learning-rate cut, so it is off unless asked for
+    cfg = compose_cfg(["method=cggm"]).method.cggm
+    assert cfg.clip is None and cfg.zero_sum == "skip"
+    assert CGGM().clip is None and CGGM().zero_sum == "skip"
+    with pytest.raises(ValueError, match="method.cggm.zero_sum"):
+        CGGM(zero_sum="ignore")

@@ -46,7 +46,7 @@ def test_scores_and_betas_hand_computed() -> None:
     assert b["v"].item() == 0.0
     b = inforeg_betas({"a": torch.tensor(1.0), "v": torch.tensor(2.5)}, scales)
     assert b["a"].item() == 0.0
-    assert b["v"].item() == pytest.approx(0.1 * math.exp(math.tanh(1.5)))  # 0.2465
+    assert b["v"].item() == pytest.approx(0.1 * math.exp(math.tanh(1.5)))  # 0.2472
     b = inforeg_betas({"a": torch.tensor(2.0), "v": torch.tensor(2.0)}, scales)  # tie
     assert b["a"].item() == 0.0 and b["v"].item() == 0.0
     # N = 3: the gap is to the second-best score
@@ -88,13 +88,22 @@ class _Rec(L.Callback):
         )
 
 
-def test_gradient_gets_the_proximal_term_and_fim_is_accumulated() -> None:
-    module = tiny_mlp_module(gamma=1.0)
+@pytest.mark.parametrize("order", [("audio", "visual"), ("visual", "audio")])
+def test_gradient_gets_the_proximal_term_and_fim_is_accumulated(order) -> None:
+    # the official constants follow the roles (audio 0.95, visual 0.1), whatever the order
+    module = tiny_mlp_module(order, gamma=1.0)
     init = {n: p.detach().clone() for n, p in module.named_parameters()}
     before, after = _Rec(), _Rec()
     cb = InfoReg()
-    fit(module, vector_loader(n=24, batch_size=8), [before, cb, after], max_steps=3, max_epochs=1)
+    fit(
+        module,
+        vector_loader(order, n=24, batch_size=8),
+        [before, cb, after],
+        max_steps=3,
+        max_epochs=1,
+    )
     assert len(before.grads) == 3
+    assert cb.dominant == "audio" and cb.beta_scales == {"audio": 0.95, "visual": 0.1}
     for step in range(3):
         uni, y = before.uni[step]
         betas = inforeg_betas(inforeg_scores(uni, y), {"audio": 0.95, "visual": 0.1})
@@ -143,12 +152,48 @@ def test_state_dict_roundtrip() -> None:
     assert torch.equal(cb2._loaded["anchors"]["audio"][0], torch.ones(2))
 
 
+@pytest.mark.parametrize("order", [("audio", "visual"), ("visual", "audio")])
+def test_roles_do_not_depend_on_the_modality_order(order) -> None:
+    cb = InfoReg()
+    cb.setup(None, tiny_mlp_module(order), "fit")
+    assert cb.dominant == "audio"
+    # audio leads by 2: beta_audio = 0.95 exp(tanh 2) = 2.4911; visual leads by 1.5:
+    # beta_visual = 0.1 exp(tanh 1.5) = 0.24723 (official main.py @ 939b2ed)
+    b = inforeg_betas({"audio": torch.tensor(3.0), "visual": torch.tensor(1.0)}, cb.beta_scales)
+    assert b["audio"].item() == pytest.approx(2.49111, rel=1e-5) and b["visual"].item() == 0.0
+    b = inforeg_betas({"audio": torch.tensor(1.0), "visual": torch.tensor(2.5)}, cb.beta_scales)
+    assert b["visual"].item() == pytest.approx(0.24723, rel=1e-4) and b["audio"].item() == 0.0
+    # the window follows audio's trace (official), not the first-listed modality's
+    cb.growth = {"audio": 1.0, "visual": 0.0}
+    assert cb.in_window("audio") and cb.in_window("visual")
+    cb.growth = {"audio": 0.0, "visual": 1.0}
+    assert not cb.in_window("audio") and not cb.in_window("visual")
+
+
+def test_dominant_and_mapping_for_other_modalities() -> None:
+    mods = ("text", "audio", "vision")
+    with pytest.warns(UserWarning, match="'audio' is treated"):
+        cb = InfoReg()
+        cb.setup(None, tiny_mlp_module(mods), "fit")
+    assert cb.beta_scales == {"text": 0.1, "audio": 0.95, "vision": 0.1}
+    cb = InfoReg(dominant="text", beta_scales=[0.95, 0.1, 0.3])
+    cb.setup(None, tiny_mlp_module(mods), "fit")  # others in config order: audio, vision
+    assert cb.beta_scales == {"text": 0.95, "audio": 0.1, "vision": 0.3}
+    cb = InfoReg(dominant="text", beta_scales={"vision": 0.2, "text": 0.9, "audio": 0.1})
+    cb.setup(None, tiny_mlp_module(mods), "fit")
+    assert cb.beta_scales == {"text": 0.9, "audio": 0.1, "vision": 0.2}
+
+
 def test_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="window_source"):
         InfoReg(window_source="x")
     cb = InfoReg(beta_scales=[0.9, 0.1, 0.1, 0.1])
     with pytest.raises(ValueError, match="beta_scales"):
         cb.setup(None, tiny_mlp_module(), "fit")
+    with pytest.raises(ValueError, match="method.inforeg.dominant='text'"):
+        InfoReg(dominant="text").setup(None, tiny_mlp_module(), "fit")
+    with pytest.raises(ValueError, match="every modality"):
+        InfoReg(beta_scales={"audio": 0.9}).setup(None, tiny_mlp_module(), "fit")
 
 
 @pytest.mark.slow

@@ -29,10 +29,11 @@ def __getattr__(name: str) -> Any:
 
 @hydra.main(version_base="1.3", config_path="pkg://asgml.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Train and test; returns the fit's ``optimized_metric`` (for Hydra sweepers)."""
+    """Train and test; returns the best validation value named by ``optimized_metric`` (what
+    Hydra sweepers optimise), never a test metric."""
     from asgml.training import run  # lazy: imported after Hydra parsed (CLI speed)
 
-    return run(cfg)["optimized_metric"]
+    return run(cfg)["optimized_value"]
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build
-from asgml.config import to_container, validate_config
+from asgml.config import model_option_overrides, recipe_lines, to_container, validate_config
 
 log = logging.getLogger("asgml")
 
@@ -40,6 +40,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     if cfg.get("print_config"):
         print(OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("recipe\n  %s", "\n  ".join(recipe_lines(cfg)))
+    for key, (value, default) in model_option_overrides(cfg).items():
+        log.info("model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -83,7 +86,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics = {
         "metrics": {k: v for k, v in result.items() if k.startswith("test/")},
         "val_acc_best": result.get("fit/val/acc_best"),
-        "optimized_metric": optimized_value(cfg, result),
+        "optimized_metric": cfg.get("optimized_metric"),
+        "optimized_value": optimized_value(cfg, result),
         "best_checkpoint": os.path.relpath(best_path, out_dir) if best_path else None,
         "skipped_nonfinite_steps": model.skipped_nonfinite_steps,
         "config": to_container(cfg),
@@ -95,9 +99,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:
-    """The fit's ``cfg.optimized_metric`` (what a sweeper optimizes); ``None`` without a fit."""
+    """The fit's ``cfg.optimized_metric`` (what a sweeper optimizes); ``None`` without a fit
+    and under ``select_on=test`` (the "validation" value would then be a test value)."""
     name = cfg.get("optimized_metric")
     if not name or not cfg.get("train", True):
+        return None
+    if cfg.get("select_on") == "test":
+        log.warning("select_on=test: no optimized_metric is returned (it would be a test value)")
         return None
     if str(name).startswith("test/"):
         raise ValueError(f"optimized_metric={name!r}: tune on a validation metric, not a test one")

@@ -170,7 +170,7 @@ def check_unimodal_heads_train(pl_module: L.LightningModule, method: str) -> Non
             f"{method} reads its unimodal scores from the separate unimodal heads "
             f"(model.unimodal_heads=true, model.fusion={fusion}), but with model.gamma=0 "
             "those heads never train, so the scores would come from random heads. Set "
-            "model.gamma > 0 (or method.module.gamma: the heads then train with "
+            "model.gamma > 0 (or method.model_defaults.gamma: the heads then train with "
             "gamma * CE(unimodal), which also reaches the encoders), or use "
             "model.fusion=concat|sum with model.unimodal_heads=false (OGM-GE's official setup)"
         )

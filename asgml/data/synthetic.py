@@ -181,8 +181,12 @@ class SyntheticDataModule(SplitDataModule):
             are used. ``informative`` (default 1) is the fraction $q_m$ of samples whose
             input carries the class.
         num_modalities: how many modalities to use (>= 2).
-        num_classes, num_train, num_val, num_test: task size.
-        batch_size, num_workers: loader settings.
+        num_classes: number of classes.
+        num_train: training samples.
+        num_val: validation samples.
+        num_test: test samples.
+        batch_size: loader batch size.
+        num_workers: loader worker processes.
         seed: data seed (independent of the training seed).
     """
 

@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
 from asgml.callbacks.toolkit import has_grad_scaler, loss_and_grads_finite
-from asgml.models.fusion import build_fusion
+from asgml.models.fusion import build_fusion, init_linear_ogm
 from asgml.step_plan import StepPlan
 from asgml.types import StepOutput
 
@@ -47,10 +47,13 @@ class MultimodalModule(L.LightningModule):
     Args:
         encoders: ``{modality: nn.Module}`` in a fixed order; each exposes ``feature_dim``.
         num_classes: number of classes.
-        fusion: ``concat`` (default), ``sum``, ``film`` or ``gated``.
+        fusion: ``concat`` (default), ``sum``, ``film``, ``gated`` or ``concat_mlp`` (the
+            design document's ``Linear -> ReLU -> Linear`` head).
+        fusion_hidden: hidden width of ``concat_mlp`` and ``gated`` (512).
         gamma: weight of the unimodal CE terms.
         unimodal_heads: separate ``Linear(d_m, C)`` unimodal heads instead of slices of the
-            fusion layer (needed for film/gated).
+            fusion layer (needed for film/gated). Fusion and unimodal heads start as OGM-GE's
+            ``weight_init``: Xavier-normal weights, zero bias.
         optimizer: partial optimizer, called with the parameter groups.
         scheduler: partial LR scheduler, stepped once per epoch; ``None`` for none.
         nonfinite: what a non-finite training loss or gradient does: ``skip`` the step
@@ -77,6 +80,7 @@ class MultimodalModule(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         nonfinite: str = "skip",
+        fusion_hidden: int = 512,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -100,7 +104,7 @@ class MultimodalModule(L.LightningModule):
             dims[m] = int(enc.feature_dim)
         self.num_classes = num_classes
         self.feature_dims = dims
-        self.fusion = build_fusion(fusion, dims, num_classes)
+        self.fusion = build_fusion(fusion, dims, num_classes, hidden_dim=int(fusion_hidden))
         if not unimodal_heads and not self.fusion.supports_unimodal:
             raise ValueError(
                 f"model.fusion={fusion} cannot derive unimodal logits: set model.unimodal_heads=true"
@@ -110,6 +114,8 @@ class MultimodalModule(L.LightningModule):
             if unimodal_heads
             else None
         )
+        if self.unimodal_heads is not None:
+            init_linear_ogm(self.unimodal_heads)
         self.gamma = float(gamma)
         self.nonfinite = nonfinite
         self._optimizer_factory = optimizer

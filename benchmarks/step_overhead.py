@@ -65,6 +65,7 @@ DEFAULT_METHODS = [
     "amco",
     "mla",
     "relearning",
+    "greedy:method.greedy.starting_epoch=0",
     "mmcosine",
     "pmr",
     "mbsd",

@@ -202,19 +202,6 @@ def test_three_modalities_train(tmp_path):
 
 
 @pytest.mark.slow
-def test_synthetic_default_is_imbalanced(tmp_path):
-    """Under the baseline the strong (audio) modality's unimodal accuracy is clearly above
-    the weak (visual) one's."""
-    cfg = compose_cfg(
-        ["trainer.max_epochs=3", "trainer.enable_progress_bar=false"],
-        output_dir=tmp_path,
-        fast=False,
-    )
-    m = run(cfg)["metrics"]
-    assert m["test/acc_audio"] > m["test/acc_visual"] + 0.2, m
-
-
-@pytest.mark.slow
 def test_cli_default_entry_point(tmp_path):
     cmd = [
         sys.executable,

@@ -20,7 +20,7 @@ fused prediction. The unimodal logits used for evaluation are the ``z_m`` (as th
 ``valid``).
 
 The math lives in :class:`asgml.models.fusion.MMCosineFusion` (``model.fusion=mmcosine``,
-set by ``method.module.fusion``); this callback sets ``s``, refuses models whose unimodal
+set by ``method.model_defaults.fusion``); this callback sets ``s``, refuses models whose unimodal
 logits would not be the cosine terms, and logs the mean target-class logit of every
 modality, ``mmcosine/logit_<m>`` (the official ``data/logit_a`` / ``data/logit_v``).
 
@@ -68,7 +68,7 @@ class MMCosine(BalancingCallback):
         fusion = getattr(pl_module, "fusion", None)
         if not isinstance(fusion, MMCosineFusion):
             raise ValueError(
-                "method=mmcosine needs model.fusion=mmcosine (method.module.fusion), got "
+                "method=mmcosine needs model.fusion=mmcosine (method.model_defaults.fusion), got "
                 f"{type(fusion).__name__}"
             )
         if getattr(pl_module, "unimodal_heads", None) is not None:

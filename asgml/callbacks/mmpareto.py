@@ -27,7 +27,7 @@ Deviations from the official code:
 
 * any N >= 2: the 2-task solve is per encoder, between the fused loss and that encoder's own
   unimodal loss (the official code hard-codes audio/visual);
-* needs unimodal losses (``method.module.gamma > 0``); the official model has separate
+* needs unimodal losses (``model.gamma > 0``); the official model has separate
   unimodal heads (``unimodal_heads: true`` here);
 * ``||g_new|| = 0`` gives ``d = 1`` (the official code divides by zero);
 * ``g_mm`` from one ``autograd.grad`` instead of a separate backward (same values, see
@@ -117,7 +117,7 @@ class MMPareto(BalancingCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if getattr(pl_module, "gamma", 0) <= 0:
             raise ValueError(
-                "MMPareto needs the unimodal losses: set method.module.gamma > 0 (official 1.0)"
+                "MMPareto needs the unimodal losses: set model.gamma > 0 (official 1.0)"
             )
 
     @override

@@ -73,7 +73,7 @@ def test_refuses_a_plain_head() -> None:
 @pytest.mark.parametrize("extra", [[], ["dataset.num_modalities=3"]])
 def test_runs_end_to_end(make_cfg, extra) -> None:
     cfg = make_cfg(["method=mmcosine", *extra])
-    assert cfg.model.fusion == "mmcosine" or cfg.method.module.fusion == "mmcosine"
+    assert cfg.model.fusion == "mmcosine" or cfg.method.model_defaults.fusion == "mmcosine"
     m = run(cfg)
     assert 0 <= m["metrics"]["test/acc"] <= 1
 

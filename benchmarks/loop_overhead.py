@@ -14,7 +14,8 @@ SGD(lr 1e-3, momentum 0.9, weight decay 1e-4) and seed:
   every 4-D encoder gradient does ``g * coeff + zeros_like(g).normal_(0, g.std().item() + 1e-8)``
   (the official noise: one ``normal_`` and one host sync per tensor);
 * ``baseline``, ``ogm``, ``boost_ogm``: asgml's ``L.Trainer`` with the callbacks of
-  ``conf/method/<name>.yaml`` (``ogm`` is OGM-GE with the official formula and noise).
+  ``conf/method/<name>.yaml`` (``ogm`` is OGM-GE with the official formula and noise);
+  a variant may carry overrides: ``ogm:method.ogm.noise_draw=flat``.
 
 Each (variant, repetition) trains a fresh model for one epoch of ``warmup + steps`` batches;
 the last ``steps`` are timed. Variants are interleaved in a rotating order across
@@ -57,7 +58,13 @@ from asgml.module import MultimodalModule
 
 PLAIN = ("plain", "plain_ogm_ge")
 ASGML = ("baseline", "ogm", "boost_ogm")
-RATIOS = (("baseline", "plain"), ("ogm", "plain_ogm_ge"), ("boost_ogm", "plain_ogm_ge"))
+RATIOS = (
+    ("baseline", "plain"),
+    ("ogm", "plain_ogm_ge"),
+    ("boost_ogm", "plain_ogm_ge"),
+    ("ogm:method.ogm.noise_draw=flat", "plain_ogm_ge"),
+    ("boost_ogm:method.ogm.noise_draw=flat", "plain_ogm_ge"),
+)
 
 
 def sync(device: torch.device) -> None:
@@ -139,13 +146,16 @@ class LightningTimer(L.Callback):
         self.timer.end(batch_idx)
 
 
-def method_setup(name: str) -> tuple[list[L.Callback], dict]:
+def method_setup(spec: str) -> tuple[list[L.Callback], dict]:
+    """``spec``: a method name, optionally with overrides (``ogm:method.ogm.noise_draw=flat``)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
+    name, _, extra = spec.partition(":")
+    overrides = [f"method={name}", *filter(None, extra.split(","))]
     with initialize_config_module(config_module="asgml.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"method={name}"])
+        cfg = compose(config_name="train", overrides=overrides)
     cbs = [instantiate(c) for _, c in method_callback_configs(cfg.method)]
     return cbs, dict(cfg.method.get("module", {}))
 

@@ -16,13 +16,11 @@ checkpoint's run from the config stored in it, and ``asgml.prepare`` builds the 
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from asgml.config import check_datamodule_matches, method_callback_configs, to_container
+from asgml.config import check_datamodule_matches, method_callback_configs
 from asgml.module import MultimodalModule
 from asgml.types import MultimodalDataModule
 
@@ -46,22 +44,10 @@ def model_config(cfg: DictConfig, datamodule: MultimodalDataModule) -> DictConfi
     return merged
 
 
-# ---------------------------------------------------------------------------------------
-# method.module: a method's model options (e.g. InfoReg's gamma), passed to the model as
-# keyword arguments after `model.*`. This is the only place they join the model's
-# arguments; once methods set model options through Hydra (`model.*` in the method's
-# defaults), delete this function and its one call in `build_model`.
-def method_model_options(cfg: DictConfig) -> dict[str, Any]:
-    return to_container(cfg.method.get("module", {}) or {})
-
-
-# ---------------------------------------------------------------------------------------
-
-
 def build_model(cfg: DictConfig, datamodule: MultimodalDataModule) -> MultimodalModule:
     """The module of ``cfg.model``; its encoders and class count must match the data."""
     check_datamodule_matches(datamodule, cfg.model)
-    model = instantiate(model_config(cfg, datamodule), **method_model_options(cfg))
+    model = instantiate(model_config(cfg, datamodule))
     if not isinstance(model, MultimodalModule):
         raise TypeError(
             f"model._target_={cfg.model.get('_target_')!r} built a {type(model).__name__}, "
@@ -88,6 +74,7 @@ def build(
     cfg: DictConfig, callbacks: bool = True
 ) -> tuple[MultimodalDataModule, MultimodalModule, list[L.Callback]]:
     """``(datamodule, module, callbacks)`` of a run config (``callbacks=False``: ``[]``)."""
+    # method callbacks first: a bad method option fails before any data is read
+    cbs = build_callbacks(cfg) if callbacks else []
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
-    return datamodule, model, build_callbacks(cfg) if callbacks else []
+    return datamodule, build_model(cfg, datamodule), cbs

@@ -20,9 +20,22 @@ def _first(mapping: Any, n: Any) -> Any:
     return OmegaConf.create({k: mapping[k] for k in keys[:n]})
 
 
+def _if_two_modalities(encoders: Any, two: Any, more: Any) -> Any:
+    """``${asgml.if_two_modalities:<encoder map>,<a>,<b>}``: ``a`` when the map has exactly two
+    entries, else ``b`` (e.g. OGM-GE's official variant for two modalities, the generalized
+    one for more)."""
+    if not isinstance(encoders, Mapping | DictConfig):
+        raise ValueError(
+            f"asgml.if_two_modalities expects a mapping, got {type(encoders).__name__}"
+        )
+    return two if len(encoders) == 2 else more
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("asgml.first"):
         OmegaConf.register_new_resolver("asgml.first", _first)
+    if not OmegaConf.has_resolver("asgml.if_two_modalities"):
+        OmegaConf.register_new_resolver("asgml.if_two_modalities", _if_two_modalities)
 
 
 def to_container(cfg: Any) -> Any:
@@ -37,20 +50,103 @@ def method_callback_configs(method_cfg: DictConfig) -> list[tuple[str, DictConfi
     return [(k, v) for k, v in method_cfg.items() if isinstance(v, DictConfig) and "_target_" in v]
 
 
+# method callbacks whose math needs exactly two modalities: (target, key, values) -- the
+# callback at ``_target_`` with ``key`` in ``values`` (None: any value) supports N = 2 only
+TWO_MODALITY_ONLY: tuple[tuple[str, str | None, tuple[str, ...] | None], ...] = (
+    ("asgml.callbacks.ogm.OGMGE", "variant", ("official", "pre2022")),
+)
+TWO_MODALITY_FUSIONS = ("film", "gated")
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Checks that fail early with the offending key named."""
+    """Checks that fail early, before any data is read, with the offending key named."""
     if cfg.get("select_on", "val") not in ("val", "test"):
         raise ValueError(f"select_on must be 'val' or 'test', got {cfg.select_on!r}")
+    metric = cfg.get("optimized_metric")
+    if metric is not None and not str(metric).startswith("val/"):
+        raise ValueError(
+            f"optimized_metric must be a validation metric (val/...), got {metric!r}: "
+            "sweepers must never tune on the test split"
+        )
     encoders = cfg.model.get("encoders")
     if encoders is None or len(encoders) < 2:
         raise ValueError(f"model.encoders must name >= 2 modalities, got {list(encoders or [])}")
-    module_opts = cfg.method.get("module", {}) or {}
-    unknown = set(module_opts) - set(cfg.model)
+    check_model_options(cfg)
+    n = len(encoders)
+    fusion = cfg.model.get("fusion")
+    if fusion in TWO_MODALITY_FUSIONS and n != 2:
+        raise ValueError(
+            f"model.fusion={fusion} supports exactly 2 modalities; model.encoders has {n} "
+            f"({list(encoders)})"
+        )
+    for key, c in method_callback_configs(cfg.method):
+        for target, opt, values in TWO_MODALITY_ONLY:
+            if c.get("_target_") == target and n != 2 and (values is None or c.get(opt) in values):
+                raise ValueError(
+                    f"method.{key}.{opt}={c.get(opt)} supports exactly 2 modalities; "
+                    f"model.encoders has {n} ({list(encoders)})"
+                )
+
+
+def check_model_options(cfg: DictConfig) -> None:
+    """Every model option has one home (``model.<key>``).
+
+    A method states the options it needs in ``method.model_defaults``; the model config reads
+    them by interpolation (``${oc.select:method.model_defaults.<key>,<default>}``), so an
+    explicit ``model.<key>=...`` replaces the interpolation and wins. Fails on the retired
+    ``method.module`` block and on a ``model_defaults`` key the model does not have.
+    """
+    if "module" in cfg.method:
+        raise ValueError(
+            f"method.module is no longer read (method {cfg.method.get('name')!r}): put the "
+            "model options a method needs under method.model_defaults; conf/model reads them "
+            "as model.<key>, where a command-line override wins"
+        )
+    wanted = cfg.method.get("model_defaults") or {}
+    unknown = set(wanted) - set(cfg.model)
     if unknown:
         raise ValueError(
-            f"method.module has unknown option(s) {sorted(unknown)}; "
+            f"method.model_defaults has unknown option(s) {sorted(unknown)}; "
             f"MultimodalModule options are {sorted(k for k in cfg.model if not k.startswith('_'))}"
         )
+
+
+def model_option_overrides(cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """``{key: (model value, method default)}`` where ``model.<key>`` differs from the
+    method's ``model_defaults`` (an explicit override that won)."""
+    wanted = cfg.method.get("model_defaults") or {}
+    return {k: (cfg.model[k], v) for k, v in wanted.items() if k in cfg.model and cfg.model[k] != v}
+
+
+def recipe_lines(cfg: DictConfig) -> list[str]:
+    """The training recipe of a run in a few lines (printed at start-up)."""
+    model = cfg.model
+    opt = model.get("optimizer") or {}
+    opt_args = ", ".join(
+        f"{k}={opt[k]}" for k in ("lr", "momentum", "weight_decay", "betas") if k in opt
+    )
+    sched = model.get("scheduler")
+    if sched:
+        sched_args = ", ".join(
+            f"{k}={v}" for k, v in sched.items() if not str(k).startswith("_") and v is not None
+        )
+        sched_text = f"{str(sched.get('_target_', '?')).rsplit('.', 1)[-1]}({sched_args})"
+    else:
+        sched_text = "none"
+    dm = cfg.dataset.get("datamodule") or {}
+    frames = cfg.dataset.get("frames")
+    return [
+        f"dataset   {cfg.dataset.get('name')}"
+        + (f" ({frames} frame{'s' if frames != 1 else ''})" if frames is not None else ""),
+        f"method    {cfg.method.get('name')}",
+        f"model     fusion={model.get('fusion')} gamma={model.get('gamma')}",
+        f"epochs    {cfg.trainer.get('max_epochs')}",
+        f"optimizer {str(opt.get('_target_', '?')).rsplit('.', 1)[-1]}({opt_args})",
+        f"scheduler {sched_text}",
+        f"batch     {dm.get('batch_size')}",
+        f"seed      {cfg.get('seed')}",
+        f"select_on {cfg.get('select_on')} (optimized_metric {cfg.get('optimized_metric')})",
+    ]
 
 
 def check_datamodule_matches(datamodule: Any, model_cfg: DictConfig) -> None:

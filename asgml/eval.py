@@ -89,6 +89,12 @@ def build_from_config(
                 cfg.dataset.datamodule[key] = data_dir
     if datamodule_overrides:
         cfg.dataset.datamodule = OmegaConf.merge(cfg.dataset.datamodule, dict(datamodule_overrides))
+    # the stored config is resolved: model.* holds every option the run used. Checkpoints
+    # written before model options had one home kept the method's options in method.module,
+    # merged over model.* at training time: replay that for them.
+    legacy = cfg.method.pop("module", None) or {}
+    if legacy:
+        cfg.model = OmegaConf.merge(cfg.model, legacy)
     datamodule, model, _ = build(cfg, callbacks=False)
     return datamodule, model
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from asgml.models.fusion import build_fusion
+from asgml.models.fusion import build_fusion, init_linear_ogm
 from asgml.step_plan import StepPlan
 from asgml.types import StepOutput
 
@@ -40,10 +40,13 @@ class MultimodalModule(L.LightningModule):
     Args:
         encoders: ``{modality: nn.Module}`` in a fixed order; each exposes ``feature_dim``.
         num_classes: number of classes.
-        fusion: ``concat`` (default), ``sum``, ``film`` or ``gated``.
+        fusion: ``concat`` (default), ``sum``, ``film``, ``gated`` or ``concat_mlp`` (the
+            design document's ``Linear -> ReLU -> Linear`` head).
+        fusion_hidden: hidden width of ``concat_mlp`` and ``gated`` (512).
         gamma: weight of the unimodal CE terms.
         unimodal_heads: separate ``Linear(d_m, C)`` unimodal heads instead of slices of the
-            fusion layer (needed for film/gated).
+            fusion layer (needed for film/gated). Fusion and unimodal heads start as OGM-GE's
+            ``weight_init``: Xavier-normal weights, zero bias.
         optimizer: partial optimizer, called with the parameter groups.
         scheduler: partial LR scheduler, stepped once per epoch; ``None`` for none.
         nonfinite: what a non-finite training loss or gradient does: ``skip`` the step
@@ -76,6 +79,7 @@ class MultimodalModule(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         nonfinite: str = "skip",
+        fusion_hidden: int = 512,
         nonfinite_check_every: int = 1,
     ) -> None:
         super().__init__()
@@ -100,7 +104,7 @@ class MultimodalModule(L.LightningModule):
             dims[m] = int(enc.feature_dim)
         self.num_classes = num_classes
         self.feature_dims = dims
-        self.fusion = build_fusion(fusion, dims, num_classes)
+        self.fusion = build_fusion(fusion, dims, num_classes, hidden_dim=int(fusion_hidden))
         if not unimodal_heads and not self.fusion.supports_unimodal:
             raise ValueError(
                 f"model.fusion={fusion} cannot derive unimodal logits: set model.unimodal_heads=true"
@@ -110,6 +114,8 @@ class MultimodalModule(L.LightningModule):
             if unimodal_heads
             else None
         )
+        if self.unimodal_heads is not None:
+            init_linear_ogm(self.unimodal_heads)
         self.gamma = float(gamma)
         self.nonfinite = nonfinite
         if int(nonfinite_check_every) < 1:
@@ -415,6 +421,8 @@ class MultimodalModule(L.LightningModule):
         metrics["acc"].update(logits, y)
         metrics["f1"].update(logits, y)
         for m in self.modalities:
+            if m not in uni:  # a method that trains fewer modalities (method=unimodal)
+                continue
             metrics[f"acc_{m}"].update(uni[m], y)
             metrics[f"f1_{m}"].update(uni[m], y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=y.shape[0])

@@ -17,7 +17,6 @@ import hydra
 from omegaconf import DictConfig
 
 import asgml  # noqa: F401  (registers resolvers)
-from asgml.build import build_datamodule
 
 log = logging.getLogger("asgml")
 
@@ -25,6 +24,8 @@ log = logging.getLogger("asgml")
 def prepare(cfg: DictConfig) -> Path:
     """Build the run's datamodule (:func:`asgml.build.build_datamodule`, as
     ``asgml.train`` does) and write its cache; returns the cache dir."""
+    from asgml.build import build_datamodule  # lazy: keeps `--help` free of torch (CLI speed)
+
     dm = build_datamodule(cfg)
     if not hasattr(dm, "build_cache"):
         raise ValueError(

@@ -15,6 +15,13 @@ and writes into the multirun directory (or ``--out``):
 The std is the sample standard deviation (``ddof=1``) over the runs of a group (normally
 its seeds); with one run it is left blank. The best mean of each column is in bold.
 
+**Reference column.** A preset may carry the published numbers it reproduces (key
+``reference`` of ``conf/experiment/*.yaml``: ``source``, ``metric`` and ``results: {method:
+{mean, std}}`` in %). The table then shows, beside the measured mean ± std of that metric, a
+``Paper`` column and ``Δ (std)``: the difference measured - paper in units of the pooled
+std, ``sqrt((s_measured² + s_paper²) / 2)`` (only ``s_measured`` when the paper gives no
+std). Rows whose difference exceeds 2 pooled std are flagged ``⚠``.
+
 Every step is a pure function of data frames so ``notebooks/analysis.ipynb`` can reuse it.
 """
 
@@ -202,11 +209,18 @@ def format_table(
     columns: Sequence[tuple[str, str]],
     scale: float = 100.0,
     digits: int = 2,
+    reference_metric: str | None = None,
 ) -> str:
     """A Markdown table of :func:`summarize` output (values x ``scale``: percent), the best
-    (highest) mean of each column in bold, one row per group."""
+    (highest) mean of each column in bold, one row per group. With ``reference_metric``
+    (and :func:`add_reference` columns in ``summary``), ``Paper (%)`` and ``Δ (std)``
+    columns follow that metric's column."""
     headers = [k.split(".")[0] if k.endswith(".name") else k for k in group_by]
-    headers += [f"{h} (%)" if not h.endswith(")") else h for _, h in columns] + ["Seeds"]
+    for col, h in columns:
+        headers.append(f"{h} (%)" if not h.endswith(")") else h)
+        if col == reference_metric:
+            headers += ["Paper (%)", "Δ (std)"]
+    headers += ["Seeds"]
     best = {}
     for col, _ in columns:
         means = pd.to_numeric(summary[f"{col}_mean"], errors="coerce")
@@ -216,16 +230,94 @@ def format_table(
         "|" + "|".join("---" for _ in headers) + "|",
     ]
     for _, row in summary.iterrows():
-        cells = [str(row[k]) for k in group_by]
+        # a key some runs' configs lack (e.g. method.modality of method=unimodal) reads -
+        cells = ["–" if _is_nan(row[k]) else str(row[k]) for k in group_by]
         for col, _ in columns:
             mean, std = row[f"{col}_mean"], row[f"{col}_std"]
             text = _fmt(mean, std, int(row["n"]), scale, digits)
             if best[col] is not None and not pd.isna(mean) and math.isclose(mean, best[col]):
                 text = f"**{text}**"
             cells.append(text)
+            if col == reference_metric:
+                cells += _reference_cells(row, scale, digits)
         cells.append(str(int(row["n"])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- reference column
+REFERENCE_FLAG_STD = 2.0
+
+
+def pooled_std(std_measured: float | None, std_paper: float | None) -> float | None:
+    """``sqrt((s_m² + s_p²) / 2)``; ``s_m`` alone when the paper gives no std; None when
+    the measured std is unknown (or the result is 0)."""
+    s_m = None if std_measured is None or math.isnan(std_measured) else float(std_measured)
+    s_p = None if std_paper is None or math.isnan(std_paper) else float(std_paper)
+    if s_m is None:
+        return None
+    pooled = math.sqrt((s_m**2 + s_p**2) / 2) if s_p is not None else s_m
+    return pooled if pooled > 0 else None
+
+
+def add_reference(
+    summary: pd.DataFrame, runs: pd.DataFrame, group_by: Sequence[str]
+) -> tuple[pd.DataFrame, str | None, str | None]:
+    """Attach the preset's reference numbers to :func:`summarize` output.
+
+    Returns ``(summary + paper_mean, paper_std, paper_diff_std, paper_flag; metric;
+    source)`` (fractions, as the measured columns), or ``(summary, None, None)`` when the
+    runs carry no ``reference``. A group's reference is looked up by its ``method.name``.
+    """
+    metric_col = "reference.metric"
+    if metric_col not in runs.columns or runs[metric_col].dropna().empty:
+        return summary, None, None
+    metric = str(runs[metric_col].dropna().iloc[0])
+    source_col = "reference.source"
+    source = str(runs[source_col].dropna().iloc[0]) if source_col in runs.columns else None
+    if f"{metric}_mean" not in summary.columns or "method.name" not in group_by:
+        return summary, None, None
+    first = runs.drop_duplicates("method.name").set_index("method.name")
+    out = summary.copy()
+    means, stds, diffs, flags = [], [], [], []
+    for _, row in out.iterrows():
+        method = row["method.name"]
+        ref_mean = ref_std = None
+        if method in first.index:
+            r = first.loc[method]
+            ref_mean = r.get(f"reference.results.{method}.mean")
+            ref_std = r.get(f"reference.results.{method}.std")
+        ref_mean = None if ref_mean is None or pd.isna(ref_mean) else float(ref_mean) / 100
+        ref_std = None if ref_std is None or pd.isna(ref_std) else float(ref_std) / 100
+        pooled = pooled_std(row[f"{metric}_std"], ref_std)
+        diff = (
+            (row[f"{metric}_mean"] - ref_mean) / pooled
+            if ref_mean is not None and pooled is not None
+            else None
+        )
+        means.append(ref_mean)
+        stds.append(ref_std)
+        diffs.append(diff)
+        flags.append(diff is not None and abs(diff) > REFERENCE_FLAG_STD)
+    out["paper_mean"], out["paper_std"] = means, stds
+    out["paper_diff_std"], out["paper_flag"] = diffs, flags
+    return out, metric, source
+
+
+def _reference_cells(row: Mapping[str, Any], scale: float, digits: int) -> list[str]:
+    mean, std = row.get("paper_mean"), row.get("paper_std")
+    if mean is None or pd.isna(mean):
+        return ["–", "–"]
+    paper = f"{scale * mean:.{digits}f}"
+    if std is not None and not pd.isna(std):
+        paper += f" ± {scale * std:.{digits}f}"
+    diff = row.get("paper_diff_std")
+    if diff is None or pd.isna(diff):
+        return [paper, "–"]
+    text = f"{diff:+.1f}"
+    if row.get("paper_flag"):
+        text += " ⚠"
+    return [paper, text]
 
 
 # --------------------------------------------------------------------------- curves
@@ -237,6 +329,10 @@ def load_curves(run_dirs: Iterable[str | Path]) -> dict[str, pd.DataFrame]:
         if path.exists():
             curves[str(d)] = pd.read_csv(path)
     return curves
+
+
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
 
 
 def group_label(row: Mapping[str, Any], group_by: Sequence[str]) -> str:
@@ -364,7 +460,8 @@ def write_report(
     if with_shapley and not any(c.startswith("eval/shapley_") for c, _ in cols):
         print("note: --with-shapley: no eval.json found (run `python -m asgml.eval`)")
     summary = summarize(runs, keys, [c for c, _ in cols])
-    table = format_table(summary, keys, cols)
+    summary, ref_metric, ref_source = add_reference(summary, runs, keys)
+    table = format_table(summary, keys, cols, reference_metric=ref_metric)
     out = Path(out_dir) if out_dir else Path(root)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.md", out / "report.csv", out / "runs.csv"]
@@ -372,6 +469,13 @@ def write_report(
         f"Mean ± sample std (ddof=1) over runs (seeds), in %; best mean per column in bold. "
         f"{len(runs)} runs from `{root}`."
     )
+    if ref_metric is not None:
+        flagged = int(summary["paper_flag"].sum())
+        note += (
+            f"\nPaper: {ref_source}. Δ (std) = (measured - paper) / pooled std "
+            f"sqrt((s_measured² + s_paper²) / 2); ⚠: |Δ| > {REFERENCE_FLAG_STD:g} "
+            f"({flagged} row{'s' if flagged != 1 else ''})."
+        )
     files[0].write_text(table + "\n\n" + note + "\n")
     summary.to_csv(files[1], index=False)
     keep = ["run_dir", *keys, "seed", *(c for c, _ in cols), "val_acc_best"]

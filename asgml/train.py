@@ -1,143 +1,39 @@
-"""Hydra entry point: ``python -m asgml.train [overrides]``.
+"""Hydra entry point: ``python -m asgml.train [overrides]`` (also ``asgml-train``).
 
-Trains, validates each epoch, tests the best checkpoint, prints a summary and writes
-``metrics.json`` (test metrics + resolved config) in the run directory.
+``--help`` lists the config groups and the composed config; ``-sc install=bash`` prints
+the shell-completion script. The run itself is :func:`asgml.training.run`: it (with torch,
+Lightning and the data stack) is imported only after Hydra has parsed the command line,
+so ``--help``, ``--cfg job`` and completion answer in about a second.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
-import torch
-from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import asgml  # noqa: F401  (registers resolvers)
-from asgml.build import build
-from asgml.config import to_container, validate_config
 
-log = logging.getLogger("asgml")
-
-
-def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for _, c in (cfg.get("logger") or {}).items() if c and "_target_" in c]
+# Names that used to live here; `from asgml.train import run` keeps working (lazily).
+_TRAINING_NAMES = {"run", "build_loggers", "optimized_value", "print_summary"}
 
 
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float | torch.Tensor)}
+def __getattr__(name: str) -> Any:
+    if name in _TRAINING_NAMES:
+        from asgml import training  # lazy: keeps `--help` free of torch (CLI speed)
 
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train/test as configured; returns the dict written to ``metrics.json``."""
-    validate_config(cfg)
-    if cfg.get("print_config"):
-        print(OmegaConf.to_yaml(cfg, resolve=True))
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
-
-    datamodule, model, callbacks = build(cfg)
-    if cfg.select_on == "test":
-        log.warning(
-            "select_on=test: the best epoch is chosen on the TEST split (official-script mode)"
-        )
-        datamodule.val_dataloader = datamodule.test_dataloader
-
-    model.run_config = to_container(cfg)
-
-    loggers = build_loggers(cfg)
-    for lg in loggers:
-        lg.log_hyperparams({"cfg": to_container(cfg)})
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-
-    result: dict[str, Any] = {}
-    try:
-        if cfg.get("train", True):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-            result.update(
-                {f"fit/{k}": v for k, v in _scalar_metrics(trainer.callback_metrics).items()}
-            )
-        if cfg.get("test", True):
-            ckpt = (
-                "best"
-                if cfg.get("train", True) and trainer.checkpoint_callback
-                else cfg.get("ckpt_path")
-            )
-            if ckpt == "best" and not trainer.checkpoint_callback.best_model_path:
-                log.warning("no best checkpoint was saved; testing the current weights")
-                ckpt = None
-            test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-            result.update(_scalar_metrics(test_metrics[0] if test_metrics else {}))
-    finally:
-        _finish_wandb(loggers)
-
-    best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    metrics = {
-        "metrics": {k: v for k, v in result.items() if k.startswith("test/")},
-        "val_acc_best": result.get("fit/val/acc_best"),
-        "optimized_metric": optimized_value(cfg, result),
-        "best_checkpoint": os.path.relpath(best_path, out_dir) if best_path else None,
-        "skipped_nonfinite_steps": model.skipped_nonfinite_steps,
-        "config": to_container(cfg),
-    }
-    if trainer.is_global_zero:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        print_summary(cfg, metrics, out_dir)
-    return metrics
-
-
-def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:
-    """The fit's ``cfg.optimized_metric`` (what a sweeper optimizes); ``None`` without a fit."""
-    name = cfg.get("optimized_metric")
-    if not name or not cfg.get("train", True):
-        return None
-    if str(name).startswith("test/"):
-        raise ValueError(f"optimized_metric={name!r}: tune on a validation metric, not a test one")
-    if f"fit/{name}" not in result:
-        fit = sorted(k.removeprefix("fit/") for k in result if k.startswith("fit/"))
-        raise ValueError(f"optimized_metric={name!r} was not logged by the fit; it logged {fit}")
-    return result[f"fit/{name}"]
-
-
-def print_summary(cfg: DictConfig, metrics: dict[str, Any], out_dir: Path) -> None:
-    m = metrics["metrics"]
-    lines = [
-        "",
-        f"== asgml results: dataset={cfg.dataset.name} method={cfg.method.name} seed={cfg.seed} ==",
-    ]
-    if "test/acc" in m:
-        lines.append(f"test accuracy   {100 * m['test/acc']:.2f} %")
-        lines.append(f"test macro-F1   {100 * m['test/f1']:.2f} %")
-        for mod in cfg.model.encoders:
-            if f"test/acc_{mod}" in m:
-                lines.append(
-                    f"  {mod:<8} unimodal acc {100 * m[f'test/acc_{mod}']:.2f} %"
-                    f"  macro-F1 {100 * m[f'test/f1_{mod}']:.2f} %"
-                )
-    if metrics.get("val_acc_best") is not None:
-        lines.append(f"best val acc    {100 * metrics['val_acc_best']:.2f} %")
-    lines.append(f"run dir         {out_dir}")
-    print("\n".join(lines))
-
-
-def _finish_wandb(loggers: list[Any]) -> None:
-    """Close a wandb run so sequential multirun jobs don't reuse it."""
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            lg.experiment.finish()
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://asgml.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Train and test; returns the fit's ``optimized_metric`` (for Hydra sweepers)."""
-    return run(cfg)["optimized_metric"]
+    """Train and test; returns the best validation value named by ``optimized_metric`` (what
+    Hydra sweepers optimise), never a test metric."""
+    from asgml.training import run  # lazy: imported after Hydra parsed (CLI speed)
+
+    return run(cfg)["optimized_value"]
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ passes a method triggers through the loss are in the step time, not in the hook 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +38,8 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+from asgml.callbacks.gblending import GBlending
+from asgml.callbacks.unimodal import make_unimodal
 from asgml.config import method_callback_configs
 from asgml.data.synthetic import DictTensorDataset
 from asgml.models.encoders import MLPEncoder, ResNet18Encoder
@@ -61,6 +65,16 @@ DEFAULT_METHODS = [
     "amco",
     "mla",
     "relearning",
+    "greedy:method.greedy.starting_epoch=0",
+    "mmcosine",
+    "pmr",
+    "mbsd",
+    "cml",
+    "lfm",
+    "gblending",
+    "unimodal",
+    "umt",
+    "linear_probe",
 ]
 
 
@@ -156,10 +170,35 @@ def make_case(args: argparse.Namespace) -> tuple[callable, DataLoader]:
     return build, loader
 
 
+def checkpoint_specs(build, root: Path) -> dict[str, str]:
+    """Method specs that need checkpoints (UMT's teachers, the linear probe's model), with
+    checkpoints of freshly built models written under ``root``."""
+    model = build()
+    probe = root / "model.ckpt"
+    torch.save({"state_dict": model.state_dict()}, probe)
+    teachers = []
+    for m in model.modalities:
+        uni = copy.deepcopy(model)
+        make_unimodal(uni, m)
+        path = root / f"teacher_{m}.ckpt"
+        config = {"method": {"name": "unimodal", "modality": m}}
+        torch.save({"state_dict": uni.state_dict(), "asgml_config": config}, path)
+        teachers.append(f"method.umt.teachers.{m}={path}")
+    return {
+        "umt": "umt:" + ",".join(teachers),
+        "linear_probe": f"linear_probe:method.linear_probe.checkpoint={probe}",
+    }
+
+
 def run_once(name: str, build, loader, args) -> tuple[list[float], list[float]]:
-    cbs, module_opts = method_callbacks(name, args.case)
+    cbs, module_opts = method_callbacks(args.specs.get(name, name), args.case)
     timer = StepTimer(args.warmup)
     for cb in cbs:
+        if isinstance(cb, GBlending):
+            # per-step cost only: the weight re-estimation (N + 1 model copies trained for
+            # super_epoch epochs, every super_epoch epochs) runs at epoch start
+            cb.weights = {m: 1.0 for m in [*build().modalities, "fused"]}
+            cb.on_train_epoch_start = lambda *a, **k: None
         time_hooks(cb, timer)
     trainer = L.Trainer(
         max_steps=args.warmup + args.steps,
@@ -211,9 +250,12 @@ def main() -> None:
         m for m in DEFAULT_METHODS if (CONF / f"{m.partition(':')[0]}.yaml").exists()
     ]
     cases = ["resnet", "mlp"] if args.case == "both" else [args.case]
+    tmp = tempfile.TemporaryDirectory()
     for case in cases:
         args.case = case
         build, loader = make_case(args)
+        (Path(tmp.name) / case).mkdir()
+        args.specs = checkpoint_specs(build, Path(tmp.name) / case)
         medians: dict[str, list[float]] = {m: [] for m in methods}  # per repetition
         hooks: dict[str, list[float]] = {m: [] for m in methods}
         failed: dict[str, str] = {}
@@ -256,6 +298,17 @@ def main() -> None:
                 f"| {m} | {1000 * statistics.median(medians[m]):.2f} | {ratio:.3f} "
                 f"| {1000 * hook:.3f} | {100 * hook / base_step:.2f} % |"
             )
+        if "gblending" in methods:
+            print(
+                "\ngblending: per-step cost only; every `super_epoch` epochs it also trains "
+                "N + 1 model copies for `super_epoch` epochs, (N + 1) x the training compute."
+            )
+        if "pmr" in methods:
+            print(
+                "pmr: plus, every epoch, a forward pass (no backward) over a tenth of the training "
+                "set for the prototypes."
+            )
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

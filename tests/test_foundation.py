@@ -29,8 +29,19 @@ def test_every_method_config_composes_and_instantiates(method, tmp_path):
     cfg = compose_cfg([f"method={method}"], output_dir=tmp_path)
     assert cfg.method.name == method
     for key, c in method_callback_configs(cfg.method):
+        if method in NEEDS_CHECKPOINT:  # refused without its checkpoint, naming the key
+            with pytest.raises(Exception, match=NEEDS_CHECKPOINT[method]):
+                instantiate(c)
+            continue
         cb = instantiate(c)
         assert cb is not None, key
+
+
+# methods that start from trained checkpoints given by path
+NEEDS_CHECKPOINT = {
+    "umt": "method.umt.teachers",
+    "linear_probe": "method.linear_probe.checkpoint",
+}
 
 
 @pytest.mark.parametrize("group", ["trainer", "logger", "callbacks", "model"])
@@ -187,19 +198,6 @@ def test_three_modalities_train(tmp_path):
     cfg = compose_cfg(["dataset.num_modalities=3"], output_dir=tmp_path)
     out = run(cfg)
     assert {"test/acc_audio", "test/acc_visual", "test/acc_text"} <= set(out["metrics"])
-
-
-@pytest.mark.slow
-def test_synthetic_default_is_imbalanced(tmp_path):
-    """Under the baseline the strong (audio) modality's unimodal accuracy is clearly above
-    the weak (visual) one's."""
-    cfg = compose_cfg(
-        ["trainer.max_epochs=3", "trainer.enable_progress_bar=false"],
-        output_dir=tmp_path,
-        fast=False,
-    )
-    m = run(cfg)["metrics"]
-    assert m["test/acc_audio"] > m["test/acc_visual"] + 0.2, m
 
 
 @pytest.mark.slow

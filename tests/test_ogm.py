@@ -225,7 +225,8 @@ def test_boost_and_ogm_compose_multiplicatively():
         module, vector_loader(mods, strengths=[3.0, 0.3]), [spy, ogm, scores, boost], steps=3
     )
     assert boost.scales == {"audio": 1.0, "visual": 1.5}
-    assert any(c["audio"] < 1 for c in coeffs)
+    # OGM-GE throttled some modality in some step (which one depends on the initial head)
+    assert any(c[m] < 1 for c in coeffs for m in mods)
     for step, (b, a) in enumerate(zip(before, after)):
         for name, g in b.items():
             if name.startswith("encoders."):

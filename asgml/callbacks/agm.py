@@ -151,8 +151,9 @@ class AGM(BalancingCallback):
 
     Args:
         alpha: modulation strength (official default 1.0; the author's CREMA-D setting 1.5).
-        modulation_starts, modulation_ends: inclusive window in official 1-based epochs
-            (official 0, 20: the first 20 epochs).
+        modulation_starts: first epoch of the inclusive window, in official 1-based epochs
+            (official 0).
+        modulation_ends: last epoch of the window, 1-based (official 20: the first 20 epochs).
         clip: cap of ``rbar - r``; ``null``: 10 for N = 2, 7 for N >= 3 (official).
         empty_baseline: include ``f(empty)`` in the Shapley values (default off, as the
             official training for N = 2 and 3).

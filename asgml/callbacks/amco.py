@@ -87,7 +87,8 @@ class AMCo(BalancingCallback):
         sigma: share above which a modality is dependent (masked on the next step).
         eps: $\\epsilon$ of the mask schedule.
         star: the learned ``Linear(C, C)`` on the summed logits (BalanceBenchmark: always).
-        modulation_starts, modulation_ends: inclusive 0-based epoch window.
+        modulation_starts: first epoch of the inclusive 0-based modulation window.
+        modulation_ends: last epoch of the window.
         seed: seed of the class-mask generator.
     """
 

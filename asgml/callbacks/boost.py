@@ -1,12 +1,16 @@
-"""ASGML v2 continuous boost of weak modalities (docs/asgml_v2_design.md sections 3.2 and 7.1).
+r"""ASGML v2 continuous boost of weak modalities (docs/asgml_v2_design.md sections 3.2 and 7.1).
 
-From the utilization scores published by :class:`asgml.callbacks.probe.ProbeMonitor`,
+From the utilization scores $s_m$ published by :class:`asgml.callbacks.probe.ProbeMonitor`,
 
-    rel_weakness_m = 1 - (s_m - s_min) / (s_max - s_min)
-    scale_m        = min(1 + alpha * rel_weakness_m, scale_max)
-    ema:  scale_m <- ema_alpha * scale_m + (1 - ema_alpha) * previous_scale_m
+$$
+w_m = 1 - \frac{s_m - \min_k s_k}{\max_k s_k - \min_k s_k}, \qquad
+c_m = \min\left(1 + \alpha\, w_m,\ c_{\max}\right)
+$$
 
-(every scale is 1 when the gap is ~0), and every step multiplies each gradient of modality
+(the relative weakness $w_m$ and the computed scale $c_m$, with $\alpha$ = ``alpha`` and
+$c_{\max}$ = ``scale_max``; every scale is 1 when the gap is ~0), smoothed with
+``ema=true`` as $\text{scale}_m \leftarrow \beta\, c_m + (1 - \beta)\, \text{scale}_m$
+($\beta$ = ``ema_alpha``, scales start at 1). Every step multiplies each gradient of modality
 m's encoder by its current scale (cached between probe evaluations) with one fused
 ``torch._foreach_mul_`` per modality. Hooked at ``on_after_backward``, after any
 throttling callback (OGM-GE) and after the probe monitor, so scales computed at step t

@@ -9,7 +9,7 @@ What the official code does (2 modalities, audio and visual, by name: audio is t
 information-sufficient modality of the paper, visual the information-insufficient one):
 
 * Loss ``L_mm + L_a + L_v`` with unimodal logits sliced from the concat head
-  (here: ``method.module.gamma=1``, the module's derived unimodal logits).
+  (here: ``model.gamma=1``, the module's derived unimodal logits).
 * Prime learning window (PLW), once per epoch: the Fisher information of every Conv/Linear
   weight of the audio encoder is accumulated over the epoch as ``sum_steps grad**2``;
   ``trace = sum_layers mean(FIM_layer)`` is appended to a list that starts as ten zeros.

@@ -29,7 +29,7 @@ Choices (no official code to follow):
   exact for constant, StepLR, MultiStepLR and ExponentialLR schedules (multiplicative ones).
 * The decision uses the validation of the epoch just finished and applies to the next
   epoch; epochs without a validation keep the base lr.
-* Training loss: fused CE + unimodal CE (``method.module.gamma=1``), as the
+* Training loss: fused CE + unimodal CE (``model.gamma=1``), as the
   re-implementation does.
 
 Needs the module's per-encoder optimizer groups (``name = "encoder.<m>"``).

@@ -25,7 +25,7 @@ CE) is therefore counted on the unimodal side.
 
 Deviations: works for any N >= 2 (the 2-task solve is per encoder, between the fused loss
 and that encoder's own unimodal loss; the official code hard-codes audio/visual). Needs
-unimodal losses (``method.module.gamma > 0``); the official model has separate unimodal
+unimodal losses (``model.gamma > 0``); the official model has separate unimodal
 heads (``unimodal_heads: true`` here). ``||g_new|| = 0`` gives ``d = 1``.
 Logged: ``mmpareto/cos_<m>``, ``mmpareto/k_mm_<m>``.
 """
@@ -107,7 +107,7 @@ class MMPareto(BalancingCallback):
         self.modalities = list(pl_module.modalities)
         if getattr(pl_module, "gamma", 0) <= 0:
             raise ValueError(
-                "MMPareto needs the unimodal losses: set method.module.gamma > 0 (official 1.0)"
+                "MMPareto needs the unimodal losses: set model.gamma > 0 (official 1.0)"
             )
 
     def on_train_losses(

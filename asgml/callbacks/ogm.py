@@ -196,7 +196,7 @@ def check_unimodal_heads_train(pl_module: L.LightningModule, method: str) -> Non
             f"{method} reads its unimodal scores from the separate unimodal heads "
             f"(model.unimodal_heads=true, model.fusion={fusion}), but with model.gamma=0 "
             "those heads never train, so the scores would come from random heads. Set "
-            "model.gamma > 0 (or method.module.gamma: the heads then train with "
+            "model.gamma > 0 (or method.model_defaults.gamma: the heads then train with "
             "gamma * CE(unimodal), which also reaches the encoders), or use "
             "model.fusion=concat|sum with model.unimodal_heads=false (OGM-GE's official setup)"
         )
@@ -213,7 +213,8 @@ class OGMGE(BalancingCallback):
         params: parameter selection: ``conv``, ``weights`` or ``all`` for ``generalized``
             (default ``weights``); ``official``/``pre2022`` modulate ``conv`` as the official
             code, and any other value with them is an error.
-        modulation_starts, modulation_ends: inclusive 0-based epoch window.
+        modulation_starts: first epoch of the inclusive 0-based modulation window.
+        modulation_ends: last epoch of the window.
         eps: guard for a zero score.
         noise_draw: how the GE noise is drawn: ``per_tensor`` (one ``randn`` per gradient
             tensor: the same numbers as the official code under the same seed) or ``flat``

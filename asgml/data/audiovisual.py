@@ -1,13 +1,22 @@
 """Shared machinery of the audio-visual datamodules (CREMA-D, AVE, Kinetics-Sounds).
 
 * :class:`Clip` -- one listed sample (name, label, audio file, sorted frame files).
-* :func:`frame_indices` -- the frames a clip contributes: evenly spaced (OGM-GE's
-  ``t = int(n / T) * i``, https://github.com/GeWu-Lab/OGM-GE_CVPR2022
-  ``dataset/dataset.py``) or one random frame per segment at train.
-* :func:`decode_frame` / :class:`FrameTransform` -- JPEG -> uint8 ``(H, W, 3)`` at a fixed
-  decode size, then the OGM-GE transforms (train ``RandomResizedCrop`` + flip, test
-  ``Resize``; ImageNet normalisation) with ``torchvision.transforms.v2`` on the tensor, so
-  the on-the-fly and the cached paths give identical results.
+* :func:`frame_indices` -- the frames a clip contributes: evenly spaced (OGM-GE's AVE / KS
+  loader, ``t = int(n / T) * i``, https://github.com/GeWu-Lab/OGM-GE_CVPR2022 @ 343dc1d
+  ``dataset/dataset.py:95-106``), the first ``T`` listed frames (OGM-GE's CREMA-D loader,
+  ``dataset/CramedDataset.py:83-90``, reading ``Image-{T:02d}-FPS``) or one random frame per
+  segment at train.
+* :func:`decode_frame` / :class:`FrameTransform` -- JPEG -> uint8 ``(H, W, 3)``, then the
+  OGM-GE transforms (train ``RandomResizedCrop`` + flip, test ``Resize``; ImageNet
+  normalisation; ``CramedDataset.py:68-80``) with ``torchvision.transforms.v2`` on the
+  tensor, so the on-the-fly and the cached paths give identical results. Two pipelines:
+
+  - ``decode_size: native`` (the official one): the frame is kept at its stored resolution
+    and ``RandomResizedCrop(S)`` (train) / ``Resize((S, S))`` (eval) act on it, as the
+    official loaders do on the decoded JPEG;
+  - ``decode_size: null`` (or a size): the frame is first squashed to a square
+    ``round(S * 256 / 224)`` (or the given size) copy and the transforms act on that -- the
+    library's earlier behaviour, cheaper to cache; crops then see a distorted aspect ratio.
 * :class:`AudioVisualDataModule` -- official train/test lists, a seeded stratified validation
   split carved from train (the test list stays untouched), missing-file counting, and the
   on-disk cache of :mod:`asgml.data.cache`.
@@ -101,14 +110,19 @@ def stratified_val_split(labels: Sequence[int], fraction: float, seed: int) -> t
     return [i for i in range(len(labels_np)) if i not in val_set], sorted(val)
 
 
-def frame_indices(n: int, t: int, random: bool = False) -> list[int]:
-    """``t`` of ``n`` sorted frames: ``seg * i`` with ``seg = n // t`` (OGM-GE; frames 1, 4, 7 of
-    10 for ``t = 3``, the first frame for ``t = 1``), or with ``random`` one uniformly drawn
-    frame per segment (torch's global RNG, so seeded by ``seed_everything``). Clips with
-    fewer than ``t`` frames repeat their last frame."""
+FRAME_SAMPLING = ("even", "first", "random")
+
+
+def frame_indices(n: int, t: int, random: bool = False, first: bool = False) -> list[int]:
+    """``t`` of ``n`` sorted frames: ``seg * i`` with ``seg = n // t`` (OGM-GE AVE / KS; frames
+    1, 4, 7 of 10 for ``t = 3``, the first frame for ``t = 1``); with ``first`` the first
+    ``t`` frames (OGM-GE CREMA-D: ``image_samples[i] for i in range(fps)``, on a sorted
+    listing where the official code takes ``os.listdir`` order); or with ``random`` one
+    uniformly drawn frame per segment (torch's global RNG, so seeded by ``seed_everything``).
+    Clips with fewer than ``t`` frames repeat their last frame."""
     if n < 1:
         raise ValueError("a clip needs at least one frame")
-    if n < t:
+    if n < t or first:
         return [min(i, n - 1) for i in range(t)]
     seg = n // t
     if random:
@@ -117,8 +131,17 @@ def frame_indices(n: int, t: int, random: bool = False) -> list[int]:
     return [seg * i for i in range(t)]
 
 
-def decode_size_hw(decode_size: int | Sequence[int] | None, image_size: int) -> tuple[int, int]:
-    """Frames are stored at this (H, W): by default square, ``round(image_size * 256 / 224)``."""
+def decode_size_hw(
+    decode_size: int | str | Sequence[int] | None, image_size: int
+) -> tuple[int, int] | None:
+    """Frames are stored at this (H, W): by default square, ``round(image_size * 256 / 224)``;
+    ``native`` -> ``None`` (kept at the JPEG's own size, the official pipeline)."""
+    if isinstance(decode_size, str):
+        if decode_size != "native":
+            raise ValueError(
+                f"decode_size must be 'native', null, an int or [H, W]; got {decode_size!r}"
+            )
+        return None
     if decode_size is None:
         s = int(round(image_size * 256 / 224))
         return s, s
@@ -128,11 +151,14 @@ def decode_size_hw(decode_size: int | Sequence[int] | None, image_size: int) -> 
     return h, w
 
 
-def decode_frame(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
-    """A JPEG as a uint8 ``(H, W, 3)`` array resized (bilinear, PIL) to ``size_hw``."""
+def decode_frame(path: Path, size_hw: tuple[int, int] | None) -> np.ndarray:
+    """A JPEG as a uint8 ``(H, W, 3)`` array resized (bilinear, PIL) to ``size_hw``, or at its
+    own size when ``size_hw`` is ``None``."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB").resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+            im = im.convert("RGB")
+            if size_hw is not None:
+                im = im.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except Exception as e:
         raise OSError(f"cannot read image file {path}: {e}") from e
@@ -196,6 +222,7 @@ class AVClipDataset(Dataset):
         self.cache = cache
         self.transform = FrameTransform(train, dm.image_size)
         self.random_frames = train and dm.frame_sampling == "random"
+        self.first_frames = dm.frame_sampling == "first"
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -206,7 +233,9 @@ class AVClipDataset(Dataset):
             audio, frames = self.cache.get(self.positions[i], self.dm.frames, self.random_frames)
         else:
             audio = self.dm.load_audio(clip.audio)
-            idx = self.dm.select_frames(len(clip.frames), self.dm.frames, self.random_frames)
+            idx = self.dm.select_frames(
+                len(clip.frames), self.dm.frames, self.random_frames, self.first_frames
+            )
             frames = [self.dm.read_frame(clip.frames[j], self.dm.decode_hw) for j in idx]
         # per-frame transforms, as OGM-GE (each frame gets its own crop/flip at train)
         vis = torch.stack([self.transform(np.asarray(f)) for f in frames], dim=1)
@@ -231,12 +260,16 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
             keys; ``model.encoders`` must use the same names).
         frames: visual frames per clip (T).
         image_size: side of the square frames the model sees (224 in OGM-GE).
-        decode_size: stored frame size (int or [H, W]); default ``round(image_size*256/224)``.
-        frame_sampling: ``even`` (OGM-GE, same frames every epoch) or ``random`` (one
-            random frame per segment at train; eval stays ``even``).
+        decode_size: stored frame size (int or [H, W]); default ``round(image_size*256/224)``;
+            ``native``: the JPEG's own size, the official pipeline (see the module docstring).
+        frame_sampling: ``even`` (OGM-GE AVE / KS, same frames every epoch), ``first`` (the
+            first ``frames`` listed frames, OGM-GE CREMA-D) or ``random`` (one random frame
+            per segment at train; eval stays ``even``).
         val_fraction: fraction of each train class carved out (seeded) as validation.
         seed: seed of the validation split.
-        batch_size, num_workers, pin_memory: loader settings.
+        batch_size: loader batch size (per process under DDP).
+        num_workers: loader worker processes.
+        pin_memory: loader ``pin_memory``.
         strict: fail (instead of one counting warning) on clips missing on disk.
         cache: ``auto`` (use a complete, matching cache if there is one, else decode on
             the fly with a warning if a stale one is found), ``off``, or ``require``.
@@ -253,7 +286,7 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         modalities: Sequence[str] = ("audio", "visual"),
         frames: int = 1,
         image_size: int = 224,
-        decode_size: int | Sequence[int] | None = None,
+        decode_size: int | str | Sequence[int] | None = None,
         frame_sampling: str = "even",
         val_fraction: float = 0.1,
         seed: int = 0,
@@ -277,8 +310,10 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         self.modalities = names
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
-        if frame_sampling not in ("even", "random"):
-            raise ValueError(f"frame_sampling must be 'even' or 'random', got {frame_sampling!r}")
+        if frame_sampling not in FRAME_SAMPLING:
+            raise ValueError(
+                f"frame_sampling must be one of {FRAME_SAMPLING}, got {frame_sampling!r}"
+            )
         if cache not in ("auto", "off", "require"):
             raise ValueError(f"cache must be 'auto', 'off' or 'require', got {cache!r}")
         if not 0.0 <= val_fraction < 1.0:
@@ -330,9 +365,10 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         return {
             "dataset": type(self).__name__,
             "audio": self.audio_config(),
-            "decode_hw": list(self.decode_hw),
-            # which frames are stored: all of them for random sampling, else the even ones
+            "decode_hw": list(self.decode_hw) if self.decode_hw else "native",
+            # which frames are stored: all of them for random sampling, else the chosen ones
             "frames": "all" if self.frame_sampling == "random" else self.frames,
+            **({"frame_sampling": "first"} if self.frame_sampling == "first" else {}),
         }
 
     # ------------------------------------------------------------------ cache

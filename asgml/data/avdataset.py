@@ -39,14 +39,14 @@ AVE_LAYOUT = """\
   my_train.txt, my_test.txt          rows `<class>,<name>`
   audio_spec/<name>.pkl              pickled (257, 1004) float spectrogram
   visual/<name>/frame_00001.jpg ...  10 frames per clip
-(see README.md, "Datasets" for preparation from the raw videos)"""
+(see docs/datasets/ave.md and ks.md for preparation from the raw videos)"""
 
 KS_LAYOUT = """\
 <data_dir>/
   my_train.txt, my_test.txt          rows `<ytid>[_<start>_<end>],10,<label>` (label 0..30)
   audio/<name>.npy                   (1024, 128) fbank
   visual/<name>/*.jpg                1-fps frames
-(see README.md, "Datasets" for preparation from the raw videos)"""
+(see docs/datasets/ave.md and ks.md for preparation from the raw videos)"""
 
 
 def read_class_names(path: Path) -> list[str]:

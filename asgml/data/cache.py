@@ -66,18 +66,24 @@ class CacheSource(Protocol):
 
     def load_audio(self, path: Path) -> np.ndarray: ...
 
-    def select_frames(self, n: int, t: int, random: bool = False) -> list[int]: ...
+    def select_frames(
+        self, n: int, t: int, random: bool = False, first: bool = False
+    ) -> list[int]: ...
 
     def read_frame(self, path: Path, size_hw: tuple[int, int]) -> np.ndarray: ...
 
 
 def _stored_mode(dm: CacheSource, split: str) -> str:
-    """``all`` frames (random sampling at train) or only the ``even`` ones."""
+    """``all`` frames (random sampling at train), the ``first`` ones or the ``even`` ones."""
+    if dm.frame_sampling == "first":
+        return "first"
     return "all" if split == "train" and dm.frame_sampling == "random" else "even"
 
 
 def _stored_indices(dm: CacheSource, n: int, mode: str) -> list[int]:
-    return list(range(n)) if mode == "all" else dm.select_frames(n, dm.frames)
+    return (
+        list(range(n)) if mode == "all" else dm.select_frames(n, dm.frames, first=mode == "first")
+    )
 
 
 def cache_key(dm: CacheSource) -> tuple[str, dict[str, Any]]:
@@ -162,10 +168,7 @@ class AVCache:
             counts = [len(_stored_indices(dm, len(c.frames), mode)) for c in clips]
             offsets = np.zeros(len(clips) + 1, dtype=np.int64)
             offsets[1:] = np.cumsum(counts)
-            h, w = dm.decode_hw
-            frames = np.lib.format.open_memmap(
-                out / "frames.npy", "w+", np.uint8, (int(offsets[-1]), h, w, 3)
-            )
+            frames = None
             audio = None
             loader = DataLoader(
                 _DecodeSet(dm, clips, mode),
@@ -182,11 +185,21 @@ class AVCache:
                     raise ValueError(
                         f"{clips[i].audio}: audio of shape {a.shape}, expected {audio.shape[1:]}"
                     )
+                if frames is None:  # decode_size=native: the first clip's frame size
+                    frames = np.lib.format.open_memmap(
+                        out / "frames.npy", "w+", np.uint8, (int(offsets[-1]), *f.shape[1:])
+                    )
+                if f.shape[1:] != frames.shape[1:]:
+                    raise ValueError(
+                        f"{clips[i].frames[0].parent}: frames of size {f.shape[1:3]}, expected "
+                        f"{frames.shape[1:3]}; the cache stores one frame size: set "
+                        "dataset.datamodule.decode_size=[H, W] or cache=off"
+                    )
                 audio[i] = a
                 frames[offsets[i] : offsets[i + 1]] = f
                 if (i + 1) % 500 == 0:
                     log.info("%s %s: cached %d / %d clips", dm.NAME, split, i + 1, len(clips))
-            if audio is None:
+            if audio is None or frames is None:
                 raise ValueError(f"{dm.NAME}: no clips to cache in the {split} list")
             audio.flush()
             frames.flush()

@@ -36,7 +36,7 @@ LAYOUT = """\
   test.csv                       same format; LABEL in NEU HAP SAD FEA DIS ANG
   AudioWAV/<clip>.wav
   Image-01-FPS/<clip>/*.jpg      1-fps frames, sorted by name
-(see README.md, "Datasets" for preparation from the raw CREMA-D release)"""
+(see docs/datasets/cremad.md for preparation from the raw CREMA-D release)"""
 
 
 def load_waveform(path: str | Path) -> np.ndarray:

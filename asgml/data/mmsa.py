@@ -52,7 +52,7 @@ LAYOUT = """\
   <file>        an MMSA pickle: unaligned_50.pkl (MOSI, MOSEI) or unaligned_39.pkl (SIMS),
                 {train|valid|test: {text, text_bert, audio, vision, audio_lengths,
                  vision_lengths, regression_labels, ...}}
-(data_dir may also be the pickle itself; see README.md, "Datasets")"""
+(data_dir may also be the pickle itself; see docs/datasets/mmsa.md)"""
 
 
 def sentiment_classes(y: np.ndarray, num_classes: int, neutral_band: float = 0.0) -> np.ndarray:
@@ -103,7 +103,9 @@ class MMSADataModule(SplitDataModule):
         text_lengths: give ``text`` lengths derived from ``text_bert``'s attention mask
             (off by default: MMSA's ``text`` features have no lengths, so the encoder
             averages all L steps).
-        batch_size, num_workers, pin_memory: loader settings.
+        batch_size: loader batch size (per process under DDP).
+        num_workers: loader worker processes.
+        pin_memory: loader ``pin_memory``.
     """
 
     def __init__(

@@ -6,7 +6,15 @@ also *derive* per-modality (unimodal) logits from their own weights, exactly as 
 ``main.py`` does:
 
 * concat: ``logits_m = f_m @ W[:, block_m].T + b / N`` (the modality's column block);
-* sum: ``logits_m = fc_m(f_m)`` with the branch's full bias (OGM-GE since commit 5480329).
+* sum: ``logits_m = fc_m(f_m)`` with the branch's full bias (OGM-GE since commit 5480329);
+* concat_mlp (the design document's head, section 7.2: ``Linear(sum d_m, 512) -> ReLU ->
+  Linear(512, C)``): ``logits_m`` is the head applied to the features with every other
+  modality zeroed (the document does not say how it derives unimodal logits; zero-padding
+  is ARL's choice for its shared head).
+
+Every ``nn.Linear`` of a head is initialised as OGM-GE's ``utils.weight_init``
+(``utils/utils.py:15-18`` at commit 343dc1d, applied to the whole model in ``main.py:239``):
+Xavier-normal weights, zero bias. See :func:`init_linear_ogm`.
 
 FiLM and gated fusion (two modalities, as in OGM-GE) have no such decomposition;
 they need separate unimodal heads (``model.unimodal_heads=true``).
@@ -18,6 +26,16 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+
+
+def init_linear_ogm(module: nn.Module) -> None:
+    """Xavier-normal weight and zero bias on every ``nn.Linear`` of ``module`` (OGM-GE
+    ``utils/utils.py:15-18``, commit 343dc1d)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class Fusion(nn.Module):
@@ -76,6 +94,32 @@ class SumFusion(Fusion):
         return {m: self.fc[m](features[m]) for m in self.modalities}
 
 
+class ConcatMLPFusion(Fusion):
+    """The design document's head (section 7.2): ``Linear(sum d_m, hidden) -> ReLU ->
+    Linear(hidden, C)`` on the concatenated features (1024 -> 512 -> C for two 512-d
+    modalities, 1536 -> 512 -> C for three)."""
+
+    def __init__(
+        self, feature_dims: Mapping[str, int], num_classes: int, hidden_dim: int = 512
+    ) -> None:
+        super().__init__(feature_dims, num_classes)
+        if hidden_dim < 1:
+            raise ValueError(f"model.fusion_hidden must be >= 1, got {hidden_dim}")
+        self.fc_hidden = nn.Linear(sum(self.feature_dims.values()), hidden_dim)
+        self.fc_out = nn.Linear(hidden_dim, num_classes)
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        x = torch.cat([features[m] for m in self.modalities], dim=1)
+        return self.fc_out(torch.relu(self.fc_hidden(x)))
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        out = {}
+        for m in self.modalities:
+            only_m = {k: (f if k == m else torch.zeros_like(f)) for k, f in features.items()}
+            out[m] = self.forward(only_m)
+        return out
+
+
 class FiLMFusion(Fusion):
     """FiLM (Perez et al. 2018) as in OGM-GE: ``gamma, beta = Linear(d, 2d)(x_film)``,
     ``logits = fc_out(gamma * x_other + beta)``. The first modality conditions the second."""
@@ -123,15 +167,70 @@ class GatedFusion(Fusion):
         return self.fc_out(torch.sigmoid(self.fc_x(x)) * self.fc_y(y))
 
 
+def cosine_logits(features: Tensor, weight: Tensor, scaling: float) -> Tensor:
+    """MMCosine's modality-wise logits: ``s * normalize(f) @ normalize(W, rows).T``.
+
+    ``features`` ``(B, d)``, ``weight`` ``(C, d)`` (one row per class): every feature vector
+    and every class row is L2-normalised, so each logit is ``s * cos(f, W_c)``."""
+    f = torch.nn.functional.normalize(features, dim=1)
+    w = torch.nn.functional.normalize(weight, dim=1)
+    return scaling * f @ w.t()
+
+
+class MMCosineFusion(Fusion):
+    """MMCosine (Xu et al., ICASSP 2023): ``logits = sum_m s * cos(f_m, W_m)``.
+
+    One bias-free ``Linear(sum d_m, C)`` whose column block ``W_m`` reads modality m (as
+    ``concat``); each modality's logits are the scaled cosines between its L2-normalised
+    features and the L2-normalised class rows of ``W_m``. Unimodal logits are those
+    per-modality terms. ``scaling`` (``s``) is set by the ``mmcosine`` method callback.
+    """
+
+    def __init__(
+        self, feature_dims: Mapping[str, int], num_classes: int, scaling: float = 10.0
+    ) -> None:
+        super().__init__(feature_dims, num_classes)
+        self.fc_out = nn.Linear(sum(self.feature_dims.values()), num_classes, bias=False)
+        offsets, start = {}, 0
+        for m, d in self.feature_dims.items():
+            offsets[m] = (start, start + d)
+            start += d
+        self.blocks = offsets
+        self.scaling = float(scaling)
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        return torch.stack(list(self.unimodal_logits(features).values())).sum(0)
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        w = self.fc_out.weight
+        out = {}
+        for m in self.modalities:
+            lo, hi = self.blocks[m]
+            out[m] = cosine_logits(features[m], w[:, lo:hi], self.scaling)
+        return out
+
+
 FUSIONS: dict[str, type[Fusion]] = {
     "concat": ConcatFusion,
     "sum": SumFusion,
     "film": FiLMFusion,
     "gated": GatedFusion,
+    "mmcosine": MMCosineFusion,
+    "concat_mlp": ConcatMLPFusion,
 }
 
 
-def build_fusion(name: str, feature_dims: Mapping[str, int], num_classes: int) -> Fusion:
+def build_fusion(
+    name: str, feature_dims: Mapping[str, int], num_classes: int, hidden_dim: int = 512
+) -> Fusion:
+    """The fusion head ``name``, initialised as OGM-GE (:func:`init_linear_ogm`).
+    ``hidden_dim`` is the hidden width of ``concat_mlp`` and ``gated``."""
     if name not in FUSIONS:
         raise ValueError(f"model.fusion must be one of {sorted(FUSIONS)}, got {name!r}")
-    return FUSIONS[name](feature_dims, num_classes)
+    cls = FUSIONS[name]
+    if cls in (ConcatMLPFusion, GatedFusion):
+        head = cls(feature_dims, num_classes, hidden_dim=hidden_dim)
+    else:
+        head = cls(feature_dims, num_classes)
+    init_linear_ogm(head)
+    return head

@@ -221,3 +221,35 @@ def test_train_cremad_end_to_end(cremad_root: Path, tmp_path: Path) -> None:
     )
     metrics = run(cfg)
     assert "test/acc" in metrics["metrics"] and (tmp_path / "metrics.json").is_file()
+
+
+def test_official_pipeline_first_frames_and_native_crop(cremad_root: Path, tmp_path: Path) -> None:
+    """OGM-GE CramedDataset.py:83-90: the first ``fps`` listed frames; RandomResizedCrop on the
+    frame at its own size (frame_hw 36 x 48 here), not on a square squashed copy."""
+    assert frame_indices(10, 3, first=True) == [0, 1, 2]
+    assert frame_indices(5, 1, first=True) == [0] and frame_indices(2, 3, first=True) == [0, 1, 1]
+    # 3 frames per clip in the fixture: `first` with 2 frames takes frames 0 and 1
+    m = dm(cremad_root, frames=2, frame_sampling="first", decode_size="native")
+    assert frame_ids(m.splits["test"][0]["visual"]) == [0, 1]
+    assert m.decode_hw is None and m.splits["train"][0]["visual"].shape == (3, 2, IMG, IMG)
+    # the crop sees the native (36, 48) frame: record the size RandomResizedCrop is given
+    seen = []
+    rrc = m.splits["train"].transform.geometry.transforms[0]
+    orig = rrc.make_params
+
+    def spy(flat_inputs):  # noqa: ANN001, ANN202
+        seen.append(tuple(flat_inputs[0].shape[-2:]))
+        return orig(flat_inputs)
+
+    rrc.make_params = spy
+    m.splits["train"][0]
+    assert seen and seen[0] == (36, 48)
+    squashed = dm(cremad_root, frames=2, frame_sampling="first")  # earlier behaviour
+    assert squashed.decode_hw == (37, 37)  # round(32 * 256 / 224), square
+    # the cache stores the native frames and gives the same eval items
+    kw = {"frames": 2, "frame_sampling": "first", "decode_size": "native"}
+    dm(cremad_root, cache_dir=str(tmp_path), **kw).build_cache()
+    cached = dm(cremad_root, cache="require", cache_dir=str(tmp_path), **kw)
+    assert torch.equal(cached.splits["test"][0]["visual"], m.splits["test"][0]["visual"])
+    with pytest.raises(ValueError, match="decode_size"):
+        dm(cremad_root, decode_size="huge")

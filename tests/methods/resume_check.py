@@ -60,3 +60,22 @@ def assert_resume_exact(
     assert callback_key in full["callbacks"], sorted(full["callbacks"])
     _same(full["callbacks"][callback_key], resumed["callbacks"][callback_key], callback_key)
     return full
+
+
+def check_resume(root: Path, overrides: Sequence[str], callback_keys: Sequence[str]) -> None:
+    """Train 2 epochs straight and 1 + 1 resumed (3 steps per epoch); everything in
+    ``last.ckpt`` must match: weights, optimizer and the state of every callback named."""
+
+    def train(name: str, *extra: str) -> dict:
+        run(compose_cfg([*RESUME, *overrides, *extra], output_dir=root / name))
+        return torch.load(root / name / "checkpoints" / "last.ckpt", weights_only=True)
+
+    full = train("full")
+    train("first", "trainer.max_epochs=1")
+    resumed = train("resumed", f"ckpt_path={root / 'first' / 'checkpoints' / 'last.ckpt'}")
+    assert full["global_step"] == resumed["global_step"] == 6
+    _same(full["state_dict"], resumed["state_dict"], "state_dict")
+    _same(full["optimizer_states"], resumed["optimizer_states"], "optimizer")
+    for key in callback_keys:
+        assert key in full["callbacks"], sorted(full["callbacks"])
+        _same(full["callbacks"][key], resumed["callbacks"][key], key)

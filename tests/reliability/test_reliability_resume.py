@@ -3,7 +3,7 @@
 Runs are tiny (``FAST``: 3 steps per epoch, 2 epochs, probe every 2 steps) and
 deterministic on CPU. The resumed run restarts from the ``last.ckpt`` written at the end
 of epoch 0 (step 3) -- an epoch-boundary resume, which is what Lightning restores exactly
-with a plain ``DataLoader`` (see README.md, "Reliability").
+with a plain ``DataLoader`` (see docs/reliability.md).
 """
 
 from __future__ import annotations

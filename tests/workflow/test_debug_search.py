@@ -51,7 +51,7 @@ def test_debug_fdr_runs_one_batch_each(tmp_path: Path) -> None:
     cfg = compose_cfg(["debug=fdr"], output_dir=tmp_path, fast=False)
     metrics = run(cfg)
     assert "test/acc" in metrics["metrics"]
-    assert metrics["optimized_metric"] == metrics["val_acc_best"] is not None
+    assert metrics["optimized_value"] == metrics["val_acc_best"] is not None
     assert not (tmp_path / "checkpoints").exists()  # fast_dev_run writes no checkpoint
 
 
@@ -67,7 +67,7 @@ def test_debug_configs_run(name: str, tmp_path: Path) -> None:
     ]
     cfg = compose_cfg([f"debug={name}", *small], output_dir=tmp_path, fast=False)
     metrics = run(cfg)
-    assert "test/acc" in metrics["metrics"] and metrics["optimized_metric"] is not None
+    assert "test/acc" in metrics["metrics"] and metrics["optimized_value"] is not None
 
 
 def test_boost_optuna_composes() -> None:
@@ -133,4 +133,4 @@ def test_boost_optuna_sweep_returns_the_validation_metric(tmp_path: Path) -> Non
         "method.probe.eval_freq",
     }
     for r in runs:
-        assert r["optimized_metric"] == r["val_acc_best"] is not None
+        assert r["optimized_value"] == r["val_acc_best"] is not None

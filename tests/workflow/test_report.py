@@ -117,3 +117,72 @@ def test_write_report_files_and_skipped_plots(
 def test_no_runs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         report.load_runs(tmp_path)
+
+
+def test_unimodal_runs_share_the_table_with_joint_methods(tmp_path: Path) -> None:
+    """`method=unimodal` runs carry `method.modality`; it becomes a group key and the joint
+    methods (which lack it) read `–` in that column, all in one table."""
+    root = tmp_path / "mixed"
+    _fake_run(root, "0", "baseline", 0, 0.6)
+    _fake_run(root, "1", "mmcosine", 0, 0.62)
+    for job, mod, acc in (("2", "audio", 0.55), ("3", "visual", 0.3)):
+        d = _fake_run(root, job, "unimodal", 0, acc)
+        data = json.loads((d / "metrics.json").read_text())
+        data["config"]["method"]["modality"] = mod
+        (d / "metrics.json").write_text(json.dumps(data))
+        (d / ".hydra" / "overrides.yaml").write_text(
+            f"- method=unimodal\n- method.modality={mod}\n"
+        )
+    runs = report.load_runs(root)
+    keys = report.default_group_by(runs)
+    assert keys == ["method.name", "method.modality"]
+    table = report.format_table(
+        report.summarize(runs, keys, [c for c, _ in report.metric_columns(runs)]),
+        keys,
+        report.metric_columns(runs),
+    )
+    lines = table.splitlines()
+    assert any(line.startswith("| baseline | – |") for line in lines)
+    assert any(line.startswith("| mmcosine | – |") for line in lines)
+    assert any(line.startswith("| unimodal | audio |") for line in lines)
+    assert any(line.startswith("| unimodal | visual |") for line in lines)
+
+
+def _add_reference(root: Path, values: dict) -> None:
+    """Write a preset-style ``reference`` block into every run's saved config."""
+    for path in root.rglob("metrics.json"):
+        data = json.loads(path.read_text())
+        data["config"]["reference"] = {
+            "source": "test table",
+            "metric": "test/acc",
+            "results": values,
+        }
+        path.write_text(json.dumps(data))
+
+
+def test_reference_column_difference_in_pooled_std_and_flag(multirun: Path) -> None:
+    # baseline measured 61.00 ± 1.414 (n 2), boost 67.00 ± 3.00 (n 3)
+    _add_reference(multirun, {"baseline": {"mean": 60.0, "std": 1.0}, "boost": {"mean": 50.0}})
+    rep = report.write_report(multirun, plots=False)
+    s = rep["summary"].set_index("method.name")
+    pooled = ((0.0141421356**2 + 0.01**2) / 2) ** 0.5  # sqrt((s_m^2 + s_p^2) / 2)
+    assert s.loc["baseline", "paper_diff_std"] == pytest.approx((0.61 - 0.60) / pooled, rel=1e-5)
+    assert not s.loc["baseline", "paper_flag"]
+    # no paper std: the measured std alone; (67 - 50) / 3 = 5.67 std -> flagged
+    assert s.loc["boost", "paper_diff_std"] == pytest.approx(17 / 3, rel=1e-6)
+    assert s.loc["boost", "paper_flag"]
+    lines = rep["table"].splitlines()
+    assert lines[0].startswith("| method | Acc (%) | Paper (%) | Δ (std) | Macro-F1 (%)")
+    assert lines[2].startswith("| baseline | 61.00 ± 1.41 | 60.00 ± 1.00 | +0.8 | ")
+    assert lines[3].startswith("| boost | **67.00 ± 3.00** | 50.00 | +5.7 ⚠ | ")
+    assert "Paper: test table" in rep["note"] and "(1 row)" in rep["note"]
+
+
+def test_reference_column_absent_without_reference_and_for_unlisted_method(
+    multirun: Path,
+) -> None:
+    assert "Paper" not in report.write_report(multirun, plots=False)["table"]
+    _add_reference(multirun, {"baseline": {"mean": 61.0, "std": 1.0}})
+    lines = report.write_report(multirun, plots=False)["table"].splitlines()
+    assert lines[2].startswith("| baseline | 61.00 ± 1.41 | 61.00 ± 1.00 | +0.0 | ")
+    assert lines[3].startswith("| boost | **67.00 ± 3.00** | – | – | ")

@@ -1,0 +1,143 @@
+"""One training run from a composed config: :func:`run` (what ``python -m asgml.train`` calls).
+
+Trains, validates each epoch, tests the best checkpoint, prints a summary and writes
+``metrics.json`` (test metrics + resolved config) in the run directory. The command-line
+entry point is :mod:`asgml.train`, kept free of torch/Lightning imports so ``--help`` and
+shell completion answer at once; this module holds everything heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+import asgml  # noqa: F401  (registers resolvers)
+from asgml.build import build
+from asgml.config import model_option_overrides, recipe_lines, to_container, validate_config
+
+log = logging.getLogger("asgml")
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return [instantiate(c) for _, c in (cfg.get("logger") or {}).items() if c and "_target_" in c]
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float | torch.Tensor)}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train/test as configured; returns the dict written to ``metrics.json``."""
+    validate_config(cfg)
+    if cfg.get("print_config"):
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("recipe\n  %s", "\n  ".join(recipe_lines(cfg)))
+    for key, (value, default) in model_option_overrides(cfg).items():
+        log.info("model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule, model, callbacks = build(cfg)
+    if cfg.select_on == "test":
+        log.warning(
+            "select_on=test: the best epoch is chosen on the TEST split (official-script mode)"
+        )
+        datamodule.val_dataloader = datamodule.test_dataloader
+
+    model.run_config = to_container(cfg)
+
+    loggers = build_loggers(cfg)
+    for lg in loggers:
+        lg.log_hyperparams({"cfg": to_container(cfg)})
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    result: dict[str, Any] = {}
+    try:
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            result.update(
+                {f"fit/{k}": v for k, v in _scalar_metrics(trainer.callback_metrics).items()}
+            )
+        if cfg.get("test", True):
+            ckpt = (
+                "best"
+                if cfg.get("train", True) and trainer.checkpoint_callback
+                else cfg.get("ckpt_path")
+            )
+            if ckpt == "best" and not trainer.checkpoint_callback.best_model_path:
+                log.warning("no best checkpoint was saved; testing the current weights")
+                ckpt = None
+            test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+            result.update(_scalar_metrics(test_metrics[0] if test_metrics else {}))
+    finally:
+        _finish_wandb(loggers)
+
+    best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    metrics = {
+        "metrics": {k: v for k, v in result.items() if k.startswith("test/")},
+        "val_acc_best": result.get("fit/val/acc_best"),
+        "optimized_metric": cfg.get("optimized_metric"),
+        "optimized_value": optimized_value(cfg, result),
+        "best_checkpoint": os.path.relpath(best_path, out_dir) if best_path else None,
+        "skipped_nonfinite_steps": model.skipped_nonfinite_steps,
+        "config": to_container(cfg),
+    }
+    if trainer.is_global_zero:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        print_summary(cfg, metrics, out_dir)
+    return metrics
+
+
+def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:
+    """The fit's ``cfg.optimized_metric`` (what a sweeper optimizes); ``None`` without a fit
+    and under ``select_on=test`` (the "validation" value would then be a test value)."""
+    name = cfg.get("optimized_metric")
+    if not name or not cfg.get("train", True):
+        return None
+    if cfg.get("select_on") == "test":
+        log.warning("select_on=test: no optimized_metric is returned (it would be a test value)")
+        return None
+    if str(name).startswith("test/"):
+        raise ValueError(f"optimized_metric={name!r}: tune on a validation metric, not a test one")
+    if f"fit/{name}" not in result:
+        fit = sorted(k.removeprefix("fit/") for k in result if k.startswith("fit/"))
+        raise ValueError(f"optimized_metric={name!r} was not logged by the fit; it logged {fit}")
+    return result[f"fit/{name}"]
+
+
+def print_summary(cfg: DictConfig, metrics: dict[str, Any], out_dir: Path) -> None:
+    m = metrics["metrics"]
+    lines = [
+        "",
+        f"== asgml results: dataset={cfg.dataset.name} method={cfg.method.name} seed={cfg.seed} ==",
+    ]
+    if "test/acc" in m:
+        lines.append(f"test accuracy   {100 * m['test/acc']:.2f} %")
+        lines.append(f"test macro-F1   {100 * m['test/f1']:.2f} %")
+        for mod in cfg.model.encoders:
+            if f"test/acc_{mod}" in m:
+                lines.append(
+                    f"  {mod:<8} unimodal acc {100 * m[f'test/acc_{mod}']:.2f} %"
+                    f"  macro-F1 {100 * m[f'test/f1_{mod}']:.2f} %"
+                )
+    if metrics.get("val_acc_best") is not None:
+        lines.append(f"best val acc    {100 * metrics['val_acc_best']:.2f} %")
+    lines.append(f"run dir         {out_dir}")
+    print("\n".join(lines))
+
+
+def _finish_wandb(loggers: list[Any]) -> None:
+    """Close a wandb run so sequential multirun jobs don't reuse it."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.finish()

@@ -1,0 +1,166 @@
+"""Greedy: relative gradient energy, BDR and decision, the gated step, re-balancing steps,
+end-to-end and resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asgml.callbacks.greedy import (
+    MMTM,
+    Greedy,
+    GreedyMMTM,
+    greedy_bdr,
+    greedy_decision,
+    relative_grad_energy,
+)
+from asgml.models.encoders import MLPEncoder
+from asgml.module import MultimodalModule
+from asgml.train import run
+from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
+from tests.methods.resume_check import assert_resume_exact
+
+
+def test_relative_grad_energy_bdr_and_decision_hand_computed() -> None:
+    a = nn.Parameter(torch.tensor([1.0, 2.0]))
+    b = nn.Parameter(torch.tensor([2.0]))
+    a.grad = torch.tensor([0.5, 0.5])
+    # (0.25 + 0.25 + 0) / (1 + 4 + 4); b has no gradient
+    assert relative_grad_energy([a, b]) == pytest.approx(0.5 / 9)
+    assert relative_grad_energy([a, b], grad_scale=2.0) == pytest.approx(0.5 / 9 / 4)
+    bdr = greedy_bdr([1.0, 0.1], [0.1, 1.0])
+    assert bdr == pytest.approx([1.0, -1.0])
+    assert greedy_decision(bdr, 0.01) == (pytest.approx(2.0), 0)
+    assert greedy_decision([-0.5, 0.5], 0.01) == (pytest.approx(-1.0), 1)
+    assert greedy_decision([0.2, 0.195], 0.01)[1] is None  # |d| <= epsilon: no window
+    d, c = greedy_decision([0.1, 0.7, -0.2], 0.5)  # N = 3: max - min, argmax cares
+    assert d == pytest.approx(0.9) and c == 1
+    assert greedy_decision([math.nan, 0.0], 0.01)[1] is None
+
+
+def test_mmtm_gates_hand_computed() -> None:
+    mmtm = GreedyMMTM({"a": 1, "b": 1}, ratio=4.0)  # hidden = int(2 * 2 / 4) = 1
+    with torch.no_grad():
+        mmtm.squeeze.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        mmtm.squeeze.bias.fill_(0.5)
+        mmtm.excite["a"].weight.fill_(2.0)
+        mmtm.excite["a"].bias.fill_(0.0)
+        mmtm.excite["b"].weight.fill_(-1.0)
+        mmtm.excite["b"].bias.fill_(1.0)
+    g = mmtm({"a": torch.tensor([[3.0]]), "b": torch.tensor([[1.0]])})
+    e = 3.0 - 1.0 + 0.5
+    assert g["a"].item() == pytest.approx(1 / (1 + math.exp(-2 * e)))
+    assert g["b"].item() == pytest.approx(1 / (1 + math.exp(-(1 - e))))
+
+
+def test_running_average_own_and_official() -> None:
+    gates = {"a": torch.tensor([[0.2, 0.4], [0.4, 0.8]]), "b": torch.tensor([[1.0, 0.0]] * 2)}
+    own = Greedy()
+    own.avg_gates, own.avg_count = {"a": torch.tensor([0.0, 0.0]), "b": torch.ones(2)}, 1
+    own._update_average(None, ["a", "b"], gates)  # type: ignore[arg-type]
+    assert torch.allclose(own.avg_gates["a"], torch.tensor([0.15, 0.3]))  # (0.3 + 0) / 2
+    assert torch.allclose(own.avg_gates["b"], torch.tensor([1.0, 0.5]))
+    official = Greedy(running_average="official")  # b reads a's gates (the official typo)
+    official._update_average(None, ["a", "b"], gates)  # type: ignore[arg-type]
+    assert torch.allclose(official.avg_gates["b"], torch.tensor([0.3, 0.6]))
+    with pytest.raises(ValueError, match="running_average=official"):
+        encs = {
+            m: MLPEncoder(input_dim=4, hidden_dim=8, feature_dim=d) for m, d in [("a", 8), ("b", 6)]
+        }
+        official.setup(None, MultimodalModule(encs, num_classes=3), "fit")  # type: ignore[arg-type]
+
+
+def _gated_module():
+    module = tiny_mlp_module()
+    module.add_module(MMTM, GreedyMMTM(module.feature_dims, ratio=4.0))
+    return module
+
+
+def test_one_step_equals_the_hand_built_gated_loss() -> None:
+    module = _gated_module()
+    ref = copy.deepcopy(module)
+    rec = GradRecorder()
+    fit(module, vector_loader(), [Greedy(starting_epoch=0), rec], max_steps=1)
+
+    batch = next(iter(vector_loader()))
+    f = ref.encode({m: batch[m] for m in ref.modalities})
+    g = getattr(ref, MMTM)(f)
+    F.cross_entropy(ref.fusion({m: f[m] * g[m] for m in f}), batch["label"]).backward()
+    for n, p in ref.named_parameters():
+        assert torch.allclose(rec.grads[0][n], p.grad, atol=1e-6), n
+
+
+def test_rebalancing_step_freezes_the_caring_gate_only() -> None:
+    module = _gated_module()
+    ref = copy.deepcopy(module)
+    cb = Greedy(starting_epoch=0, window=5)
+    cb.setup(None, module, "fit")  # type: ignore[arg-type]
+    avg = {m: torch.full((8,), 0.3) for m in module.modalities}
+    cb.avg_gates, cb.avg_count = copy.deepcopy(avg), 3
+    cb.curation, cb.caring = True, 0  # audio cares: its gate is the running average
+    rec = GradRecorder()
+    fit(module, vector_loader(), [cb, rec], max_steps=1)
+    grads = rec.grads[0]
+    assert "greedy_mmtm.excite.audio.weight" not in grads  # the frozen gate gets nothing
+    assert grads["greedy_mmtm.excite.visual.weight"].abs().sum() > 0
+
+    batch = next(iter(vector_loader()))
+    f = ref.encode({m: batch[m] for m in ref.modalities})
+    g = getattr(ref, MMTM)(f)
+    new_audio = g["audio"].detach().mean(0)
+    frozen = (new_audio + 0.3 * 3) / 4  # running average including this batch
+    scaled = {"audio": f["audio"] * frozen, "visual": f["visual"] * g["visual"]}
+    F.cross_entropy(ref.fusion(scaled), batch["label"]).backward()
+    for n, p in ref.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[n], p.grad, atol=1e-6), n
+    assert cb.curation_step == 1 and cb.curation  # one of five window steps used
+
+
+class _Modes(L.Callback):
+    def __init__(self, cb: Greedy) -> None:
+        self.cb, self.modes = cb, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, i) -> None:
+        self.modes.append(self.cb.curation)
+
+
+def test_windows_follow_the_decision() -> None:
+    cb = Greedy(epsilon=0.0, window=2, starting_epoch=0)
+    modes = _Modes(cb)
+    fit(_gated_module(), vector_loader(n=40), [cb, modes], max_steps=5)
+    # measure -> 2 re-balancing steps -> measure -> re-balancing
+    assert modes.modes == [False, True, True, False, True]
+    late = Greedy(epsilon=0.0, window=2, starting_epoch=1)
+    modes = _Modes(late)
+    fit(_gated_module(), vector_loader(n=40), [late, modes], max_steps=4)
+    assert modes.modes == [False] * 4 and all(v > 0 for v in late.m_main)
+
+
+def test_bad_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="method.greedy.window"):
+        Greedy(window=0)
+    with pytest.raises(ValueError, match="method.greedy.running_average"):
+        Greedy(running_average="mine")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["dataset.num_modalities=3"]])
+def test_runs_end_to_end(make_cfg, extra) -> None:
+    m = run(make_cfg(["method=greedy", "method.greedy.starting_epoch=0", *extra]))
+    assert m["metrics"]["test/acc"] >= 0
+
+
+@pytest.mark.slow
+def test_resume_is_exact(tmp_path: Path) -> None:
+    full = assert_resume_exact(
+        tmp_path, ["method=greedy", "method.greedy.starting_epoch=0"], "Greedy"
+    )
+    assert full["callbacks"]["Greedy"]["avg_count"] > 0

@@ -1,0 +1,228 @@
+"""The documentation contract, checked without mkdocs: every method config has its page in
+the agreed format, the hyperparameter tables are generated from the composed configs with
+their YAML comments, and the command-line entry point stays free of torch."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_hooks():
+    spec = importlib.util.spec_from_file_location("asgml_docs_hooks", ROOT / "docs" / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+hooks = _load_hooks()
+METHODS = hooks.method_names()
+
+
+def test_every_method_config_has_a_page() -> None:
+    assert METHODS, "no conf/method/*.yaml found"
+    assert hooks.missing_method_pages(ROOT / "docs") == []
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_page_format(name: str) -> None:
+    """Title names the config; the formula comes from a module docstring (one source); the
+    hyperparameter table is generated (marker), not written by hand."""
+    text = (ROOT / "docs" / "methods" / f"{name}.md").read_text()
+    assert re.search(rf"^# .+\(`method={re.escape(name)}`\)\s*$", text, re.M), "title line"
+    assert f"<!-- asgml:hparams {name} -->" in text
+    if name != "baseline":
+        targets = re.findall(r"^::: (asgml\.callbacks\.\w+)\s*$", text, re.M)
+        assert targets, "no `::: asgml.callbacks.<module>` block"
+        for target in targets:
+            assert (ROOT / (target.replace(".", "/") + ".py")).is_file(), target
+    for heading in ("## Hyperparameters", "## Official settings per dataset", "## Deviations"):
+        assert heading in text, heading
+
+
+def test_missing_page_is_reported(tmp_path: Path) -> None:
+    conf = tmp_path / "conf" / "method"
+    conf.mkdir(parents=True)
+    (conf / "alpha.yaml").write_text("name: alpha\n")
+    (conf / "beta.yaml").write_text("name: beta\n")
+    docs = tmp_path / "docs" / "methods"
+    docs.mkdir(parents=True)
+    (docs / "alpha.md").write_text("# Alpha (`method=alpha`)\n")
+    assert hooks.missing_method_pages(tmp_path / "docs", tmp_path / "conf") == ["beta"]
+
+
+def test_build_fails_on_a_missing_page(tmp_path: Path) -> None:
+    (tmp_path / "methods").mkdir()
+    with pytest.raises(hooks.PluginError, match=r"docs/methods/baseline\.md"):
+        hooks.on_config({"docs_dir": str(tmp_path), "nav": None})
+
+
+FIXTURE = {
+    "train.yaml": "defaults:\n  - _self_\n  - method: combo\nseed: 1\n",
+    "method/throttle.yaml": (
+        "# file header: describes the file, belongs to no key\n"
+        "name: throttle\n"
+        "module: {}\n"
+        "throttle:\n"
+        "  _target_: pkg.Throttle\n"
+        "  alpha: 0.8              # throttle strength\n"
+        "  # the window, in epochs\n"
+        "  ends: 50\n"
+        "  mode: 'a#b'             # a value with a hash\n"
+        "  clip: null              # clip norm; null = off,\n"
+        "                          # continued on the next line\n"
+        "  # about the next key\n"
+        "  last: 1\n"
+    ),
+    "method/push.yaml": (
+        "name: push\n"
+        "module:\n"
+        "  gamma: 1.0              # unimodal-loss weight\n"
+        "push:\n"
+        "  _target_: pkg.Push\n"
+        "  alpha: 0.5              # push strength\n"
+        "  scales: [1, 2]          # per modality\n"
+        "  cap: null\n"
+    ),
+    "method/combo.yaml": (
+        "defaults:\n  - throttle\n  - push\n  - /extra@opts: big\n  - _self_\n"
+        "name: combo\npush:\n  alpha: 0.75\n"
+    ),
+    "extra/big.yaml": "size: 2\n",
+}
+
+
+def _fixture_conf(tmp_path: Path) -> Path:
+    conf = tmp_path / "conf"
+    for rel, text in FIXTURE.items():
+        (conf / rel).parent.mkdir(parents=True, exist_ok=True)
+        (conf / rel).write_text(text)
+    return conf
+
+
+def test_yaml_comments(tmp_path: Path) -> None:
+    conf = _fixture_conf(tmp_path)
+    assert hooks.yaml_comments(conf / "method" / "throttle.yaml") == {
+        "throttle.alpha": "throttle strength",
+        "throttle.ends": "the window, in epochs",
+        "throttle.mode": "a value with a hash",
+        "throttle.clip": "clip norm; null = off, continued on the next line",
+        "throttle.last": "about the next key",
+    }
+
+
+def test_hparams_table_composes_defaults(tmp_path: Path) -> None:
+    conf = _fixture_conf(tmp_path)
+    table = hooks.hparams_table("combo", conf)
+    rows = [line for line in table.splitlines() if line.startswith("| `method.")]
+    assert rows == [
+        "| `method.module.gamma` | `1.0` | unimodal-loss weight |",
+        "| `method.throttle.alpha` | `0.8` | throttle strength |",
+        "| `method.throttle.ends` | `50` | the window, in epochs |",
+        "| `method.throttle.mode` | `a#b` | a value with a hash |",
+        "| `method.throttle.clip` | `null` | clip norm; null = off, continued on the next line |",
+        "| `method.throttle.last` | `1` | about the next key |",
+        # overridden by combo.yaml (0.75), described by push.yaml's comment
+        "| `method.push.alpha` | `0.75` | push strength |",
+        "| `method.push.scales` | `[1, 2]` | per modality |",
+        "| `method.push.cap` | `null` |  |",
+        "| `method.opts.size` | `2` |  |",  # from another group, composed in
+    ]
+    assert "`method.throttle`: `pkg.Throttle`; `method.push`: `pkg.Push`" in table
+    assert "`conf/method/throttle.yaml`, `conf/method/push.yaml`, `conf/method/combo.yaml`" in table
+
+
+def test_composition_with_other_groups(tmp_path: Path) -> None:
+    """A method that overrides another group's option still gets its table."""
+    conf = _fixture_conf(tmp_path)
+    assert hooks.compose_method("combo", conf).opts.size == 2
+    assert [p.name for p in hooks._defaults_chain("combo", conf)] == [
+        "throttle.yaml",
+        "push.yaml",
+        "combo.yaml",
+    ]
+
+
+def test_marker_is_replaced(tmp_path: Path) -> None:
+    conf = _fixture_conf(tmp_path)
+    page = "# Push\n\n<!-- asgml:hparams push -->\n\nafter\n"
+    out = hooks.render_hparams(page, conf)
+    assert "<!-- asgml:hparams" not in out
+    assert "| `method.push.alpha` | `0.5` | push strength |" in out
+    assert out.endswith("after\n")
+    quoted = "Write `<!-- asgml:hparams push -->` on its own line.\n"
+    assert hooks.render_hparams(quoted, conf) == quoted  # quoted in text: left alone
+
+
+def test_real_composed_method_table() -> None:
+    """boost_ogm = ogm + boost: the table shows both parts and boost_ogm's own alpha."""
+    table = hooks.hparams_table("boost_ogm")
+    assert "| `method.boost.alpha` | `0.75` |" in table
+    assert "| `method.ogm.alpha` | `0.8` |" in table
+    assert "| `method.probe.eval_freq` | `20` |" in table
+
+
+def test_folder_nav_lists_every_page(tmp_path: Path) -> None:
+    folder = tmp_path / "methods"
+    folder.mkdir()
+    (folder / "index.md").write_text("# Methods\n")
+    (folder / "zeta.md").write_text("# Zeta method (`method=zeta`)\n")
+    (folder / "alpha.md").write_text("no heading\n")
+    nav = hooks._expand_nav([{"Home": "index.md"}, {"Methods": "methods/"}], tmp_path)
+    assert nav == [
+        {"Home": "index.md"},
+        {
+            "Methods": [
+                {"Overview": "methods/index.md"},
+                {"alpha": "methods/alpha.md"},
+                {"Zeta method": "methods/zeta.md"},
+            ]
+        },
+    ]
+
+
+def test_cli_entry_point_does_not_import_torch() -> None:
+    """`--help` and shell completion must not pay for torch/Lightning: importing the
+    entry point (which is all `--help` does before Hydra answers) leaves them unloaded."""
+    code = (
+        "import sys, asgml.train, asgml.prepare; "
+        "heavy = sorted(m for m in ('torch', 'lightning', 'torchvision', 'librosa') "
+        "if m in sys.modules); print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_train_help_lists_groups_and_options() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "asgml.train", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^method: .*\bboost_ogm\b", out.stdout, re.M)
+    assert re.search(r"^dataset: .*\bcremad\b", out.stdout, re.M)
+    assert "select_on: val" in out.stdout  # an option of the composed config
+    assert "Usage: asgml-train" in out.stdout
+
+
+def test_lazy_reexport_of_run() -> None:
+    from asgml import train, training
+
+    assert train.run is training.run
+    with pytest.raises(AttributeError):
+        _ = train.no_such_name
+
+
+def test_readme_is_a_front_door() -> None:
+    """README stays short, keeps the CI test command, and its links to the docs resolve."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    assert "python -m pytest -q\n" in text
+    for target in re.findall(r"\]\(((?:docs/|LICENSE)[^)#]*)", text):
+        assert (ROOT / target).exists(), f"README links to missing {target}"

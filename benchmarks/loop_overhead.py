@@ -157,7 +157,8 @@ def method_setup(spec: str) -> tuple[list[L.Callback], dict]:
     with initialize_config_module(config_module="asgml.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     cbs = [instantiate(c) for _, c in method_callback_configs(cfg.method)]
-    return cbs, dict(cfg.method.get("module", {}))
+    # the model options the method needs (conf/method/*.yaml `model_defaults`)
+    return cbs, dict(cfg.method.get("model_defaults") or {})
 
 
 def run_asgml(name: str, loader: DataLoader, args: argparse.Namespace) -> Timer:

@@ -59,7 +59,13 @@ class MultimodalModule(L.LightningModule):
         nonfinite: what a non-finite training loss or gradient does: ``skip`` the step
             (no optimizer update) with a warning, or ``raise`` ``FloatingPointError``. Under
             ``16-mixed`` the GradScaler handles non-finite gradients (it skips the step and
-            lowers the scale), so only the loss is checked there.
+            lowers the scale), so only the loss is checked there: with ``skip`` it is counted
+            on the device without a host sync and warned about at the epoch end.
+        nonfinite_check_every: without a GradScaler, check every ``k``-th step (one host
+            sync per ``k`` steps instead of per step). The ``k - 1`` steps in between are
+            applied as computed; at the checked step a non-finite value in the window is
+            reported (``raise``: ``FloatingPointError``; ``skip``: a warning), and only the
+            checked step itself is skipped. ``1`` (default) checks and skips every step.
 
     Reliability: checkpoints carry, besides weights, optimizer and scheduler, the run
     config (plain containers), the non-finite step counter, the best validation accuracy
@@ -81,6 +87,7 @@ class MultimodalModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         nonfinite: str = "skip",
         fusion_hidden: int = 512,
+        nonfinite_check_every: int = 1,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -118,6 +125,13 @@ class MultimodalModule(L.LightningModule):
             init_linear_ogm(self.unimodal_heads)
         self.gamma = float(gamma)
         self.nonfinite = nonfinite
+        if int(nonfinite_check_every) < 1:
+            raise ValueError(
+                f"model.nonfinite_check_every must be >= 1, got {nonfinite_check_every}"
+            )
+        self.nonfinite_check_every = int(nonfinite_check_every)
+        self._pending_nonfinite: Tensor | int = 0  # device counter (GradScaler + skip)
+        self._pending_window = torch.zeros((), dtype=torch.bool)  # unchecked steps' flag
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
         self.save_hyperparameters(
@@ -343,15 +357,37 @@ class MultimodalModule(L.LightningModule):
         self.manual_backward(loss)
         for cb in hooks:
             cb.on_train_gradients(self.trainer, self, out)
-        # One host sync per step. Without a GradScaler the (rank-averaged) gradients are
-        # checked too (after the callbacks' edits), so under DDP a non-finite loss on any
-        # rank makes every rank skip. Under 16-mixed the GradScaler skips such steps itself
-        # (on every rank alike), so the optimizer step still runs and only the loss is
-        # checked, for the warning.
+        # Without a GradScaler: one host sync per checked step (every step by default, every
+        # k-th with nonfinite_check_every=k); the (rank-averaged) gradients are checked too,
+        # so under DDP a non-finite loss on any rank makes every rank skip. Under 16-mixed
+        # the GradScaler skips such steps itself (on every rank alike), so the optimizer
+        # step still runs; with nonfinite=skip the non-finite losses are only counted on the
+        # device (no host sync) and reported at the epoch end.
         scaler = has_grad_scaler(self.trainer)
         bad_loss = ~torch.isfinite(loss.detach())
-        bad = bad_loss if scaler else ~loss_and_grads_finite(loss, self.parameters())
-        if bool(bad):
+        if scaler and self.nonfinite == "skip":
+            # the GradScaler guards the update: count on the device, no host sync per step
+            self._pending_nonfinite = bad_loss.long() + self._pending_nonfinite
+            bad = None
+        else:
+            bad = bad_loss if scaler else ~loss_and_grads_finite(loss, self.parameters())
+            if self.nonfinite_check_every > 1 and not scaler:
+                window = bad | self._pending_window
+                if (self.trainer.global_step + 1) % self.nonfinite_check_every:
+                    self._pending_window = window  # unchecked step: applied as computed
+                    bad = None
+                else:
+                    self._pending_window = torch.zeros((), dtype=torch.bool, device=bad.device)
+                    if bool(window) and not bool(bad):
+                        msg = (
+                            f"non-finite loss or gradients in the {self.nonfinite_check_every} "
+                            f"steps before step {self.trainer.global_step}: those updates were "
+                            f"applied (model.nonfinite_check_every={self.nonfinite_check_every})"
+                        )
+                        if self.nonfinite == "raise":
+                            raise FloatingPointError(msg)
+                        warnings.warn(msg, stacklevel=1)
+        if bad is not None and bool(bad):
             what = "training loss" if bool(bad_loss) else "gradients"
             msg = f"non-finite {what} at step {self.trainer.global_step}"
             if self.nonfinite == "raise":
@@ -376,8 +412,23 @@ class MultimodalModule(L.LightningModule):
         )
         return loss.detach()
 
+    def _flush_nonfinite(self) -> int:
+        """Fold the device-side count of non-finite losses (GradScaler + skip) in."""
+        pending = self._pending_nonfinite
+        self._pending_nonfinite = 0
+        n = int(pending)
+        self.skipped_nonfinite_steps += n
+        return n
+
     @override
     def on_train_epoch_end(self) -> None:
+        n = self._flush_nonfinite()
+        if n:
+            warnings.warn(
+                f"non-finite training loss at {n} step(s) of epoch {self.current_epoch}: "
+                "the GradScaler skipped those updates",
+                stacklevel=1,
+            )
         sch = self.lr_schedulers()
         if sch is not None:
             sch.step()
@@ -450,6 +501,7 @@ class MultimodalModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["asgml_config"] = self.run_config
+        self._flush_nonfinite()
         checkpoint["asgml_skipped_nonfinite_steps"] = self.skipped_nonfinite_steps
         checkpoint["asgml_rng"] = rng_state()
 

@@ -134,8 +134,8 @@ def method_callbacks(spec: str, case: str) -> list[L.Callback]:
         overrides.append("method.ogm.variant=generalized")
     with initialize_config_module(config_module="asgml.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    return [instantiate(c) for _, c in method_callback_configs(cfg.method)], cfg.method.get(
-        "module", {}
+    return [instantiate(c) for _, c in method_callback_configs(cfg.method)], (
+        cfg.method.get("model_defaults") or {}
     )
 
 

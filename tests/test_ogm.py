@@ -265,3 +265,40 @@ def test_untrained_unimodal_heads_are_refused_by_the_cli(make_cfg):
     cfg = make_cfg(["method=ogm", "model.fusion=gated", "model.unimodal_heads=true"])
     with pytest.raises(ValueError, match="model.gamma=0"):
         run(cfg)
+
+
+def _official_ge(grads, coeff, seed):
+    """OGM-GE ``main.py``: ``g * coeff + zeros_like(g).normal_(0, g.std().item() + 1e-8)``
+    per tensor, in order."""
+    torch.manual_seed(seed)
+    return [g * coeff + torch.zeros_like(g).normal_(0, g.std().item() + 1e-8) for g in grads]
+
+
+def test_per_tensor_noise_draw_equals_the_official_numbers():
+    grads = [torch.randn(64, 3, 3, 3) * 0.1, torch.randn(7, 5, 2, 2) * 3.0, torch.randn(33)]
+    expected = _official_ge(grads, 0.4, seed=11)
+    got = [g.clone() for g in grads]
+    torch.manual_seed(11)
+    modulate_(got, torch.tensor(0.4), noise=True, noise_draw="per_tensor")
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
+
+
+def test_flat_noise_draw_has_each_tensors_own_std_and_zero_mean():
+    torch.manual_seed(0)
+    stds = [0.01, 1.0, 5.0]
+    grads = [torch.randn(60_000) * s for s in stds] + [torch.randn(300, 10, 3, 3) * 0.2]
+    before = [g.clone() for g in grads]
+    modulate_(grads, torch.tensor(0.5), noise=True, noise_draw="flat")
+    for g, b in zip(grads, before):
+        noise = g - 0.5 * b
+        target = b.std().item() + 1e-8
+        n = noise.numel()
+        assert noise.std().item() == pytest.approx(target, rel=0.02)
+        assert abs(noise.mean().item()) < 4 * target / n**0.5
+
+
+def test_noise_draw_is_validated_and_configured():
+    with pytest.raises(ValueError, match="noise_draw"):
+        OGMGE(noise_draw="blocks")
+    assert OGMGE(noise_draw="flat").noise_draw == "flat"

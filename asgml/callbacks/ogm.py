@@ -33,6 +33,10 @@ GE (``mode=OGM_GE``): after scaling, Gaussian noise ``N(0, std(g_original) + 1e-
 per tensor, from the un-modulated gradient) is added to every modulated tensor of *every*
 modality, including those with coefficient 1. ``mode=OGM`` scales only. Modulation runs
 while ``modulation_starts <= epoch <= modulation_ends`` (0-based, inclusive).
+The noise is drawn per tensor in order (``noise_draw=per_tensor``, the official numbers
+under the same seed) or with one ``randn`` per modality into a flat buffer
+(``noise_draw=flat``: the same N(0, std) per tensor, fewer kernel launches; the numbers are
+not guaranteed to be the official ones).
 
 Mixed precision: under ``16-mixed`` the gradients seen at ``on_train_gradients`` are
 multiplied by the loss scale S. Scaling commutes with it; the noise std is taken from the
@@ -91,6 +95,7 @@ from asgml.types import StepOutput
 
 MODES = ("OGM_GE", "OGM")
 VARIANTS = ("official", "pre2022", "generalized")
+NOISE_DRAWS = ("per_tensor", "flat")
 
 
 def ogm_scores(unimodal_logits: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
@@ -150,8 +155,12 @@ def modulate_(
     enabled: Tensor | bool = True,
     generator: torch.Generator | None = None,
     stds: Tensor | None = None,
+    noise_draw: str = "per_tensor",
 ) -> None:
     """``g <- g * coeff (+ N(0, std(g) + 1e-8 * loss_scale))`` in place, fused over tensors.
+
+    ``noise_draw``: ``per_tensor`` (the official draw sequence) or ``flat`` (one draw per
+    call, see :func:`ge_noise`).
 
     ``enabled`` (a 0-d bool tensor is fine: no host sync) turns the whole edit off.
     ``stds``: the un-modulated gradients' :func:`grad_stds`, if already computed."""
@@ -166,11 +175,28 @@ def modulate_(
     c = torch.where(en, torch.as_tensor(coeff, device=grads[0].device), 1.0).to(grads[0].dtype)
     scale_(grads, c)
     if noise:
-        noises = [
-            torch.randn(g.shape, device=g.device, dtype=g.dtype, generator=generator) for g in grads
-        ]
+        noises = ge_noise(grads, generator, flat=noise_draw == "flat")
         torch._foreach_mul_(noises, list(std.to(grads[0].dtype).unbind()))
         torch._foreach_add_(grads, noises)
+
+
+def ge_noise(
+    grads: Sequence[Tensor], generator: torch.Generator | None = None, flat: bool = False
+) -> list[Tensor]:
+    """Standard-normal noise shaped like each of ``grads``.
+
+    ``flat=False`` (default): one ``randn`` per tensor, in order -- the same numbers as the
+    official per-tensor ``zeros_like(g).normal_(0, 1)`` under the same seed. ``flat=True``:
+    one ``randn`` for all tensors into a flat buffer, returned as views (fewer kernel
+    launches; the same N(0, 1) per entry, but not guaranteed to be the official numbers)."""
+    if not flat:
+        return [
+            torch.randn(g.shape, device=g.device, dtype=g.dtype, generator=generator) for g in grads
+        ]
+    numels = [g.numel() for g in grads]
+    g0 = grads[0]
+    buf = torch.randn(sum(numels), device=g0.device, dtype=g0.dtype, generator=generator)
+    return [v.view_as(g) for v, g in zip(buf.split(numels), grads)]
 
 
 def check_unimodal_heads_train(pl_module: L.LightningModule, method: str) -> None:
@@ -203,6 +229,10 @@ class OGMGE(BalancingCallback):
         modulation_starts: first epoch of the inclusive 0-based modulation window.
         modulation_ends: last epoch of the window.
         eps: guard for a zero score.
+        noise_draw: how the GE noise is drawn: ``per_tensor`` (one ``randn`` per gradient
+            tensor: the same numbers as the official code under the same seed) or ``flat``
+            (one ``randn`` per modality into a flat buffer: the same N(0, std) per tensor,
+            fewer kernel launches, not guaranteed to be the official numbers).
     """
 
     def __init__(
@@ -214,8 +244,14 @@ class OGMGE(BalancingCallback):
         modulation_starts: int = 0,
         modulation_ends: int = 50,
         eps: float = 1e-8,
+        noise_draw: str = "per_tensor",
     ) -> None:
         super().__init__()
+        if noise_draw not in NOISE_DRAWS:
+            raise ValueError(
+                f"method.ogm.noise_draw must be one of {NOISE_DRAWS}, got {noise_draw!r}"
+            )
+        self.noise_draw = noise_draw
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if mode not in MODES:
@@ -306,7 +342,15 @@ class OGMGE(BalancingCallback):
         self.nonfinite.add(~finite)
         scale = loss_scale(trainer)
         for m, gs in grads.items():
-            modulate_(gs, coeffs[m], noise, loss_scale=scale, enabled=finite, stds=stds.get(m))
+            modulate_(
+                gs,
+                coeffs[m],
+                noise,
+                loss_scale=scale,
+                enabled=finite,
+                stds=stds.get(m),
+                noise_draw=self.noise_draw,
+            )
         if self.logging_step(trainer):
             for m in coeffs:
                 pl_module.log(f"ogm/coeff_{m}", coeffs[m], on_step=True, on_epoch=False)

@@ -7,6 +7,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
+from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
 from tests.helpers import fit, tiny_mlp_module, vector_loader
@@ -29,9 +30,10 @@ class PoisonLoss(BalancingCallback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.batch_idx = batch_idx
 
-    def on_train_losses(self, trainer, module, out, losses) -> None:
+    @override
+    def on_train_losses(self, trainer, module, out) -> None:
         if self.batch_idx == self.at:
-            losses["fused"] = losses["fused"] * float("nan")
+            out.losses["fused"] = out.losses["fused"] * float("nan")
 
 
 def test_check_every_rejects_zero() -> None:

@@ -95,8 +95,14 @@ def test_confidence_term_reaches_the_removed_modality() -> None:
     cb = CML(lam=1.0, variant="balancebenchmark")
     cb.removal_order = ["visual"]
     out, losses = _step(module, batch)
-    with torch.no_grad():  # make the audio-only logits over-confident so the penalty is active
-        module.fusion.fc_out.weight[:, :8] *= 20
+    with torch.no_grad():
+        # make the audio-only logits confident and the visual block cancel half of them
+        # (least squares over the batch), so adding visual lowers the confidence: the
+        # penalty is active whatever the initialisation
+        w = module.fusion.fc_out.weight
+        w[:, :8] *= 20
+        target = -0.5 * (out.features["audio"] @ w[:, :8].T)
+        w[:, 8:] = torch.linalg.lstsq(out.features["visual"], target).solution.T
     out, losses = _step(module, batch)
     cb.on_train_losses(_fake_trainer(), module, out)
     assert losses["cml_conf"].item() > 0

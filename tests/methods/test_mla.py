@@ -92,8 +92,13 @@ def test_unequal_feature_dims_are_refused() -> None:
         MLA().setup(None, MultimodalModule(encs, num_classes=3), "fit")
 
 
+# MLA's shared head needs equal feature dims: the synthetic text MLP is set to the width-8
+# ResNets' 64 features
+THREE = ["dataset.num_modalities=3", "dataset.encoder_choices.text.feature_dim=64"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["dataset.num_modalities=3"]])
+@pytest.mark.parametrize("extra", [[], THREE])
 def test_runs_end_to_end(make_cfg, extra) -> None:
     m = run(make_cfg(["method=mla", *extra]))
     assert m["metrics"]["test/acc"] >= 0

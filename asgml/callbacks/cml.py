@@ -91,7 +91,8 @@ class CML(BalancingCallback):
 
     Args:
         lam: weight of the confidence penalty (BalanceBenchmark CREMA-D: 0.1).
-        modulation_starts / modulation_ends: epoch window (inclusive).
+        modulation_starts: first epoch of the window (inclusive).
+        modulation_ends: last epoch of the window (inclusive).
         variant: ``official`` (per-sample ReLU with the exemption) or ``balancebenchmark``.
         seed: seeds the per-epoch removal order.
     """

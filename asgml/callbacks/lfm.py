@@ -84,7 +84,8 @@ class LFM(BalancingCallback):
 
     Args:
         schedule: ``fitted`` (the official polynomial weights per epoch) or ``constant``.
-        ce_weight / align_weight: the weights for ``schedule: constant``.
+        ce_weight: the CE weight for ``schedule: constant``.
+        align_weight: the alignment weight for ``schedule: constant``.
     """
 
     def __init__(

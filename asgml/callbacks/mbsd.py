@@ -87,8 +87,9 @@ class MBSD(BalancingCallback):
     """Correctness-weighted self-distillation between unimodal predictions.
 
     Args:
-        modulation_starts / modulation_ends: epoch window (inclusive) of the unimodal and
-            distillation terms (reference: 0 / 80).
+        modulation_starts: first epoch (inclusive) of the unimodal and distillation terms
+            (reference: 0).
+        modulation_ends: last epoch (inclusive) of those terms (reference: 80).
         rs_input: ``auto`` (logits for 2 modalities, probabilities for more, as the
             reference), ``logits`` or ``probs``.
         detach_weights: stop gradients through ``w`` and ``q^s`` (reference: false).

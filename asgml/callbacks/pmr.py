@@ -100,7 +100,8 @@ class PMR(BalancingCallback):
     Args:
         alpha: weight of the slow modality's prototypical CE (official CREMA-D 2.0).
         momentum_coef: prototype momentum ``mu`` (official CREMA-D 0.0).
-        modulation_starts / modulation_ends: epoch window of the extra term (inclusive).
+        modulation_starts: first epoch of the extra term's window (inclusive).
+        modulation_ends: last epoch of the extra term's window (inclusive).
         proto_fraction: share of the training batches the prototype pass reads (official
             ``all_num // 10``: 0.1; at least one batch).
         seed: seeds the prototype pass's sample draw (with the epoch).

@@ -87,7 +87,8 @@ class UMT(BalancingCallback):
     Args:
         teachers: ``{modality: checkpoint path}``; ``null`` entries are ignored.
         scaling: weight ``s`` of the distillation terms (BalanceBenchmark: 10).
-        modulation_starts / modulation_ends: epoch window (inclusive).
+        modulation_starts: first epoch of the window (inclusive).
+        modulation_ends: last epoch of the window (inclusive).
         teacher_mode: ``eval`` (frozen BatchNorm statistics) or ``train`` (BalanceBenchmark
             leaves its teachers in train mode).
     """

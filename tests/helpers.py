@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
@@ -94,3 +96,18 @@ def fit(module, loader, callbacks, max_steps: int = 2, **trainer_kw) -> L.Traine
     )
     trainer.fit(module, train_dataloaders=loader)
     return trainer
+
+
+def fake_trainer(epoch: int = 0) -> SimpleNamespace:
+    """The two trainer attributes a callback's ``on_train_losses`` reads, outside a fit."""
+    return SimpleNamespace(
+        current_epoch=epoch, _logger_connector=SimpleNamespace(should_update_logs=False)
+    )
+
+
+def plain_step(module: MultimodalModule, batch) -> tuple[StepOutput, dict]:
+    """A forward pass with the fused CE only: ``(StepOutput, its losses dict)``."""
+    inputs, lengths, y = module.split_batch(batch)
+    logits, uni, feats = module(inputs, lengths)
+    losses = {"fused": F.cross_entropy(logits, y)}
+    return StepOutput(feats, logits, uni, y, inputs, lengths, losses), losses

@@ -4,7 +4,6 @@ the terms reach, end-to-end runs and resume."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +11,8 @@ import torch.nn.functional as F
 
 from asgml.callbacks.cml import CML, confidence_penalty
 from asgml.train import run
-from asgml.types import StepOutput
+from tests.helpers import fake_trainer as _fake_trainer
+from tests.helpers import plain_step as _step
 from tests.helpers import tiny_mlp_module, vector_loader
 from tests.methods.resume_check import check_resume
 
@@ -43,19 +43,6 @@ def test_penalty_matches_the_official_and_balancebenchmark_formulas() -> None:
     assert confidence_penalty(z_wrong, z_fewer, torch.tensor([1])).item() > 0.29
     # the less-confident reduced set costs nothing
     assert confidence_penalty(z_fewer, z_more, torch.tensor([1])).item() == 0.0
-
-
-def _fake_trainer(epoch: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(
-        current_epoch=epoch, _logger_connector=SimpleNamespace(should_update_logs=False)
-    )
-
-
-def _step(module, batch):
-    inputs, lengths, y = module.split_batch(batch)
-    logits, uni, feats = module(inputs, lengths)
-    losses = {"fused": F.cross_entropy(logits, y)}
-    return StepOutput(feats, logits, uni, y, inputs, lengths, losses), losses
 
 
 @pytest.mark.parametrize("n_mod", [2, 3])

@@ -4,7 +4,6 @@ the estimation on a real model, end-to-end runs and resume."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from asgml.callbacks.gblending import GBlending, blending_weights, branch_logits
 from asgml.train import run
 from asgml.types import StepOutput
+from tests.helpers import fake_trainer as _fake_trainer
 from tests.helpers import tiny_mlp_module, vector_loader
 from tests.methods.resume_check import check_resume
 
@@ -31,12 +31,6 @@ def test_weights_hand_computed() -> None:
     for k in raw:
         assert w[k] == pytest.approx(raw[k] / total)
     assert sum(w.values()) == pytest.approx(1.0)
-
-
-def _fake_trainer() -> SimpleNamespace:
-    return SimpleNamespace(
-        current_epoch=0, _logger_connector=SimpleNamespace(should_update_logs=False)
-    )
 
 
 def test_weighted_loss_and_its_gradients() -> None:

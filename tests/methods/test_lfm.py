@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from asgml.callbacks.lfm import FITTED_ALIGN, FITTED_CE, LFM, js_alignment, polynomial
 from asgml.train import run
 from asgml.types import StepOutput
+from tests.helpers import fake_trainer as _fake_trainer
 from tests.helpers import tiny_mlp_module, vector_loader
 from tests.methods.resume_check import check_resume
 
@@ -44,12 +44,6 @@ def test_fitted_weights_are_the_official_polynomials() -> None:
     )  # fmt: skip
     assert k1 + k2 == pytest.approx(1.0)  # the two fits sum to one
     assert LFM("constant", 0.3, 0.7).weights(5) == (0.3, 0.7)
-
-
-def _fake_trainer(epoch: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(
-        current_epoch=epoch, _logger_connector=SimpleNamespace(should_update_logs=False)
-    )
 
 
 @pytest.mark.parametrize("n_mod", [2, 3])

@@ -4,7 +4,6 @@ parameters they reach, end-to-end runs and resume."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +11,8 @@ import torch.nn.functional as F
 
 from asgml.callbacks.mbsd import MBSD, mbsd_pair_terms
 from asgml.train import run
-from asgml.types import StepOutput
+from tests.helpers import fake_trainer as _fake_trainer
+from tests.helpers import plain_step as _step
 from tests.helpers import tiny_mlp_module, vector_loader
 from tests.methods.resume_check import check_resume
 
@@ -52,19 +52,6 @@ def test_pair_terms_match_the_reference_loop() -> None:
     # both wrong -> nothing distilled
     rs, kl, w = mbsd_pair_terms(za, torch.tensor([[0.0, 0.5]]), torch.tensor([0]))
     assert w.item() == 0 and rs.item() == 0 and kl.item() == 0
-
-
-def _fake_trainer(epoch: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(
-        current_epoch=epoch, _logger_connector=SimpleNamespace(should_update_logs=False)
-    )
-
-
-def _step(module, batch):
-    inputs, lengths, y = module.split_batch(batch)
-    logits, uni, feats = module(inputs, lengths)
-    losses = {"fused": F.cross_entropy(logits, y)}
-    return StepOutput(feats, logits, uni, y, inputs, lengths, losses), losses
 
 
 @pytest.mark.parametrize("n_mod", [2, 3])

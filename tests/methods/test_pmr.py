@@ -4,7 +4,6 @@ prototype CE reaches, the prototype pass, end-to-end runs and resume."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,8 +17,9 @@ from asgml.callbacks.pmr import (
 )
 from asgml.callbacks.toolkit import EpochWindow
 from asgml.train import run
-from asgml.types import StepOutput
+from tests.helpers import fake_trainer as _fake_trainer
 from tests.helpers import fit, tiny_mlp_module, vector_loader
+from tests.helpers import plain_step as _step
 from tests.methods.resume_check import check_resume
 
 
@@ -51,20 +51,6 @@ def test_coefficients_follow_the_official_ratio_rule() -> None:
     assert pmr_coefficients(torch.tensor([1.0, 2.0]), 2.0).tolist() == [2.0, 0.0]
     assert pmr_coefficients(torch.tensor([2.0, 2.0]), 2.0).tolist() == [0.0, 0.0]
     assert pmr_coefficients(torch.tensor([1.0, 3.0, 2.0]), 0.5).tolist() == [0.5, 0.0, 0.5]
-
-
-def _fake_trainer(epoch: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(
-        current_epoch=epoch, _logger_connector=SimpleNamespace(should_update_logs=False)
-    )
-
-
-def _step(module, batch):
-    inputs, lengths, y = module.split_batch(batch)
-    logits, uni, feats = module(inputs, lengths)
-    losses = {"fused": F.cross_entropy(logits, y)}
-    out = StepOutput(feats, logits, uni, y, inputs, lengths, losses)
-    return out, losses
 
 
 def test_prototype_ce_reaches_only_the_slow_encoder() -> None:

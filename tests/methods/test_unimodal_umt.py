@@ -5,7 +5,6 @@ paths, 2/3-modality runs and resume."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from asgml.callbacks.umt import UMT, feature_distillation
 from asgml.callbacks.unimodal import SingleModalityHead, ZeroEncoder, make_unimodal
 from asgml.train import run
 from asgml.types import StepOutput
+from tests.helpers import fake_trainer as _fake_trainer
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 from tests.methods.resume_check import check_resume
 
@@ -61,12 +61,6 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         assert res["best_checkpoint"]
         out[m] = root / m / res["best_checkpoint"]
     return out
-
-
-def _fake_trainer() -> SimpleNamespace:
-    return SimpleNamespace(
-        current_epoch=0, _logger_connector=SimpleNamespace(should_update_logs=False)
-    )
 
 
 @pytest.mark.slow

@@ -18,10 +18,12 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build
+from asgml.checkpointing import AtomicCheckpointIO
 from asgml.config import model_option_overrides, recipe_lines, to_container, validate_config
 
 log = logging.getLogger("asgml")
@@ -60,11 +62,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams({"cfg": to_container(cfg)})
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    use_atomic_checkpoints(trainer)
 
     result: dict[str, Any] = {}
+    skipped: int | None = None
     try:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            skipped = model.skipped_nonfinite_steps  # testing best.ckpt reloads its count
             result.update(
                 {f"fit/{k}": v for k, v in _scalar_metrics(trainer.callback_metrics).items()}
             )
@@ -89,13 +94,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "optimized_metric": cfg.get("optimized_metric"),
         "optimized_value": optimized_value(cfg, result),
         "best_checkpoint": os.path.relpath(best_path, out_dir) if best_path else None,
-        "skipped_nonfinite_steps": model.skipped_nonfinite_steps,
+        "skipped_nonfinite_steps": model.skipped_nonfinite_steps if skipped is None else skipped,
         "config": to_container(cfg),
     }
     if trainer.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         print_summary(cfg, metrics, out_dir)
     return metrics
+
+
+def use_atomic_checkpoints(trainer: L.Trainer) -> None:
+    """Write checkpoints with :class:`~asgml.checkpointing.AtomicCheckpointIO` (temporary file
+    next to the target, atomic rename, no non-finite weights) unless a custom CheckpointIO
+    was configured."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
 def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:

@@ -161,7 +161,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save(obj, path)`` via ``<dir>/.<name>.<random>.tmp`` + ``os.replace``; the
-    temporary file is removed when anything fails (including ``KeyboardInterrupt``)."""
+    temporary file is removed when anything fails (including ``KeyboardInterrupt``), and a
+    successful write removes what a killed earlier write of ``path`` left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -174,3 +175,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()

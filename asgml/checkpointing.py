@@ -137,20 +137,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into a temporary file next to the target, then an atomic rename.
 
     Non-local paths (``s3://`` ...) go through Lightning's own writer. A checkpoint whose
-    ``state_dict`` holds non-finite weights is not written (a warning names it); the
-    previous file stays."""
+    weights are not finite is not written (a warning names it); the previous file stays.
+    The module says so in ``asgml_weights_finite`` (parameters and BatchNorm statistics;
+    metric states such as a ``MaxMetric``'s initial ``-inf`` are not weights); without that
+    key every floating-point tensor of ``state_dict`` is checked."""
 
     @override
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:
-        bad = nonfinite_tensors(checkpoint.get("state_dict") or {})
-        if bad:
+        finite = checkpoint.get("asgml_weights_finite")
+        if finite is None:
+            bad = nonfinite_tensors(checkpoint.get("state_dict") or {})
+            finite, where = not bad, ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+        else:
+            where = "the model's parameters or BatchNorm statistics"
+        if not finite:
             log.warning(
-                "not saving %s: non-finite weights in %s%s; the previous file (if any) stays",
+                "not saving %s: non-finite weights (%s); the previous file (if any) stays",
                 path,
-                ", ".join(bad[:5]),
-                f" (+{len(bad) - 5} more)" if len(bad) > 5 else "",
+                where,
             )
             return
         if not _is_local_file_protocol(path):

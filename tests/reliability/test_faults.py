@@ -3,6 +3,7 @@ non-finite runs stop and never leave a non-finite checkpoint (docs/reliability.m
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,9 @@ import torch
 from omegaconf import open_dict
 from typing_extensions import override
 
+from asgml.callbacks.base import BalancingCallback
 from asgml.checkpointing import AtomicCheckpointIO
+from asgml.module import NonFiniteTrainingError
 from asgml.train import run
 from tests.conftest import compose_cfg
 
@@ -131,3 +134,62 @@ def test_a_nonfinite_checkpoint_is_not_written(tmp_path: Path) -> None:
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": bad}}, tmp_path / "new.ckpt")
     assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]
     assert torch.equal(_ckpt(path)["state_dict"]["w"], torch.ones(4))
+
+
+def _nonfinite_run(tmp_path: Path, *extra: str) -> NonFiniteTrainingError:
+    cfg = compose_cfg(
+        ["model.optimizer.lr=1e6", "trainer.max_epochs=4", *extra], output_dir=tmp_path
+    )
+    with pytest.raises(NonFiniteTrainingError) as err:
+        run(cfg)
+    for name in ("best", "last"):
+        path = tmp_path / "checkpoints" / f"{name}.ckpt"
+        if path.exists():  # an earlier, finite state, or nothing
+            ckpt = _ckpt(path)
+            assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values()), name
+    assert not (tmp_path / "metrics.json").exists()  # no results table for a failed run
+    return err.value
+
+
+def test_lr_1e6_stops_after_k_consecutive_skipped_steps(tmp_path: Path) -> None:
+    # 6 steps per epoch: the weights overflow in epoch 0, the next steps are all skipped
+    err = _nonfinite_run(
+        tmp_path, "model.max_consecutive_nonfinite=2", "trainer.limit_train_batches=6"
+    )
+    assert "2 consecutive steps had a non-finite loss or gradients" in str(err)
+    assert "max_consecutive_nonfinite" in str(err)
+
+
+def test_nonfinite_weights_stop_the_run_at_the_epoch_end(tmp_path: Path) -> None:
+    err = _nonfinite_run(tmp_path, "model.max_consecutive_nonfinite=null")
+    assert "the weights are not finite" in str(err)
+
+
+class NaNGradsInEpoch(BalancingCallback):
+    """A NaN audio-encoder gradient at every step of the given epochs (skipped steps)."""
+
+    def __init__(self, epochs: list[int]) -> None:
+        self.epochs = set(epochs)
+
+    @override
+    def on_train_gradients(self, trainer: L.Trainer, module: Any, out: Any) -> None:
+        if trainer.current_epoch in self.epochs:
+            next(iter(module.encoder_parameters("audio"))).grad[0].fill_(float("nan"))
+
+
+def test_metrics_json_keeps_the_skipped_count_of_the_whole_fit(tmp_path: Path) -> None:
+    """The test phase loads best.ckpt (epoch 0, no skipped step); metrics.json still counts
+    the 3 steps of epoch 1 that were skipped."""
+    cfg = compose_cfg(
+        ["trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=fault/score"],
+        output_dir=tmp_path,
+    )
+    with open_dict(cfg):
+        cfg.callbacks.decreasing = {"_target_": f"{__name__}.DecreasingScore"}
+        cfg.callbacks.nan = {"_target_": f"{__name__}.NaNGradsInEpoch", "epochs": [1]}
+    with pytest.warns(UserWarning, match="non-finite gradients at step 3"):
+        metrics = run(cfg)
+    assert _ckpt(tmp_path / "checkpoints" / "best.ckpt")["asgml_skipped_nonfinite_steps"] == 0
+    assert _ckpt(tmp_path / "checkpoints" / "last.ckpt")["asgml_skipped_nonfinite_steps"] == 3
+    assert metrics["skipped_nonfinite_steps"] == 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["skipped_nonfinite_steps"] == 3

@@ -25,6 +25,7 @@ import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build
 from asgml.checkpointing import AtomicCheckpointIO
 from asgml.config import model_option_overrides, recipe_lines, to_container, validate_config
+from asgml.rundir import check_run_dir
 
 log = logging.getLogger("asgml")
 
@@ -46,6 +47,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for key, (value, default) in model_option_overrides(cfg).items():
         log.info("model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default)
     out_dir = Path(cfg.paths.output_dir)
+    # Hydra wrote .hydra/ and the job log for this run; anything else is another run's
+    check_run_dir(
+        out_dir, cfg.get("ckpt_path"), own=(".hydra", *(p.name for p in out_dir.glob("*.log")))
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 

@@ -3,8 +3,10 @@ non-finite runs stop and never leave a non-finite checkpoint (docs/reliability.m
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,12 +16,15 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from omegaconf import open_dict
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
 from asgml.checkpointing import AtomicCheckpointIO
 from asgml.module import NonFiniteTrainingError
+from asgml.rundir import RunDirectoryError, RunDirGuard
 from asgml.train import run
 from tests.conftest import compose_cfg
 
@@ -193,3 +198,51 @@ def test_metrics_json_keeps_the_skipped_count_of_the_whole_fit(tmp_path: Path) -
     assert _ckpt(tmp_path / "checkpoints" / "last.ckpt")["asgml_skipped_nonfinite_steps"] == 3
     assert metrics["skipped_nonfinite_steps"] == 3
     assert json.loads((tmp_path / "metrics.json").read_text())["skipped_nonfinite_steps"] == 3
+
+
+def _csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_second_run_into_a_run_directory_is_refused_a_resume_appends(tmp_path: Path) -> None:
+    first = ["trainer.log_every_n_steps=1", "test=false"]
+    run(compose_cfg([*first, "trainer.max_epochs=1"], output_dir=tmp_path))
+    before = _csv_rows(tmp_path)
+    assert {r["step"] for r in before if r.get("train/loss_step")} == {"0", "1", "2"}
+    metrics = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    # another run into the same directory: refused, nothing touched
+    with pytest.raises(RunDirectoryError, match="already holds a run"):
+        run(compose_cfg([*first, "trainer.max_epochs=2"], output_dir=tmp_path))
+    with pytest.raises(RunDirectoryError, match="ckpt_path="):
+        run(compose_cfg(["ckpt_path=/elsewhere/last.ckpt"], output_dir=tmp_path))
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == metrics
+    # resuming from its own last.ckpt: allowed, and the CSV history grows
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    run(compose_cfg([*first, "trainer.max_epochs=2", f"ckpt_path={last}"], output_dir=tmp_path))
+    after = _csv_rows(tmp_path)
+    assert {r["step"] for r in after if r.get("train/loss_step")} == {str(s) for s in range(6)}
+    common = [k for k in before[0] if k in after[0]]
+    assert [{k: r[k] for k in common} for r in after[: len(before)]] == [
+        {k: r[k] for k in common} for r in before
+    ]
+
+
+def test_hydra_refuses_a_run_directory_before_writing_into_it(tmp_path: Path) -> None:
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    cfg = OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path)}}, "ckpt_path": None})
+    with pytest.raises(RunDirectoryError, match=str(tmp_path)):
+        RunDirGuard().on_run_start(config=cfg)
+    cfg.ckpt_path = str(tmp_path / "checkpoints" / "last.ckpt")  # a resume: allowed
+    RunDirGuard().on_run_start(config=cfg)
+    RunDirGuard().on_run_start(config=OmegaConf.create({"hydra": {"run": {"dir": "new"}}}))
+
+
+def test_default_run_directories_are_unique_per_process_and_microsecond() -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="asgml.conf", version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True)
+    run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    assert re.search(rf"/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{{6}}-p{os.getpid()}$", run_dir)
+    assert "RunDirGuard" in str(OmegaConf.select(cfg, "hydra.callbacks"))

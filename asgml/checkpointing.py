@@ -37,6 +37,27 @@ from typing_extensions import override
 log = logging.getLogger("asgml")
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for ``best.ckpt`` whose best score survives a resume into another
+    directory.
+
+    Lightning reloads only ``best_model_path`` when the resumed run writes elsewhere, so
+    the first epoch after the resume always became the "best" and the final test could
+    load a worse model than the interrupted run had found. Here the score and the top-k
+    bookkeeping are restored too: a later epoch replaces the best only if it is better,
+    and until then the final test loads the interrupted run's ``best.ckpt`` (a file outside
+    this run's directory is never deleted)."""
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("dirpath", self.dirpath) != self.dirpath:
+            self.best_model_score = state_dict["best_model_score"]
+            self.best_k_models = state_dict.get("best_k_models", self.best_k_models)
+            self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
+            self.kth_value = state_dict.get("kth_value", self.kth_value)
+
+
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt``: the latest finished epoch, always (plus every N steps, on SIGTERM).
 

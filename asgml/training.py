@@ -55,6 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule, model, callbacks = build(cfg)
+    datamodule.loader_seed = int(cfg.seed)  # the train loader's shuffle and item seeds
     if cfg.select_on == "test":
         log.warning(
             "select_on=test: the best epoch is chosen on the TEST split (official-script mode)"

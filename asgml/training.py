@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import asgml  # noqa: F401  (registers resolvers)
@@ -90,6 +91,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 ckpt = None
             test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             result.update(_scalar_metrics(test_metrics[0] if test_metrics else {}))
+    except SIGTERMException as e:
+        exit_on_sigterm(trainer, out_dir, e)
     finally:
         _finish_wandb(loggers)
 
@@ -107,6 +110,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         print_summary(cfg, metrics, out_dir)
     return metrics
+
+
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process it terminated
+
+
+def exit_on_sigterm(trainer: L.Trainer, out_dir: Path, exc: BaseException) -> None:
+    """After Lightning stopped on SIGTERM (at the end of the current batch, with ``last.ckpt``
+    saved by :class:`~asgml.checkpointing.LastCheckpoint`): say how to resume and exit with
+    status 143, so a scheduler or script sees the run did not finish. No ``metrics.json``
+    is written (there are no final results)."""
+    last = next(
+        (c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None
+    )
+    log.error(
+        "SIGTERM at step %d (epoch %d): training stopped; %s. Resume with "
+        "hydra.run.dir=%s ckpt_path=%s and the same overrides",
+        trainer.global_step,
+        trainer.current_epoch,
+        f"the current state is in {last}" if last else "no checkpoint was written",
+        out_dir,
+        last or "<checkpoint>",
+    )
+    raise SystemExit(SIGTERM_EXIT_CODE) from exc
 
 
 def use_atomic_checkpoints(trainer: L.Trainer) -> None:

@@ -27,6 +27,7 @@ from asgml.module import NonFiniteTrainingError
 from asgml.rundir import RunDirectoryError, RunDirGuard
 from asgml.train import run
 from tests.conftest import compose_cfg
+from tests.data.fixtures import make_cremad
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -246,3 +247,77 @@ def test_default_run_directories_are_unique_per_process_and_microsecond() -> Non
     run_dir = OmegaConf.select(cfg, "hydra.run.dir")
     assert re.search(rf"/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{{6}}-p{os.getpid()}$", run_dir)
     assert "RunDirGuard" in str(OmegaConf.select(cfg, "hydra.callbacks"))
+
+
+# ------------------------------------------------------------------ kill, terminate, resume
+# a tiny CREMA-D run: random crops and flips drawn in 2 worker processes; 2 steps per epoch
+AV_RUN = [
+    "dataset=cremad",
+    "dataset.image_size=32",
+    "dataset.encoders.audio.width=8",
+    "dataset.encoders.visual.width=8",
+    "dataset.datamodule.batch_size=4",
+    "dataset.datamodule.num_workers=2",
+    "dataset.datamodule.cache=off",
+    "trainer.max_epochs=3",
+    "trainer.accelerator=cpu",
+    "trainer.deterministic=true",
+    "trainer.enable_progress_bar=false",
+    "trainer.limit_val_batches=1",
+    "test=false",
+]
+
+
+def _cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "asgml.train", f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _signal_at(step: int, signum: int) -> str:
+    target = "tests.reliability.fault_callbacks.SignalAt"
+    return f"+callbacks.signal={{_target_:{target},step:{step},signum:{int(signum)}}}"
+
+
+@pytest.fixture(scope="module")
+def av_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 12 train clips (11 after the validation split): 2 batches of 4 per epoch
+    return make_cremad(tmp_path_factory.mktemp("faults") / "CREMA-D", n_train_per_class=2)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_with_workers_then_resume_equals_an_uninterrupted_run(
+    av_root: Path, tmp_path: Path
+) -> None:
+    run_ = [*AV_RUN, f"data_dir={av_root}", "callbacks.last_checkpoint.every_n_train_steps=1"]
+    full = _cli(tmp_path / "full", *run_)
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = _cli(tmp_path / "killed", *run_, _signal_at(5, signal.SIGKILL))
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    at_kill = _ckpt(last)
+    assert at_kill["global_step"] == 5 and at_kill["epoch"] == 2  # mid-epoch 2 (steps 4, 5)
+    resumed = _cli(tmp_path / "killed", *run_, f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _ckpt(tmp_path / "full" / "checkpoints" / "last.ckpt"), _ckpt(last)
+    assert a["global_step"] == b["global_step"] == 6
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    differ = [k for k, v in a["state_dict"].items() if not torch.equal(v, b["state_dict"][k])]
+    assert differ == []
+    for x, y in zip(
+        a["optimizer_states"][0]["state"].values(),
+        b["optimizer_states"][0]["state"].values(),
+        strict=True,
+    ):
+        assert torch.equal(x["momentum_buffer"], y["momentum_buffer"])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_state_and_exits_non_zero(av_root: Path, tmp_path: Path) -> None:
+    res = _cli(tmp_path, *AV_RUN, f"data_dir={av_root}", _signal_at(2, signal.SIGTERM))
+    assert res.returncode == 143, res.stderr[-3000:]
+    assert "SIGTERM at step 3" in res.stdout + res.stderr
+    last = _ckpt(tmp_path / "checkpoints" / "last.ckpt")  # loads (weights_only)
+    # the batch in progress finished: step 3, newer than the end of epoch 0 (step 2)
+    assert last["global_step"] == 3 and last["epoch"] == 1
+    assert not (tmp_path / "metrics.json").exists()

@@ -19,10 +19,14 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
+from torch.utils.data import Dataset
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
 from asgml.checkpointing import AtomicCheckpointIO
+from asgml.data.base import EpochSampler, ResumableLoader, SeededItems, SplitDataModule
+from asgml.data.cremad import CremadDataModule
+from asgml.data.synthetic import SyntheticDataModule
 from asgml.module import NonFiniteTrainingError
 from asgml.rundir import RunDirectoryError, RunDirGuard
 from asgml.train import run
@@ -281,8 +285,10 @@ def _signal_at(step: int, signum: int) -> str:
 
 @pytest.fixture(scope="module")
 def av_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # 12 train clips (11 after the validation split): 2 batches of 4 per epoch
-    return make_cremad(tmp_path_factory.mktemp("faults") / "CREMA-D", n_train_per_class=2)
+    # 12 train clips (11 after the validation split): 2 batches of 4 per epoch; textured
+    # frames, so that random crops and flips change the input
+    root = tmp_path_factory.mktemp("faults") / "CREMA-D"
+    return make_cremad(root, n_train_per_class=2, textured=True)
 
 
 @pytest.mark.slow
@@ -321,3 +327,59 @@ def test_sigterm_saves_the_current_state_and_exits_non_zero(av_root: Path, tmp_p
     # the batch in progress finished: step 3, newer than the end of epoch 0 (step 2)
     assert last["global_step"] == 3 and last["epoch"] == 1
     assert not (tmp_path / "metrics.json").exists()
+
+
+class RandomItems(Dataset):
+    """Each item is a fresh draw from torch's global generator (what a random crop does)."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": torch.rand(2), "i": torch.tensor(i)}
+
+
+class RandomDataModule(SplitDataModule):
+    def __init__(self, num_workers: int) -> None:
+        super().__init__()
+        self.batch_size, self.num_workers = 4, num_workers
+        self.splits = {"train": RandomItems()}
+
+
+def _draws(num_workers: int, epochs: list[int]) -> list[dict[int, torch.Tensor]]:
+    dm = RandomDataModule(num_workers)
+    dm.loader_seed = 7
+    loader = dm.train_dataloader()
+    out = []
+    for e in epochs:
+        loader.sampler.set_epoch(e)
+        out.append({int(i): x for b in loader for i, x in zip(b["i"], b["x"], strict=True)})
+    return out
+
+
+def test_train_items_draw_from_seed_epoch_and_index_only() -> None:
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    e0, e1 = _draws(0, [0, 1])
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global stream is untouched
+    (w1,) = _draws(2, [1])  # epoch 1 at once, in 2 (fresh) worker processes
+    assert e1.keys() == w1.keys() == set(range(16))
+    assert all(torch.equal(e1[i], w1[i]) for i in e1)  # no dependence on history or workers
+    # random augmentation still differs: between epochs, and between items (and so workers)
+    assert all(not torch.equal(e0[i], e1[i]) for i in e0)
+    assert len({tuple(x.tolist()) for x in w1.values()}) == 16
+
+
+@pytest.mark.parametrize("name", ["synthetic", "cremad"])
+def test_datamodules_use_the_resumable_seeded_train_loader(name: str, av_root: Path) -> None:
+    if name == "synthetic":
+        dm = SyntheticDataModule(
+            {"a": {"kind": "vector", "strength": 1}, "b": {"kind": "vector", "strength": 1}},
+            num_train=8,
+        )
+    else:
+        dm = CremadDataModule(str(av_root), image_size=32, batch_size=4, cache="off")
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert isinstance(loader, ResumableLoader) and isinstance(loader.dataset, SeededItems)
+    assert isinstance(loader.sampler, EpochSampler)

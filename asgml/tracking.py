@@ -114,6 +114,8 @@ class WandbLogger(_LightningWandbLogger):
             (:func:`sweep_group`); the seed is never appended.
         tags: the logger's own tags.
         preset_tags: more tags (the preset's ``tags:``), appended without duplicates.
+        media: what :func:`log_run_media` logs at the end of the run, ``{table, figures,
+            shapley}`` (each on unless set false).
         **kwargs: passed to Lightning's ``WandbLogger`` (and on to ``wandb.init``).
     """
 
@@ -123,6 +125,7 @@ class WandbLogger(_LightningWandbLogger):
         sweep_keys_in_group: bool = True,
         tags: Sequence[str] | None = None,
         preset_tags: Sequence[str] | None = None,
+        media: Mapping[str, bool] | None = None,
         **kwargs: Any,
     ) -> None:
         if group is not None and sweep_keys_in_group:
@@ -134,6 +137,7 @@ class WandbLogger(_LightningWandbLogger):
             self._wandb_init.pop("anonymous", None)
         self.group = group
         self.tags = all_tags
+        self.media = {"table": True, "figures": True, "shapley": True, **dict(media or {})}
 
 
 # ---------------------------------------------------------------------------- loggers
@@ -221,27 +225,31 @@ def log_shapley_to_wandb(run: Any, result: Mapping[str, Any]) -> None:
         run.summary[f"shapley/{m}"] = float(v)
 
 
-def log_run_media(
-    loggers: Iterable[Any], cfg: DictConfig, out_dir: Path, best_checkpoint: str | None
-) -> None:
-    """At the end of a run: the run's report (table and figures) and, with
-    ``logger.wandb_media.shapley``, the Shapley values of the best checkpoint on the test
-    split (also written to ``<run dir>/eval.json``), to every wandb logger."""
-    runs = [lg.experiment for lg in wandb_loggers(loggers)]
-    if not runs:
+def log_run_media(loggers: Iterable[Any], out_dir: Path, best_checkpoint: str | None) -> None:
+    """At the end of a run, to every asgml :class:`WandbLogger` as its ``media`` says: the
+    run's report (table and figures, written to ``<run dir>/report/``) and the Shapley values
+    of the best checkpoint on the test split (also written to ``<run dir>/eval.json``)."""
+    targets = [lg for lg in wandb_loggers(loggers) if isinstance(lg, WandbLogger)]
+    if not targets:
         return
-    media = (cfg.get("logger") or {}).get("wandb_media") or {}
-    with_shapley = bool(media.get("shapley", False)) and best_checkpoint is not None
-    if with_shapley:
+    wanted = {k: any(lg.media[k] for lg in targets) for k in ("table", "figures", "shapley")}
+    result = None
+    if wanted["shapley"] and best_checkpoint is not None:
         result = evaluate_checkpoint(out_dir / str(best_checkpoint), split="test")
         write_eval(result)
-        for run in runs:
+    artifacts = None
+    if wanted["table"] or wanted["figures"]:
+        artifacts = report_artifacts(
+            out_dir, out_dir / "report", result is not None, plots=wanted["figures"]
+        )
+    for lg in targets:
+        run = lg.experiment
+        if result is not None and lg.media["shapley"]:
             log_shapley_to_wandb(run, result)
-    table, figures = bool(media.get("table", True)), bool(media.get("figures", True))
-    if table or figures:
-        artifacts = report_artifacts(out_dir, out_dir / "report", with_shapley, plots=figures)
-        for run in runs:
-            log_report_to_wandb(run, artifacts, table=table, figures=figures)
+        if artifacts is not None:
+            log_report_to_wandb(
+                run, artifacts, table=lg.media["table"], figures=lg.media["figures"]
+            )
 
 
 def log_sweep_report_to_wandb(

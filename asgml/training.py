@@ -99,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         print_summary(cfg, metrics, out_dir)
         try:
-            log_run_media(loggers, cfg, out_dir, metrics["best_checkpoint"])
+            log_run_media(loggers, out_dir, metrics["best_checkpoint"])
         except Exception as err:  # the run's numbers are written; media are extra
             log.warning("could not log the run's table/figures to wandb: %r", err)
         finally:

@@ -60,6 +60,8 @@ def test_wandb_logger_tags_and_no_anonymous(tmp_path: Path) -> None:
     assert lg._wandb_init["tags"] == lg.tags
     assert lg._wandb_init["group"] == "synthetic-boost"
     assert "anonymous" not in lg._wandb_init  # wandb warns about any value
+    assert lg.media == {"table": True, "figures": True, "shapley": True}
+    assert WandbLogger(media={"shapley": False}, mode="disabled").media["shapley"] is False
 
 
 def test_wandb_config_passes_the_preset_tags(tmp_path: Path) -> None:
@@ -68,6 +70,9 @@ def test_wandb_config_passes_the_preset_tags(tmp_path: Path) -> None:
     (wandb_lg,) = [lg for lg in build_loggers(cfg) if isinstance(lg, WandbLogger)]
     assert wandb_lg.tags == ["synthetic", "baseline", "seed-42", "cremad", "ablation"]
     assert wandb_lg.group == "synthetic-baseline"
+    cfg.logger.wandb.media.figures = False
+    (wandb_lg,) = [lg for lg in build_loggers(cfg) if isinstance(lg, WandbLogger)]
+    assert wandb_lg.media == {"table": True, "figures": False, "shapley": True}
 
 
 def test_optional_logger_names_its_pip_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -272,3 +272,13 @@ def test_resume_is_exact(tmp_path: Path, mode: str) -> None:
     full = assert_resume_exact(tmp_path, overrides, "SampleValuation", epochs=3)
     state = full["callbacks"]["SampleValuation"]
     assert state["plan_epoch"] == 2 and state["plan"] is not None
+
+
+def test_modality_plan_three_modalities_tie_keeps_the_later() -> None:
+    # gaps 1, 1, -0.5: a tie between a and b -> b (the official keeps the later one, visual)
+    contrib = torch.tensor([[0.0, 0.0, 1.5]] * 6, dtype=torch.float64)
+    plan, _, d = modality_level_plan(
+        contrib, ["a", "b", "c"], 0.5, 1.0, torch.Generator().manual_seed(0)
+    )
+    assert d == pytest.approx(1.0) and len(plan) == 12
+    assert plan.present[6:].tolist() == [[False, True, False]] * 6

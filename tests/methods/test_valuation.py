@@ -21,7 +21,6 @@ from asgml.callbacks.valuation import (
     subset_correct,
     subset_values,
 )
-from asgml.data.synthetic import DictTensorDataset
 from asgml.shapley import shapley_values
 from asgml.step_plan import StepPlan
 from asgml.train import run

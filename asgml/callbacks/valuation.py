@@ -1,6 +1,6 @@
 r"""Sample-level modality valuation: enhance the low-contribution modality of each sample.
 
-Paper: Wei, Feng, Sun, Hu, "Enhancing Multimodal Cooperation via Sample-level Modality
+Paper: Wei, Feng, Wang, Hu, "Enhancing Multimodal Cooperation via Sample-level Modality
 Valuation", CVPR 2024.
 Official code: GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation @
 01f7e5680fe47074c501164b51abe159c1496a36 (``code/sample_level.py``: ``execute_modulation``,

@@ -570,7 +570,7 @@ def _reference_cells(row: Mapping[str, Any], scale: float, digits: int) -> list[
 
 # ------------------------------------------------------------------------ significance
 @dataclass(frozen=True)
-class TestResult:
+class SignificanceResult:
     """A two-sided t-test of one row against the reference row.
 
     Args:
@@ -587,7 +587,7 @@ class TestResult:
     n: int | tuple[int, int]
 
 
-def compare(values: pd.Series, reference: pd.Series) -> TestResult | None:
+def compare(values: pd.Series, reference: pd.Series) -> SignificanceResult | None:
     """Test ``values`` against ``reference`` (both indexed by seed; NaN dropped).
 
     Paired t-test over the seeds both have when there are at least two and neither repeats
@@ -601,10 +601,14 @@ def compare(values: pd.Series, reference: pd.Series) -> TestResult | None:
         warnings.simplefilter("ignore")  # degenerate inputs: judged by the finite check below
         if len(shared) >= 2 and a.index.is_unique and b.index.is_unique:
             res = stats.ttest_rel(a.loc[shared].to_numpy(), b.loc[shared].to_numpy())
-            out = TestResult("paired t", float(res.statistic), float(res.pvalue), len(shared))
+            out = SignificanceResult(
+                "paired t", float(res.statistic), float(res.pvalue), len(shared)
+            )
         elif len(a) >= 2 and len(b) >= 2:
             res = stats.ttest_ind(a.to_numpy(), b.to_numpy(), equal_var=False)
-            out = TestResult("Welch t", float(res.statistic), float(res.pvalue), (len(a), len(b)))
+            out = SignificanceResult(
+                "Welch t", float(res.statistic), float(res.pvalue), (len(a), len(b))
+            )
         else:
             return None
     return out if math.isfinite(out.p) else None

@@ -145,10 +145,20 @@ def read_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); was the run interrupted?") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """One job as a flat dict: config keys (dotted), ``test/...`` metrics, eval results."""
     run_dir = Path(run_dir)
-    data = json.loads((run_dir / "metrics.json").read_text())
+    data = _read_json(run_dir / "metrics.json")
     row: dict[str, Any] = _flatten(data.get("config") or {})
     row.update({k: v for k, v in (data.get("metrics") or {}).items()})
     row["val_acc_best"] = data.get("val_acc_best")
@@ -156,7 +166,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     row["best_checkpoint"] = data.get("best_checkpoint")
     eval_path = run_dir / "eval.json"
     if eval_path.exists():
-        ev = json.loads(eval_path.read_text())
+        ev = _read_json(eval_path)
         row.update({f"eval/{k}": v for k, v in (ev.get("metrics") or {}).items()})
         row.update({f"eval/shapley_{m}": v for m, v in (ev.get("shapley") or {}).items()})
     row["overrides"] = json.dumps(read_overrides(run_dir))

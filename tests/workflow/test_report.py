@@ -561,3 +561,9 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(
     assert capsys.readouterr().err == ""
     report.collect(multirun, progress=True)
     assert "collecting runs" in capsys.readouterr().err
+
+
+def test_broken_metrics_json_names_the_file(multirun: Path) -> None:
+    (multirun / "3" / "metrics.json").write_text('{"metrics": {"test/acc": 0.')
+    with pytest.raises(ValueError, match=r"3/metrics.json: not valid JSON"):
+        report.collect(multirun)

@@ -602,7 +602,8 @@ def compare(values: pd.Series, reference: pd.Series) -> SignificanceResult | Non
 
     Paired t-test over the seeds both have when there are at least two and neither repeats
     a seed; otherwise Welch's t-test, which needs two values on each side. Returns ``None``
-    when neither applies or scipy's result is not finite (e.g. identical values).
+    when neither applies or scipy's result is not finite (no spread: identical values, or
+    paired differences that are all equal, where the t statistic is undefined).
     """
     a = pd.to_numeric(values, errors="coerce").dropna()
     b = pd.to_numeric(reference, errors="coerce").dropna()
@@ -621,7 +622,7 @@ def compare(values: pd.Series, reference: pd.Series) -> SignificanceResult | Non
             )
         else:
             return None
-    return out if math.isfinite(out.p) else None
+    return out if math.isfinite(out.p) and math.isfinite(out.statistic) else None
 
 
 def _scope(row: Mapping[str, Any], group_by: Sequence[str]) -> tuple[str, ...]:

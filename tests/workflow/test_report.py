@@ -567,3 +567,14 @@ def test_broken_metrics_json_names_the_file(multirun: Path) -> None:
     (multirun / "3" / "metrics.json").write_text('{"metrics": {"test/acc": 0.')
     with pytest.raises(ValueError, match=r"3/metrics.json: not valid JSON"):
         report.collect(multirun)
+
+
+def test_compare_falls_back_to_welch_on_repeated_seeds() -> None:
+    ref = pd.Series([0.60, 0.62, 0.61], index=[0, 1, 2])
+    repeated = pd.Series([0.64, 0.66, 0.70], index=[0, 0, 1])  # two runs of seed 0
+    res = report.compare(repeated, ref)
+    expected = stats.ttest_ind([0.64, 0.66, 0.70], [0.60, 0.62, 0.61], equal_var=False)
+    assert res is not None and res.test == "Welch t" and res.n == (3, 3)
+    assert res.p == pytest.approx(expected.pvalue, rel=1e-12)
+    assert report.compare(pd.Series([0.7], index=[5]), ref) is None  # one run: no test
+    assert report.compare(ref + 0.01, ref) is None  # constant difference: no finite p

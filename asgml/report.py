@@ -403,8 +403,8 @@ def table_cells(
             mean, std = row[f"{col.key}_mean"], row[f"{col.key}_std"]
             n = int(row.get(f"{col.key}_n", runs_n))
             text = _fmt(mean, std, n, scale, digits)
-            if 0 < n < runs_n:
-                text += f" (n={n})"
+            if n < runs_n:  # n = 0 reads "–"; it is still named in the warning
+                text += f" (n={n})" if n else ""
                 short.setdefault(col.header, []).append(
                     f"{_group_name(row, group_by)}: n={n} of {runs_n}"
                 )

@@ -268,6 +268,7 @@ def test_unequal_n_per_column_shows_n_and_warns(
     _fake_eval(multirun / "0", {"audio": 0.30, "visual": 0.10})
     for job in ("2", "3", "4"):
         _fake_eval(multirun / job, {"audio": 0.25, "visual": 0.15})
+    _fake_run(multirun, "5", "ogm", 0, 0.63)  # no eval.json at all
     with caplog.at_level("WARNING", logger="asgml.report"):
         rep = report.write_report(multirun, with_shapley=True, plots=False)
     tbl = rep["report"]
@@ -285,6 +286,9 @@ def test_unequal_n_per_column_shows_n_and_warns(
         "'Shapley audio (pp)'" in w and "method.name=baseline: n=1 of 2" in w for w in warned
     ), warned
     assert not any("'Acc (%)'" in w for w in warned)
+    assert any("'Shapley visual (pp)'" in w and "method.name=ogm: n=0 of 1" in w for w in warned)
+    ogm = dict(zip(tbl.headers, (c.text for c in tbl.rows[2])))
+    assert ogm["Shapley visual (pp)"] == "–" and ogm["Acc (%)"] == "63.00"
     assert "(n=1)" in (multirun / "report.md").read_text()
 
 

@@ -420,6 +420,9 @@ def test_latex_output_is_a_booktabs_tabular(multirun: Path) -> None:
         for cell in cells:  # specials escaped, Unicode signs in math
             assert not re.search(r"(?<!\\)[_%&#]", cell), cell
             assert "±" not in cell and "–" not in cell
+            # groups and math mode balanced within the cell
+            assert len(re.findall(r"(?<!\\)\{", cell)) == len(re.findall(r"(?<!\\)\}", cell))
+            assert len(re.findall(r"(?<!\\)\$", cell)) % 2 == 0, cell
     header, *body_cells = [r.removesuffix(r" \\").split(" & ") for r in rows]
     assert header[0] == "method" and r"Acc (\%)" in header and header[-1] == "Seeds"
     body_rows = {cells[0]: cells for cells in body_cells}

@@ -174,7 +174,7 @@ def report_artifacts(
     """The report of the runs under ``root``, written to ``out_dir``.
 
     Returns ``{"markdown": str, "table": DataFrame (one row per group), "figures": {stem:
-    png path}, "files": [paths]}``. The one place this module calls :mod:`asgml.report`.
+    png path}, "files": [paths], "warnings": [texts]}``. The one place this module calls :mod:`asgml.report`.
     """
     rep = report.write_report(root, out_dir, with_shapley=with_shapley, plots=plots)
     pngs = [Path(f) for f in rep["files"] if str(f).endswith(".png")]
@@ -183,6 +183,7 @@ def report_artifacts(
         "table": rep["summary"],
         "figures": {p.stem: p for p in pngs},
         "files": [Path(f) for f in rep["files"]],
+        "warnings": list(rep.get("warnings") or []),
     }
 
 

@@ -24,7 +24,6 @@ frames and T = 3 these are the 1st, 4th and 7th in name order, i.e. OGM-GE's
 from __future__ import annotations
 
 import csv
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from asgml.data.audiovisual import AudioVisualDataModule, Clip, list_frames
 from asgml.data.base import layout_error
+from asgml.data.safe_pickle import UnsafePickleError, safe_load
 
 AVE_LAYOUT = """\
 <data_dir>/
@@ -110,9 +110,10 @@ def load_spectrogram(path: Path) -> np.ndarray:
         if path.suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
         else:
-            with open(path, "rb") as f:
-                arr = pickle.load(f)
+            arr = safe_load(path)
         arr = np.asarray(arr, dtype=np.float32)
+    except UnsafePickleError:
+        raise
     except Exception as e:
         raise OSError(f"cannot read audio file {path}: {e}") from e
     if arr.ndim != 2:

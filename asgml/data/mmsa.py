@@ -30,7 +30,6 @@ Labels from ``regression_labels`` ``y`` (``num_classes``):
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from asgml.data.base import SplitDataModule, check_data_dir, layout_error
+from asgml.data.safe_pickle import UnsafePickleError, safe_load
 
 log = logging.getLogger("asgml.data")
 
@@ -158,8 +158,9 @@ class MMSADataModule(SplitDataModule):
         if self.splits:
             return
         try:
-            with open(self.path, "rb") as f:
-                data = pickle.load(f)
+            data = safe_load(self.path)
+        except UnsafePickleError:
+            raise
         except Exception as e:
             raise OSError(f"cannot read MMSA pickle {self.path}: {e}") from e
         if not isinstance(data, dict):

@@ -59,8 +59,35 @@ TWO_MODALITY_ONLY: tuple[tuple[str, str | None, tuple[str, ...] | None], ...] = 
 TWO_MODALITY_FUSIONS = ("film", "gated")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_value_ranges(cfg: DictConfig) -> None:
+    """Types and ranges of the run's scalar settings (``seed``, the datamodule's sizes),
+    each error naming its key."""
+    if not _is_int(cfg.get("seed")):
+        raise ValueError(f"seed must be an integer, got {cfg.get('seed')!r}")
+    dm = (cfg.get("dataset") or {}).get("datamodule") or {}
+    for key, lo in (("image_size", 1), ("batch_size", 1), ("frames", 1), ("num_workers", 0)):
+        for where, node in (("dataset", cfg.get("dataset") or {}), ("dataset.datamodule", dm)):
+            if key in node and node[key] is not None:
+                v = node[key]
+                if not _is_int(v) or v < lo:
+                    raise ValueError(f"{where}.{key} must be an integer >= {lo}, got {v!r}")
+    size = dm.get("decode_size") if "decode_size" in dm else None
+    if size is not None and size != "native":
+        hw = list(size) if isinstance(size, ListConfig | list | tuple) else [size]
+        if len(hw) not in (1, 2) or not all(_is_int(v) and v > 0 for v in hw):
+            raise ValueError(
+                "dataset.datamodule.decode_size must be native, null, a positive integer or "
+                f"[H, W] of positive integers; got {size!r}"
+            )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Checks that fail early, before any data is read, with the offending key named."""
+    check_value_ranges(cfg)
     if cfg.get("select_on", "val") not in ("val", "test"):
         raise ValueError(f"select_on must be 'val' or 'test', got {cfg.select_on!r}")
     metric = cfg.get("optimized_metric")

@@ -93,12 +93,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "optimized_value": optimized_value(cfg, result),
         "best_checkpoint": os.path.relpath(best_path, out_dir) if best_path else None,
         "skipped_nonfinite_steps": model.skipped_nonfinite_steps,
+        # items the datamodule skipped or repaired: {split: {kind: {count, examples}}}
+        "data_issues": _data_issues(datamodule),
         "config": to_container(cfg),
     }
     if trainer.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         print_summary(cfg, metrics, out_dir)
     return metrics
+
+
+def _data_issues(datamodule: Any) -> dict[str, Any]:
+    issues = getattr(datamodule, "data_issues", None)
+    return issues.as_dict() if issues is not None else {}
 
 
 def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:

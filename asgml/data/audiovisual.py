@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from asgml.data.base import SplitDataModule, check_data_dir, require_file
-from asgml.data.cache import AVCache
+from asgml.data.cache import MARKER, AVCache, cache_key, verify_cache
 from asgml.data.issues import DataIssues
 
 log = logging.getLogger("asgml.data")
@@ -252,6 +252,35 @@ class AVClipDataset(Dataset):
             visual_name: vis,
             "label": torch.tensor(clip.label, dtype=torch.long),
         }
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _VerifySet(Dataset):
+    """One clip's decode errors (every frame, not only the sampled ones) and audio shape."""
+
+    def __init__(self, dm: AudioVisualDataModule, clips: Sequence[Clip]) -> None:
+        self.dm, self.clips = dm, clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> tuple[list[str], tuple[int, ...] | None, str]:
+        c = self.clips[i]
+        errors: list[str] = []
+        shape = None
+        try:
+            shape = tuple(np.shape(self.dm.load_audio(c.audio)))
+        except Exception as e:
+            errors.append(f"{c.audio}: {e}")
+        for f in c.frames:
+            try:
+                self.dm.read_frame(f, None)
+            except Exception as e:
+                errors.append(f"{f}: {e}")
+        return errors, shape, str(c.audio)
 
 
 class AudioVisualDataModule(SplitDataModule, abc.ABC):
@@ -467,6 +496,48 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
             self.val_fraction,
             len(test_clips),
         )
+
+    # ----------------------------------------------------------------- verify
+    def verify_files(self) -> list[str]:
+        """Decode every listed audio file and every frame file once (``num_workers``
+        processes) and, if a cache for this config exists, re-hash it
+        (:func:`asgml.data.cache.verify_cache`). Returns one line per bad file: unreadable,
+        truncated, non-finite, of another audio shape, missing on disk."""
+        problems: list[str] = []
+        for split in ("train", "test"):
+            listed = self.read_split(split)
+            clips = self.official_clips(split)
+            present = {c.name for c in clips}
+            problems += [
+                f"{c.audio}: missing (no audio file or no frames for clip {c.name})"
+                for c in listed
+                if c.name not in present
+            ]
+            loader = DataLoader(
+                _VerifySet(self, clips),
+                batch_size=None,
+                num_workers=self.num_workers,
+                collate_fn=_identity,
+            )
+            shapes: dict[tuple[int, ...], list[str]] = {}
+            for i, (errors, shape, audio) in enumerate(loader):
+                problems += errors
+                if shape is not None:
+                    shapes.setdefault(shape, []).append(audio)
+                if (i + 1) % 500 == 0 or i + 1 == len(clips):
+                    log.info("%s %s: verified %d / %d clips", self.NAME, split, i + 1, len(clips))
+            if len(shapes) > 1:  # the majority shape is taken as the right one
+                common = max(shapes, key=lambda k: len(shapes[k]))
+                for shape, paths in shapes.items():
+                    if shape != common:
+                        problems += [
+                            f"{p}: audio of shape {shape}, most are {common}" for p in paths
+                        ]
+        root = self.cache_root / cache_key(self)[0]
+        if (root / MARKER).is_file():
+            log.info("%s: re-hashing cache %s and its sources", self.NAME, root)
+            problems += verify_cache(root, self.data_dir)
+        return problems
 
     def val_dataloader(self) -> DataLoader:
         if not len(self.splits["val"]):

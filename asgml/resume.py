@@ -84,6 +84,8 @@ def check_resume(cfg: DictConfig, model: torch.nn.Module) -> None:
     ``cfg`` (see :func:`resume_differences`); warn instead with
     ``cfg.resume_allow_mismatch``."""
     path = Path(str(cfg.ckpt_path))
+    if not path.is_file():  # Lightning's "last" / "hpc" keys, or a missing file: its error
+        return
     ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     stored = ckpt.get("asgml_config")
     if stored is None:

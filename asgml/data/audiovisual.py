@@ -371,6 +371,7 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         self.cache_root = Path(cache_dir) if cache_dir else self.data_dir / ".asgml_cache"
         self.splits: dict[str, AVClipDataset] = {}
         self._clips: dict[str, list[Clip]] = {}
+        self._missing: dict[str, list[Clip]] = {}
         self.data_issues = DataIssues(self.NAME)
 
     # frame choice and frame decoding (the cache stores and reads frames with these too)
@@ -400,12 +401,12 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
                 raise ValueError(f"{self.NAME}: {path} lists no clips (empty {split} split)")
             self._check_duplicates(clips, split, path)
             kept = drop_missing(clips, path, self.strict)
-            if len(kept) < len(clips):
-                present = {id(c) for c in kept}
-                gone = [c.name for c in clips if id(c) not in present]
-                self.data_issues.record(
-                    split, "missing_files", gone, len(gone), "skipped: no audio file or no frames"
-                )
+            present = {id(c) for c in kept}
+            self._missing[split] = [c for c in clips if id(c) not in present]
+            gone = [c.name for c in self._missing[split]]
+            self.data_issues.record(
+                split, "missing_files", gone, len(gone), "skipped: no audio file or no frames"
+            )
             if not kept:
                 raise FileNotFoundError(
                     f"{self.NAME}: none of the {len(clips)} clips listed in {path} is on disk "
@@ -505,13 +506,10 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         truncated, non-finite, of another audio shape, missing on disk."""
         problems: list[str] = []
         for split in ("train", "test"):
-            listed = self.read_split(split)
             clips = self.official_clips(split)
-            present = {c.name for c in clips}
             problems += [
                 f"{c.audio}: missing (no audio file or no frames for clip {c.name})"
-                for c in listed
-                if c.name not in present
+                for c in self._missing[split]
             ]
             loader = DataLoader(
                 _VerifySet(self, clips),

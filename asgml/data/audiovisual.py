@@ -39,6 +39,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+from typing_extensions import override
 
 from asgml.data.base import SplitDataModule, check_data_dir, require_file
 from asgml.data.cache import MARKER, AVCache, cache_key, verify_cache
@@ -536,6 +537,13 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
             log.info("%s: re-hashing cache %s and its sources", self.NAME, root)
             problems += verify_cache(root, self.data_dir)
         return problems
+
+    @override
+    def eval_view(self, split: str) -> Dataset:
+        ds = self.splits[split]
+        if not ds.train:
+            return ds
+        return AVClipDataset(self, ds.clips, ds.positions, False, ds.cache)
 
     def val_dataloader(self) -> DataLoader:
         if not len(self.splits["val"]):

@@ -4,14 +4,16 @@ read-only hint, ``cache=list`` / ``cache=clean`` and ``python -m asgml.prepare v
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import make_cremad
+from fixtures import make_ave, make_cremad
 
+from asgml.data.avdataset import AVEKSDataModule
 from asgml.data.cache import CacheError, verify_cache
 from asgml.data.cremad import CremadDataModule
 from asgml.prepare import manage_caches, verify
@@ -135,3 +137,17 @@ def test_prepare_verify_reports_every_bad_file(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 1, out.stderr[-2000:]
     assert str(jpg) in out.stdout and "3 bad file(s)" in out.stdout
+
+
+def test_verify_names_an_odd_audio_shape(tmp_path: Path) -> None:
+    """Without ``audio_shape`` (AVE), the full pass names the files whose shape differs from
+    the others' (the on-the-fly path would fail in collate, naming none)."""
+    root = make_ave(tmp_path / "AVE", n_train_per_class=1, spec_shape=(8, 12), frame_hw=(8, 8))
+    rows = (root / "my_train.txt").read_text().splitlines()
+    odd = root / "audio_spec" / f"{rows[1].split(',')[1]}.pkl"
+    odd.write_bytes(pickle.dumps(np.zeros((8, 11), np.float32)))
+    (root / "my_train.txt").write_text("\n".join([*rows, rows[0]]) + "\n")  # a repeated row
+    m = AVEKSDataModule(str(root), frames=1, image_size=8, cache="off", num_workers=0)
+    assert m.verify_files() == [f"{odd}: audio of shape (8, 11), most are (8, 12)"]
+    m.setup()
+    assert m.data_issues.as_dict()["train"]["duplicate_ids"]["count"] == 1  # recorded once

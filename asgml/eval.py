@@ -39,7 +39,8 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build
-from asgml.config import to_container
+from asgml.config import check_targets, to_container
+from asgml.feedback import progress, quiet_known_noise
 from asgml.shapley import Coalition, all_subsets, coalition_name, shapley_values
 
 log = logging.getLogger("asgml")
@@ -72,9 +73,12 @@ def build_from_config(
     run_cfg: Mapping[str, Any],
     data_dir: str | None = None,
     datamodule_overrides: Mapping[str, Any] | None = None,
+    allow_targets: Sequence[str] = (),
 ) -> tuple[Any, torch.nn.Module]:
     """``(datamodule, model)`` from a resolved run config (as stored in checkpoints), built
-    by :func:`asgml.build.build` as the training run built them."""
+    by :func:`asgml.build.build` as the training run built them. Only trusted ``_target_``
+    classes are instantiated (:func:`asgml.config.check_targets`; ``allow_targets`` adds
+    prefixes)."""
     cfg = OmegaConf.create(dict(run_cfg))
     target = cfg.dataset.datamodule.get("_target_")
     if target in RENAMED_TARGETS:
@@ -95,6 +99,7 @@ def build_from_config(
     legacy = cfg.method.pop("module", None) or {}
     if legacy:
         cfg.model = OmegaConf.merge(cfg.model, legacy)
+    check_targets(cfg, allow_targets, source="the config stored in the checkpoint")
     datamodule, model, _ = build(cfg, callbacks=False)
     return datamodule, model
 
@@ -205,6 +210,13 @@ def _split_loader(datamodule: Any, split: str) -> Any:
     }[split]()
 
 
+def _num_batches(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable dataset without a length
+        return None
+
+
 def evaluate_checkpoint(
     ckpt_path: str | Path,
     split: str = "test",
@@ -212,16 +224,23 @@ def evaluate_checkpoint(
     device: str | None = None,
     data_dir: str | None = None,
     datamodule_overrides: Mapping[str, Any] | None = None,
+    allow_targets: Sequence[str] = (),
+    progress_bar: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``ckpt_path`` on ``split``; returns the dict written to ``eval.json``."""
+    """Evaluate ``ckpt_path`` on ``split``; returns the dict written to ``eval.json``.
+    ``progress_bar`` shows a bar over the split's batches (with ETA) on stderr."""
     if split not in ("test", "val", "train"):
         raise ValueError(f"split must be test, val or train, got {split!r}")
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = ckpt["asgml_config"]
-    datamodule, model = build_from_config(run_cfg, data_dir, datamodule_overrides)
+    datamodule, model = build_from_config(run_cfg, data_dir, datamodule_overrides, allow_targets)
     load_weights(model, ckpt["state_dict"])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    outputs = collect_logits(model, _split_loader(datamodule, split), mask=mask, device=dev)
+    loader = _split_loader(datamodule, split)
+    batches = progress(
+        loader, total=_num_batches(loader), desc=f"eval {split}", unit="batch", enable=progress_bar
+    )
+    outputs = collect_logits(model, batches, mask=mask, device=dev)
     result = summarize_logits(outputs, list(model.modalities), int(model.num_classes))
     return {
         "checkpoint": str(ckpt_path),
@@ -264,6 +283,7 @@ def write_eval(result: Mapping[str, Any], out: str | Path | None = None) -> Path
 @hydra.main(version_base="1.3", config_path="pkg://asgml.conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
     """Hydra entry: evaluate ``cfg.ckpt_path`` and write ``eval.json``."""
+    quiet_known_noise()
     overrides = to_container(cfg.get("datamodule") or {})
     result = evaluate_checkpoint(
         cfg.ckpt_path,
@@ -272,6 +292,8 @@ def main(cfg: DictConfig) -> float:
         device=cfg.get("device"),
         data_dir=cfg.get("data_dir"),
         datamodule_overrides=overrides,
+        allow_targets=list(cfg.get("allow_targets") or []),
+        progress_bar=bool(cfg.get("progress_bar", True)),
     )
     path = write_eval(result, cfg.get("out"))
     print(format_eval(result))

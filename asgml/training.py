@@ -91,9 +91,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 if cfg.get("train", True) and trainer.checkpoint_callback
                 else cfg.get("ckpt_path")
             )
-            if ckpt == "best" and not trainer.checkpoint_callback.best_model_path:
-                log.warning("no best checkpoint was saved; testing the current weights")
-                ckpt = None
+            if ckpt == "best":
+                # the path itself, not "best": with best and last checkpoint callbacks Lightning
+                # would warn that it picks the first one (the best one is the first, see conf)
+                ckpt = trainer.checkpoint_callback.best_model_path or None
+                if ckpt is None:
+                    log.warning("no best checkpoint was saved; testing the current weights")
             test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             result.update(_scalar_metrics(test_metrics[0] if test_metrics else {}))
     except SIGTERMException as e:

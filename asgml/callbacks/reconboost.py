@@ -275,7 +275,9 @@ class ReconBoost(BalancingCallback):
             plan.step = set(members)
 
     @override
-    def on_train_losses(self, trainer: L.Trainer, module: MultimodalModule, out: StepOutput) -> None:
+    def on_train_losses(
+        self, trainer: L.Trainer, module: MultimodalModule, out: StepOutput
+    ) -> None:
         head = self.head(module)
         m = self._current
         assert m is not None

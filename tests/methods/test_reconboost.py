@@ -138,8 +138,8 @@ def test_boosting_leaves_the_other_encoders_and_beta_unchanged() -> None:
         changed = not torch.equal(p, after[n].detach())
         if n.startswith("encoders.audio.") or n.startswith(f"{HEAD}.shared."):
             assert changed, n
-        elif n.startswith("encoders.visual.") or n == f"{HEAD}.boost_rate" or n.startswith(
-            "fusion."
+        elif (
+            n.startswith("encoders.visual.") or n == f"{HEAD}.boost_rate" or n.startswith("fusion.")
         ):
             assert not changed, n  # no gradient: no update, no weight decay
 

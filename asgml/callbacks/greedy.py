@@ -44,7 +44,9 @@ $c = \\arg\\max_m \\mathrm{BDR}_m$ (identical for $N = 2$). The running average 
 modality's own (official: modality 1's average also reads modality 0's gates, a typo; switch
 ``running_average=official``) and is updated on training steps only (official: every
 forward, validation included); under DDP it averages the ranks' batch means. Gradients are
-read unscaled under AMP. Logged: ``greedy/bdr_<m>``, ``greedy/d``, ``greedy/curation``,
+read unscaled under AMP. DDP needs ``trainer.strategy=ddp_find_unused_parameters_true`` (a
+re-balancing step leaves the caring modality's excitation layer without gradient; refused at
+start-up otherwise). Logged: ``greedy/bdr_<m>``, ``greedy/d``, ``greedy/curation``,
 ``greedy/caring``.
 """
 
@@ -60,7 +62,11 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.toolkit import loss_scale, mean_over_ranks
+from asgml.callbacks.toolkit import (
+    loss_scale,
+    mean_over_ranks,
+    require_unused_parameter_detection,
+)
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
@@ -174,6 +180,12 @@ class Greedy(BalancingCallback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         module: Any = pl_module
+        require_unused_parameter_detection(
+            trainer,
+            "Greedy",
+            "a re-balancing step replaces the caring modality's gate, so its MMTM excitation "
+            "layer has no gradient",
+        )
         if not hasattr(module, MMTM):  # before configure_optimizers: trained
             module.add_module(MMTM, GreedyMMTM(module.feature_dims, self.ratio))
         dims = {module.feature_dims[m] for m in module.modalities}

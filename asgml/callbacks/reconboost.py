@@ -64,7 +64,8 @@ other learners' encoders run once per boosting step (official: twice with the GA
 which updates their BatchNorm statistics twice). Logged: ``reconboost/stage``,
 ``reconboost/modality`` (index), ``reconboost/phase`` (0 boosting, 1 rectification),
 ``reconboost/boost_rate`` and the per-term losses ``reconboost/loss_boost``,
-``reconboost/loss_ga``, ``reconboost/loss_rectify``.
+``reconboost/loss_ga``, ``reconboost/loss_rectify``. DDP needs
+``trainer.strategy=ddp_find_unused_parameters_true`` (refused at start-up otherwise).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
+from asgml.callbacks.toolkit import require_unused_parameter_detection
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
@@ -234,6 +236,11 @@ class ReconBoost(BalancingCallback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         module: Any = pl_module
+        require_unused_parameter_detection(
+            trainer,
+            "ReconBoost",
+            "a boosting step updates one encoder and the module's fusion layer is never used",
+        )
         if not hasattr(module, HEAD):  # before configure_optimizers: in the head group
             module.add_module(
                 HEAD,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -164,3 +165,9 @@ def test_resume_is_exact(tmp_path: Path) -> None:
         tmp_path, ["method=greedy", "method.greedy.starting_epoch=0"], "Greedy"
     )
     assert full["callbacks"]["Greedy"]["avg_count"] > 0
+
+
+def test_plain_ddp_is_refused_with_the_strategy_to_use() -> None:
+    plain = SimpleNamespace(world_size=2, strategy=SimpleNamespace(_ddp_kwargs={}))
+    with pytest.raises(ValueError, match="Greedy under DDP needs"):
+        Greedy().setup(plain, tiny_mlp_module(), "fit")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +21,8 @@ from asgml.callbacks.reconboost import (
     reconboost_loss,
     stage_of,
 )
+from asgml.models.encoders import MLPEncoder
+from asgml.module import MultimodalModule
 from asgml.train import run
 from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
 from tests.methods.resume_check import assert_resume_exact
@@ -191,9 +194,6 @@ def test_test_time_fusion_is_the_boosted_ensemble() -> None:
 
 
 def test_per_modality_heads_and_bad_options() -> None:
-    from asgml.models.encoders import MLPEncoder
-    from asgml.module import MultimodalModule
-
     encs = {
         "a": MLPEncoder(input_dim=4, hidden_dim=8, feature_dim=8),
         "b": MLPEncoder(input_dim=4, hidden_dim=8, feature_dim=6),
@@ -228,3 +228,14 @@ def test_resume_is_exact_within_a_phase(tmp_path: Path) -> None:
     full = assert_resume_exact(tmp_path, ["method=reconboost", *SHORT], "ReconBoost", epochs=3)
     assert full["callbacks"]["ReconBoost"]["phase_key"] == [0, RECTIFY]
     assert f"{HEAD}.boost_rate" in full["state_dict"]
+
+
+def test_plain_ddp_is_refused_with_the_strategy_to_use() -> None:
+    module = tiny_mlp_module()
+    plain = SimpleNamespace(world_size=2, strategy=SimpleNamespace(_ddp_kwargs={}))
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters_true"):
+        ReconBoost().setup(plain, module, "fit")
+    ok = SimpleNamespace(
+        world_size=2, strategy=SimpleNamespace(_ddp_kwargs={"find_unused_parameters": True})
+    )
+    ReconBoost().setup(ok, module, "fit")

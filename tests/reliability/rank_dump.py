@@ -13,6 +13,8 @@ from asgml.callbacks.cggm import CGGM
 from asgml.callbacks.probe import ProbeMonitor
 
 TRACKED = ("ogm/", "boost/", "probe/acc_")
+# methods whose callback state (statistics, schedule) must agree across ranks
+COMPARED_STATES = ("Greedy", "ReLearning", "ReconBoost")
 
 
 class RankDump(L.Callback):
@@ -51,6 +53,11 @@ class RankDump(L.Callback):
                 "probes": banks.get("ProbeMonitor", {}),
                 "banks": banks,
                 "steps": self.steps,
+                "states": {
+                    type(cb).__name__: cb.state_dict()
+                    for cb in trainer.callbacks
+                    if type(cb).__name__ in COMPARED_STATES
+                },
             },
             Path(self.out_dir) / f"{self.tag}rank{trainer.global_rank}.pt",
         )

@@ -191,6 +191,8 @@ class ReconBoost(BalancingCallback):
         test_fusion: ``ensemble`` ($F$, official) or ``model`` (the module's fused logits).
     """
 
+    changes_model = True  # asgml.eval re-applies setup() before loading weights
+
     def __init__(
         self,
         epochs_per_stage: int = 4,

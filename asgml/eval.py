@@ -46,7 +46,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build, build_method_callbacks
 from asgml.callbacks.base import BalancingCallback
-from asgml.config import to_container
+from asgml.config import check_targets, to_container
 from asgml.shapley import Coalition, all_subsets, coalition_name, shapley_values
 
 log = logging.getLogger("asgml")
@@ -79,9 +79,12 @@ def build_from_config(
     run_cfg: Mapping[str, Any],
     data_dir: str | None = None,
     datamodule_overrides: Mapping[str, Any] | None = None,
+    allow_targets: Sequence[str] = (),
 ) -> tuple[Any, torch.nn.Module]:
     """``(datamodule, model)`` from a resolved run config (as stored in checkpoints), built
-    by :func:`asgml.build.build` as the training run built them."""
+    by :func:`asgml.build.build` as the training run built them. Only trusted ``_target_``
+    classes are instantiated (:func:`asgml.config.check_targets`; ``allow_targets`` adds
+    prefixes)."""
     cfg = OmegaConf.create(dict(run_cfg))
     target = cfg.dataset.datamodule.get("_target_")
     if target in RENAMED_TARGETS:
@@ -102,6 +105,7 @@ def build_from_config(
     legacy = cfg.method.pop("module", None) or {}
     if legacy:
         cfg.model = OmegaConf.merge(cfg.model, legacy)
+    check_targets(cfg, allow_targets, source="the config stored in the checkpoint")
     datamodule, model, _ = build(cfg, callbacks=False)
     return datamodule, model
 
@@ -110,24 +114,20 @@ def attach_methods(
     run_cfg: Mapping[str, Any],
     model: Any,
     callback_states: Mapping[str, Any] | None = None,
+    allow_targets: Sequence[str] = (),
 ) -> list[BalancingCallback]:
     """The run's method callbacks that change the model or its test-time fusion, set up on
     ``model`` as in training (before its weights are loaded).
 
-    Built from the stored config's ``method`` (only ``asgml.callbacks.*`` targets); each
+    Built from the stored config's ``method`` (its ``_target_``s checked by
+    :func:`asgml.config.check_targets`, ``allow_targets`` as for the model); each
     :class:`~asgml.callbacks.base.BalancingCallback` with ``changes_model`` gets
     ``setup(None, model, "test")`` (MLA's head, Greedy's gates, AMCo's star layer,
     ReconBoost's learners' head, the unimodal model's single head) and its checkpoint state
     (``callback_states``, keyed as Lightning keys them). All of them score through
     ``on_eval_logits`` in :func:`collect_logits`."""
     cfg = OmegaConf.create(dict(run_cfg))
-    for key, c in cfg.method.items():
-        target = c.get("_target_") if isinstance(c, DictConfig) else None
-        if target is not None and not str(target).startswith("asgml.callbacks."):
-            raise ValueError(
-                f"method.{key}._target_={target!r} in the checkpoint's config: asgml.eval "
-                "builds method callbacks from asgml.callbacks only"
-            )
+    check_targets(cfg, allow_targets, source="the config stored in the checkpoint")
     methods = [cb for cb in build_method_callbacks(cfg) if isinstance(cb, BalancingCallback)]
     states = callback_states or {}
     for cb in methods:
@@ -273,14 +273,15 @@ def evaluate_checkpoint(
     device: str | None = None,
     data_dir: str | None = None,
     datamodule_overrides: Mapping[str, Any] | None = None,
+    allow_targets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Evaluate ``ckpt_path`` on ``split``; returns the dict written to ``eval.json``."""
     if split not in ("test", "val", "train"):
         raise ValueError(f"split must be test, val or train, got {split!r}")
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = ckpt["asgml_config"]
-    datamodule, model = build_from_config(run_cfg, data_dir, datamodule_overrides)
-    methods = attach_methods(run_cfg, model, ckpt.get("callbacks"))
+    datamodule, model = build_from_config(run_cfg, data_dir, datamodule_overrides, allow_targets)
+    methods = attach_methods(run_cfg, model, ckpt.get("callbacks"), allow_targets)
     load_weights(model, ckpt["state_dict"])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loader = _split_loader(datamodule, split)
@@ -338,6 +339,7 @@ def main(cfg: DictConfig) -> float:
         device=cfg.get("device"),
         data_dir=cfg.get("data_dir"),
         datamodule_overrides=overrides,
+        allow_targets=list(cfg.get("allow_targets") or []),
     )
     path = write_eval(result, cfg.get("out"))
     print(format_eval(result))

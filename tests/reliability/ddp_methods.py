@@ -64,6 +64,8 @@ EXTRA = {
         "method.reconboost.correct_epoch=1",
         "trainer.strategy=ddp_find_unused_parameters_true",
     ],
+    # epoch 1 trains on a valued, resampled train set (the plan must agree across ranks)
+    "sample_valuation": ["method.valuation.warmup=1"],
 }
 
 

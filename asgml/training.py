@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build
 from asgml.config import model_option_overrides, recipe_lines, to_container, validate_config
-from asgml.resume import check_resume
+from asgml.resume import check_resume, with_method_modules
 
 log = logging.getLogger("asgml")
 
@@ -50,7 +50,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule, model, callbacks = build(cfg)
     if cfg.get("ckpt_path") and cfg.get("train", True):
-        check_resume(cfg, model)  # refuses a checkpoint of another dataset/method/seed/shape
+        # refuses a checkpoint of another dataset/method/seed/shape
+        check_resume(cfg, with_method_modules(model, callbacks))
     if cfg.select_on == "test":
         log.warning(
             "select_on=test: the best epoch is chosen on the TEST split (official-script mode)"

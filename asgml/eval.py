@@ -47,6 +47,7 @@ import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build, build_method_callbacks
 from asgml.callbacks.base import BalancingCallback
 from asgml.config import check_targets, to_container
+from asgml.feedback import progress, quiet_known_noise
 from asgml.shapley import Coalition, all_subsets, coalition_name, shapley_values
 
 log = logging.getLogger("asgml")
@@ -266,6 +267,13 @@ def _split_loader(datamodule: Any, split: str) -> Any:
     }[split]()
 
 
+def _num_batches(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable dataset without a length
+        return None
+
+
 def evaluate_checkpoint(
     ckpt_path: str | Path,
     split: str = "test",
@@ -274,8 +282,10 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     datamodule_overrides: Mapping[str, Any] | None = None,
     allow_targets: Sequence[str] = (),
+    progress_bar: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``ckpt_path`` on ``split``; returns the dict written to ``eval.json``."""
+    """Evaluate ``ckpt_path`` on ``split``; returns the dict written to ``eval.json``.
+    ``progress_bar`` shows a bar over the split's batches (with ETA) on stderr."""
     if split not in ("test", "val", "train"):
         raise ValueError(f"split must be test, val or train, got {split!r}")
     ckpt = load_checkpoint(ckpt_path)
@@ -285,7 +295,10 @@ def evaluate_checkpoint(
     load_weights(model, ckpt["state_dict"])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loader = _split_loader(datamodule, split)
-    outputs = collect_logits(model, loader, mask=mask, device=dev, methods=methods)
+    batches = progress(
+        loader, total=_num_batches(loader), desc=f"eval {split}", unit="batch", enable=progress_bar
+    )
+    outputs = collect_logits(model, batches, mask=mask, device=dev, methods=methods)
     result = summarize_logits(outputs, list(model.modalities), int(model.num_classes))
     return {
         "checkpoint": str(ckpt_path),
@@ -331,6 +344,7 @@ def write_eval(result: Mapping[str, Any], out: str | Path | None = None) -> Path
 @hydra.main(version_base="1.3", config_path="pkg://asgml.conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
     """Hydra entry: evaluate ``cfg.ckpt_path`` and write ``eval.json``."""
+    quiet_known_noise()
     overrides = to_container(cfg.get("datamodule") or {})
     result = evaluate_checkpoint(
         cfg.ckpt_path,
@@ -340,6 +354,7 @@ def main(cfg: DictConfig) -> float:
         data_dir=cfg.get("data_dir"),
         datamodule_overrides=overrides,
         allow_targets=list(cfg.get("allow_targets") or []),
+        progress_bar=bool(cfg.get("progress_bar", True)),
     )
     path = write_eval(result, cfg.get("out"))
     print(format_eval(result))

@@ -17,19 +17,18 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build
-from asgml.config import model_option_overrides, recipe_lines, to_container, validate_config
+from asgml.config import model_option_overrides, to_container, validate_config
+from asgml.feedback import block, quiet_known_noise, startup_lines
 from asgml.resume import check_resume, with_method_modules
+from asgml.tracking import build_loggers, log_run_media, wandb_loggers
+
+__all__ = ["build_loggers", "optimized_value", "print_summary", "run"]
 
 log = logging.getLogger("asgml")
-
-
-def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for _, c in (cfg.get("logger") or {}).items() if c and "_target_" in c]
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -38,14 +37,18 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train/test as configured; returns the dict written to ``metrics.json``."""
+    quiet_known_noise()
     validate_config(cfg)
     if cfg.get("print_config"):
         print(OmegaConf.to_yaml(cfg, resolve=True))
-    log.info("recipe\n  %s", "\n  ".join(recipe_lines(cfg)))
-    for key, (value, default) in model_option_overrides(cfg).items():
-        log.info("model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    loggers = build_loggers(cfg)
+    log.info(
+        "%s", block(f"asgml {cfg.get('task_name', 'train')}", startup_lines(cfg, out_dir, loggers))
+    )
+    for key, (value, default) in model_option_overrides(cfg).items():
+        log.info("model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule, model, callbacks = build(cfg)
@@ -60,7 +63,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     model.run_config = to_container(cfg)
 
-    loggers = build_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams({"cfg": to_container(cfg)})
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -83,8 +85,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 ckpt = None
             test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             result.update(_scalar_metrics(test_metrics[0] if test_metrics else {}))
-    finally:
+    except BaseException:
         _finish_wandb(loggers)
+        raise
 
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     metrics = {
@@ -101,6 +104,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         print_summary(cfg, metrics, out_dir)
+        try:
+            log_run_media(loggers, out_dir, metrics["best_checkpoint"])
+        except Exception as err:  # the run's numbers are written; media are extra
+            log.warning("could not log the run's table/figures to wandb: %r", err)
+        finally:
+            _finish_wandb(loggers)
+    else:
+        _finish_wandb(loggers)
     return metrics
 
 
@@ -127,9 +138,10 @@ def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:
 
 
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], out_dir: Path) -> None:
+    """The results table of a run, logged (console and the run's log file, under Hydra);
+    printed when no logging handler would show it (a notebook, a test)."""
     m = metrics["metrics"]
     lines = [
-        "",
         f"== asgml results: dataset={cfg.dataset.name} method={cfg.method.name} seed={cfg.seed} ==",
     ]
     if "test/acc" in m:
@@ -144,11 +156,14 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], out_dir: Path) -> No
     if metrics.get("val_acc_best") is not None:
         lines.append(f"best val acc    {100 * metrics['val_acc_best']:.2f} %")
     lines.append(f"run dir         {out_dir}")
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    if log.isEnabledFor(logging.INFO) and log.hasHandlers():
+        log.info("%s", text)
+    else:
+        print("\n" + text)
 
 
 def _finish_wandb(loggers: list[Any]) -> None:
     """Close a wandb run so sequential multirun jobs don't reuse it."""
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            lg.experiment.finish()
+    for lg in wandb_loggers(loggers):
+        lg.experiment.finish()

@@ -56,18 +56,24 @@ def build_model(cfg: DictConfig, datamodule: MultimodalDataModule) -> Multimodal
     return model
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The Lightning callbacks of ``cfg.callbacks`` then the method's, in config order."""
+def build_method_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The method's callbacks (every entry of ``cfg.method`` with a ``_target_``), in order."""
     out: list[L.Callback] = []
-    for _, c in (cfg.get("callbacks") or {}).items():
-        if c is not None and "_target_" in c:
-            out.append(instantiate(c))
     for key, c in method_callback_configs(cfg.method):
         try:
             out.append(instantiate(c))
         except Exception as e:  # name the key that failed
             raise type(e)(f"method.{key}: {e}") from e
     return out
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The Lightning callbacks of ``cfg.callbacks`` then the method's, in config order."""
+    out: list[L.Callback] = []
+    for _, c in (cfg.get("callbacks") or {}).items():
+        if c is not None and "_target_" in c:
+            out.append(instantiate(c))
+    return out + build_method_callbacks(cfg)
 
 
 def build(

@@ -17,6 +17,12 @@ modalities, so a modality's "missing" value is exactly "contributes nothing to t
 sees when a sensor is blank; encoder biases and normalisation statistics still produce
 non-zero features).
 
+The method's test-time fusion is applied as in training (MLA's uncertainty weights, AMCo's
+star layer, Greedy's gates, ReconBoost's ensemble), to the subsets' features too: the method
+callbacks are rebuilt from the stored config (:func:`attach_methods`). A ``method=unimodal``
+checkpoint is rebuilt as its single-modality model; it reports that modality's unimodal
+metrics only.
+
 The result is written as JSON to ``out`` (default: ``eval.json`` in the checkpoint's run
 directory, i.e. the parent of ``checkpoints/``), where ``python -m asgml.report
 --with-shapley`` picks it up. Config: ``conf/eval.yaml``.
@@ -38,7 +44,8 @@ from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 import asgml  # noqa: F401  (registers resolvers)
-from asgml.build import build
+from asgml.build import build, build_method_callbacks
+from asgml.callbacks.base import BalancingCallback
 from asgml.config import check_targets, to_container
 from asgml.feedback import progress, quiet_known_noise
 from asgml.shapley import Coalition, all_subsets, coalition_name, shapley_values
@@ -104,6 +111,49 @@ def build_from_config(
     return datamodule, model
 
 
+def attach_methods(
+    run_cfg: Mapping[str, Any],
+    model: Any,
+    callback_states: Mapping[str, Any] | None = None,
+    allow_targets: Sequence[str] = (),
+) -> list[BalancingCallback]:
+    """The run's method callbacks that change the model or its test-time fusion, set up on
+    ``model`` as in training (before its weights are loaded).
+
+    Built from the stored config's ``method`` (its ``_target_``s checked by
+    :func:`asgml.config.check_targets`, ``allow_targets`` as for the model); each
+    :class:`~asgml.callbacks.base.BalancingCallback` with ``changes_model`` gets
+    ``setup(None, model, "test")`` (MLA's head, Greedy's gates, AMCo's star layer,
+    ReconBoost's learners' head, the unimodal model's single head) and its checkpoint state
+    (``callback_states``, keyed as Lightning keys them). All of them score through
+    ``on_eval_logits`` in :func:`collect_logits`."""
+    cfg = OmegaConf.create(dict(run_cfg))
+    check_targets(cfg, allow_targets, source="the config stored in the checkpoint")
+    methods = [cb for cb in build_method_callbacks(cfg) if isinstance(cb, BalancingCallback)]
+    states = callback_states or {}
+    for cb in methods:
+        if not cb.changes_model:
+            continue
+        cb.setup(None, model, "test")  # type: ignore[arg-type]
+        state = states.get(cb.state_key)
+        if state is not None:
+            cb.load_state_dict(state)
+    return methods
+
+
+def _fuse(
+    model: Any,
+    methods: Sequence[BalancingCallback],
+    logits: Tensor,
+    uni: dict[str, Tensor],
+    feats: dict[str, Tensor],
+) -> Tensor:
+    """The logits the method scores (its test-time fusion, as ``MultimodalModule._eval_step``)."""
+    for cb in methods:
+        logits = cb.on_eval_logits(None, model, logits, uni, feats)  # type: ignore[arg-type]
+    return logits
+
+
 def load_weights(model: torch.nn.Module, state_dict: Mapping[str, Tensor]) -> None:
     """Load weights; unexpected extra entries (e.g. method state) are ignored, missing fail."""
     result = model.load_state_dict(dict(state_dict), strict=False)
@@ -123,12 +173,15 @@ def collect_logits(
     batches: Iterable[Mapping[str, Any]],
     mask: str = "feature",
     device: torch.device | str = "cpu",
+    methods: Sequence[BalancingCallback] = (),
 ) -> dict[str, Any]:
     """Run ``model`` over ``batches``.
 
     Returns ``{"labels", "fused", "unimodal": {m: logits}, "subsets": {coalition: logits}}``
     with the fused logits of every modality subset (absent modalities zeroed as ``mask``
-    says).
+    says). ``methods``: the run's method callbacks (:func:`attach_methods`); their
+    ``on_eval_logits`` gives the fused logits, of every subset too. ``unimodal`` holds the
+    modalities the model has unimodal logits for (one for a ``method=unimodal`` model).
     """
     if mask not in MASK_MODES:
         raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
@@ -144,23 +197,25 @@ def collect_logits(
         inputs, lengths, y = model.split_batch(batch)
         feats = model.encode(inputs, lengths)
         logits, uni_logits = model.heads(feats)
+        logits = _fuse(model, methods, logits, uni_logits, feats)
         labels.append(y.cpu())
         fused.append(logits.cpu())
         for m in modalities:
-            uni[m].append(uni_logits[m].cpu())
+            if m in uni_logits:
+                uni[m].append(uni_logits[m].cpu())
         for s in subsets:
             if mask == "feature":
                 masked = {m: (f if m in s else torch.zeros_like(f)) for m, f in feats.items()}
-                out, _ = model.heads(masked)
+                out, u = model.heads(masked)
             else:
-                out, _, _ = model(_mask_inputs(inputs, s), lengths)
-            sub[s].append(out.cpu())
+                out, u, masked = model(_mask_inputs(inputs, s), lengths)
+            sub[s].append(_fuse(model, methods, out, dict(u), masked).cpu())
     if not labels:
         raise ValueError("the evaluation split has no batches")
     return {
         "labels": torch.cat(labels),
         "fused": torch.cat(fused),
-        "unimodal": {m: torch.cat(v) for m, v in uni.items()},
+        "unimodal": {m: torch.cat(v) for m, v in uni.items() if v},
         "subsets": {s: torch.cat(v) for s, v in sub.items()},
     }
 
@@ -183,6 +238,8 @@ def summarize_logits(
         "f1": _f1(outputs["fused"], y, num_classes),
     }
     for m in modalities:
+        if m not in outputs["unimodal"]:  # a method=unimodal model has one modality's
+            continue
         metrics[f"acc_{m}"] = _acc(outputs["unimodal"][m], y, num_classes)
         metrics[f"f1_{m}"] = _f1(outputs["unimodal"][m], y, num_classes)
     subset_acc = {s: _acc(lg, y, num_classes) for s, lg in outputs["subsets"].items()}
@@ -234,13 +291,14 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = ckpt["asgml_config"]
     datamodule, model = build_from_config(run_cfg, data_dir, datamodule_overrides, allow_targets)
+    methods = attach_methods(run_cfg, model, ckpt.get("callbacks"), allow_targets)
     load_weights(model, ckpt["state_dict"])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loader = _split_loader(datamodule, split)
     batches = progress(
         loader, total=_num_batches(loader), desc=f"eval {split}", unit="batch", enable=progress_bar
     )
-    outputs = collect_logits(model, batches, mask=mask, device=dev)
+    outputs = collect_logits(model, batches, mask=mask, device=dev, methods=methods)
     result = summarize_logits(outputs, list(model.modalities), int(model.num_classes))
     return {
         "checkpoint": str(ckpt_path),
@@ -263,6 +321,9 @@ def format_eval(result: Mapping[str, Any]) -> str:
         f"fused       acc {100 * m['acc']:6.2f} %  macro-F1 {100 * m['f1']:6.2f} %",
     ]
     for mod, phi in result["shapley"].items():
+        if f"acc_{mod}" not in m:  # no unimodal logits (method=unimodal, other modality)
+            lines.append(f"{mod:<10}  {'':39}Shapley {100 * phi:+6.2f} pp")
+            continue
         lines.append(
             f"{mod:<10}  acc {100 * m[f'acc_{mod}']:6.2f} %  macro-F1 {100 * m[f'f1_{mod}']:6.2f} %"
             f"  Shapley {100 * phi:+6.2f} pp"

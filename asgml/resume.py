@@ -12,7 +12,8 @@ the refusal into a logged warning (e.g. for fine-tuning on purpose).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +80,26 @@ def resume_differences(
     return out
 
 
+def with_method_modules(model: torch.nn.Module, callbacks: Sequence[Any]) -> torch.nn.Module:
+    """``model`` as training will hold it: a copy with the modules the method callbacks add
+    in ``setup`` (those with ``changes_model``: MLA's head, Greedy's gates, ReconBoost's
+    learners' head, ...), built without touching the global RNG; ``model`` itself is
+    returned when no callback changes it."""
+    changing = [cb for cb in callbacks if getattr(cb, "changes_model", False)]
+    if not changing:
+        return model
+    copy = deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        for cb in changing:
+            cb.setup(None, copy, "fit")
+    return copy
+
+
 def check_resume(cfg: DictConfig, model: torch.nn.Module) -> None:
     """Refuse (``ValueError``) to resume from ``cfg.ckpt_path`` when its run differs from
     ``cfg`` (see :func:`resume_differences`); warn instead with
-    ``cfg.resume_allow_mismatch``."""
+    ``cfg.resume_allow_mismatch``. Pass :func:`with_method_modules` of the model for a
+    method that adds modules in its callbacks' ``setup``."""
     path = Path(str(cfg.ckpt_path))
     if not path.is_file():  # Lightning's "last" / "hpc" keys, or a missing file: its error
         return

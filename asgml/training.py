@@ -26,7 +26,7 @@ from asgml.build import build
 from asgml.checkpointing import AtomicCheckpointIO
 from asgml.config import model_option_overrides, to_container, validate_config
 from asgml.feedback import block, quiet_known_noise, startup_lines
-from asgml.resume import check_resume
+from asgml.resume import check_resume, with_method_modules
 from asgml.rundir import check_run_dir
 from asgml.tracking import build_loggers, log_run_media, wandb_loggers
 
@@ -62,7 +62,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, callbacks = build(cfg)
     datamodule.loader_seed = int(cfg.seed)  # the train loader's shuffle and item seeds
     if cfg.get("ckpt_path") and cfg.get("train", True):
-        check_resume(cfg, model)  # refuses a checkpoint of another dataset/method/seed/shape
+        # refuses a checkpoint of another dataset/method/seed/shape
+        check_resume(cfg, with_method_modules(model, callbacks))
     if cfg.select_on == "test":
         log.warning(
             "select_on=test: the best epoch is chosen on the TEST split (official-script mode)"

@@ -66,6 +66,8 @@ DEFAULT_METHODS = [
     "opm:method.opm.modulation_starts=0",
     "amco",
     "mla",
+    # the timed steps are stage 0's boosting steps (one encoder updated, the others no_grad)
+    "reconboost",
     "relearning",
     "greedy:method.greedy.starting_epoch=0",
     "mmcosine",

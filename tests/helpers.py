@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from types import SimpleNamespace
 
@@ -111,3 +112,31 @@ def plain_step(module: MultimodalModule, batch) -> tuple[StepOutput, dict]:
     logits, uni, feats = module(inputs, lengths)
     losses = {"fused": F.cross_entropy(logits, y)}
     return StepOutput(feats, logits, uni, y, inputs, lengths, losses), losses
+
+
+class NaNLossAt(BalancingCallback):
+    """Adds a non-finite loss term at the given training batches (0-based, counted over the
+    fit; a skipped step does not advance ``global_step``): the module skips those steps
+    (``model.nonfinite=skip``) and a method must leave its statistics alone there."""
+
+    def __init__(self, batches: set[int]) -> None:
+        self.batches = batches
+        self.seen = 0
+
+    @override
+    def on_train_losses(self, trainer, pl_module, out: StepOutput) -> None:
+        if self.seen in self.batches:
+            out.losses["nan"] = torch.tensor(float("nan"))
+        self.seen += 1
+
+
+class StateAfterStep(L.Callback):
+    """A deep copy of ``cb.state_dict()`` after every training batch."""
+
+    def __init__(self, cb: L.Callback) -> None:
+        self.cb = cb
+        self.states: list[dict] = []
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.states.append(copy.deepcopy(self.cb.state_dict()))

@@ -25,15 +25,15 @@ $\\frac1B \\sum_i \\sum_{c} \\mathrm{softmax}([\\mu_1 z_1, \\dots, \\mu_N z_N])_
 $\\sigma$. Outside the window: $\\mathrm{CE}(\\hat y)$ without masks. Validation and test score
 $W_\\star \\sum_m z_m + b_\\star$ (no masks).
 
-DDP: the shares are averaged over the global batch (all-reduce) before the dependent flags
+A step the optimizer skips (non-finite loss or gradients) leaves the dependent flags as they
+were ($l_t$ still advances: it counts batches). DDP: the shares are averaged over the global batch (all-reduce) before the dependent flags
 change; the class mask comes from the callback's generator, equal on every rank.
 
 Deviations: BalanceBenchmark multiplies the ``(B, C)`` logits with a ``(2, C)`` mask (an error
 unless ``B = 2``); here one ``(C,)`` mask is broadcast over the batch, the evident intent. Its
 ``alpha`` and ``U`` settings are unused there and absent here. Works for any $N \\ge 2$ (the
 share rule is defined for any $N$). Requires fusion-derived unimodal logits
-(``fusion: concat``, ``unimodal_heads: false``). ``asgml.eval`` scores a checkpoint with the
-plain fused logits (it builds no callbacks); the test phase of ``asgml.train`` uses
+(``fusion: concat``, ``unimodal_heads: false``). Validation, test and ``asgml.eval`` use
 $W_\\star$. Logged: ``amco/share_<m>``, ``amco/dependent_<m>``, ``amco/pt``.
 """
 
@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.toolkit import EpochWindow, sum_over_ranks
+from asgml.callbacks.toolkit import EpochWindow, NonFiniteCounter, step_finite, sum_over_ranks
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
@@ -92,6 +92,8 @@ class AMCo(BalancingCallback):
         seed: seed of the class-mask generator.
     """
 
+    changes_model = True  # asgml.eval re-applies setup() before loading weights
+
     def __init__(
         self,
         sigma: float = 0.5,
@@ -113,6 +115,8 @@ class AMCo(BalancingCallback):
         self.dependent: dict[str, bool] = {}
         self.l_t = 0.0
         self.last: dict[str, Any] = {}
+        self._pending: Tensor | None = None
+        self.nonfinite = NonFiniteCounter("AMCo", "out of its dependence flags")
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -169,15 +173,29 @@ class AMCo(BalancingCallback):
         self.last = {"share": share, "pt": pt, "dependent": dict(self.dependent)}
 
     @override
+    def on_train_gradients(
+        self, trainer: L.Trainer, module: MultimodalModule, out: StepOutput
+    ) -> None:
+        share, self._pending = self._pending, None
+        if share is None:
+            return
+        # the flags of the next step (BalanceBenchmark: after backward); a step the optimizer
+        # skips (non-finite loss or gradients) leaves them as they were
+        ok = step_finite(module, out).to(share.device)
+        flags, finite = torch.cat([share > self.sigma, ok[None]]).tolist()[:-1], bool(ok)
+        self.nonfinite.add(not finite)
+        if finite:
+            self.dependent = dict(zip(module.modalities, flags, strict=True))
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.nonfinite.end_epoch(trainer)
+
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
-        share = getattr(self, "_pending", None)
-        if share is not None:  # the flags of the next step (BalanceBenchmark: after backward)
-            flags = (share > self.sigma).tolist()
-            self.dependent = dict(zip(pl_module.modalities, flags, strict=True))
-            self._pending = None
-        self.l_t += trainer.current_epoch / 10
+        self.l_t += trainer.current_epoch / 10  # a schedule over batches, skipped ones too
         if self.last and self.logging_step(trainer):
             mods = pl_module.modalities
             log = {"amco/pt": float(self.last["pt"])}
@@ -205,6 +223,7 @@ class AMCo(BalancingCallback):
             "generator": self.generator.get_state(),
             "dependent": dict(self.dependent),
             "l_t": self.l_t,
+            "nonfinite_steps": self.nonfinite.total,
         }
 
     @override
@@ -212,3 +231,4 @@ class AMCo(BalancingCallback):
         self.generator.set_state(state_dict["generator"])
         self.dependent = dict(state_dict["dependent"])
         self.l_t = float(state_dict["l_t"])
+        self.nonfinite.load(state_dict.get("nonfinite_steps", 0))

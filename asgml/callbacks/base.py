@@ -28,7 +28,7 @@ reductions, epoch windows, deferred checkpoint state) is in :mod:`asgml.callback
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 from torch import Tensor
@@ -44,7 +44,15 @@ class BalancingCallback(L.Callback):
     Subclasses keep every piece of state that changes during training in
     :meth:`state_dict` / :meth:`load_state_dict` so a resumed run continues exactly, and
     mark every hook they implement with ``@override``.
+
+    A method whose ``setup`` changes the module (adds its own head or gate network, replaces
+    encoders) sets :attr:`changes_model`: ``asgml.eval`` then calls
+    ``setup(None, module, "test")`` and ``load_state_dict`` (the checkpoint's callback state)
+    before it loads the weights, and scores with :meth:`on_eval_logits`. Such a ``setup``
+    must work without a trainer.
     """
+
+    changes_model: ClassVar[bool] = False
 
     def on_train_losses(
         self, trainer: L.Trainer, module: L.LightningModule, out: StepOutput

@@ -44,7 +44,11 @@ $c = \\arg\\max_m \\mathrm{BDR}_m$ (identical for $N = 2$). The running average 
 modality's own (official: modality 1's average also reads modality 0's gates, a typo; switch
 ``running_average=official``) and is updated on training steps only (official: every
 forward, validation included); under DDP it averages the ranks' batch means. Gradients are
-read unscaled under AMP. Logged: ``greedy/bdr_<m>``, ``greedy/d``, ``greedy/curation``,
+read unscaled under AMP. A step the optimizer skips (non-finite loss or gradients) changes
+no statistic: its speeds are not accumulated, its batch's gates do not enter the running
+average and a re-balancing window does not advance. DDP needs ``trainer.strategy=ddp_find_unused_parameters_true`` (a
+re-balancing step leaves the caring modality's excitation layer without gradient; refused at
+start-up otherwise). Logged: ``greedy/bdr_<m>``, ``greedy/d``, ``greedy/curation``,
 ``greedy/caring``.
 """
 
@@ -60,7 +64,13 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.toolkit import loss_scale, mean_over_ranks
+from asgml.callbacks.toolkit import (
+    NonFiniteCounter,
+    loss_scale,
+    mean_over_ranks,
+    require_unused_parameter_detection,
+    step_finite,
+)
 
 if TYPE_CHECKING:
     from asgml.module import MultimodalModule
@@ -139,6 +149,8 @@ class Greedy(BalancingCallback):
             modality after the first reads the first modality's gates, as the official code).
     """
 
+    changes_model = True  # asgml.eval re-applies setup() before loading weights
+
     def __init__(
         self,
         epsilon: float = 0.01,
@@ -170,10 +182,18 @@ class Greedy(BalancingCallback):
         self.caring: int | None = None
         self.d = math.nan
         self.bdr: list[float] = []
+        self._pending_avg: tuple[dict[str, Tensor], int] | None = None
+        self.nonfinite = NonFiniteCounter("Greedy", "out of its speeds and running gates")
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         module: Any = pl_module
+        require_unused_parameter_detection(
+            trainer,
+            "Greedy",
+            "a re-balancing step replaces the caring modality's gate, so its MMTM excitation "
+            "layer has no gradient",
+        )
         if not hasattr(module, MMTM):  # before configure_optimizers: trained
             module.add_module(MMTM, GreedyMMTM(module.feature_dims, self.ratio))
         dims = {module.feature_dims[m] for m in module.modalities}
@@ -200,10 +220,11 @@ class Greedy(BalancingCallback):
         gates = getattr(module, MMTM)(features)
         self._update_average(trainer, mods, gates)
         caring = mods[self.caring] if self.curation and self.caring is not None else None
+        assert self._pending_avg is not None
         for m in mods:
             g = gates[m]
             if m == caring:
-                g = self.avg_gates[m].to(g).expand_as(g)
+                g = self._pending_avg[0][m].to(g).expand_as(g)
             plan.fusion_scale[m] = g
 
     def _update_average(
@@ -213,15 +234,26 @@ class Greedy(BalancingCallback):
         parts = [gates[m].detach().float().mean(0) for m in src]  # dims may differ
         flat = mean_over_ranks(trainer, torch.cat(parts))
         k = self.avg_count
+        avg = {}
         for m, new in zip(mods, flat.cpu().split([p.numel() for p in parts]), strict=True):
             old = self.avg_gates.get(m, torch.zeros_like(new))
-            self.avg_gates[m] = (new + old * k) / (k + 1)
-        self.avg_count = k + 1
+            avg[m] = (new + old * k) / (k + 1)
+        # this step uses the new average; it is kept once the step is known to be applied
+        self._pending_avg = (avg, k + 1)
 
     @override
     def on_train_gradients(
         self, trainer: L.Trainer, module: MultimodalModule, out: StepOutput
     ) -> None:
+        # a step the optimizer skips (non-finite loss or gradients) leaves every statistic
+        # (speeds, running gates, the re-balancing window) as it was
+        pending, self._pending_avg = self._pending_avg, None
+        finite = bool(step_finite(module, out))
+        self.nonfinite.add(not finite)
+        if not finite:
+            return
+        if pending is not None:
+            self.avg_gates, self.avg_count = pending
         if self.curation:
             self.curation_step += 1
             if self.curation_step >= self.window:
@@ -255,6 +287,10 @@ class Greedy(BalancingCallback):
             )
             self.log_now(trainer, out)
 
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.nonfinite.end_epoch(trainer)
+
     # -------------------------------------------------------------- evaluation
     @override
     def on_eval_logits(
@@ -279,6 +315,7 @@ class Greedy(BalancingCallback):
             "curation": self.curation,
             "curation_step": self.curation_step,
             "caring": self.caring,
+            "nonfinite_steps": self.nonfinite.total,
         }
 
     @override
@@ -290,3 +327,4 @@ class Greedy(BalancingCallback):
         self.curation = bool(state_dict["curation"])
         self.curation_step = int(state_dict["curation_step"])
         self.caring = state_dict["caring"]
+        self.nonfinite.load(state_dict.get("nonfinite_steps", 0))

@@ -100,6 +100,8 @@ class MLA(BalancingCallback):
             $\\nabla_W + \\nabla_W P^\\top$); ``none`` disables the gradient modification.
     """
 
+    changes_model = True  # asgml.eval re-applies setup() before loading weights
+
     def __init__(
         self,
         test_fusion: str = "dynamic",

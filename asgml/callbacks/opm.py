@@ -24,7 +24,10 @@ trains (official: ``loss.backward()`` on the fused CE only). Implemented with th
 ``fusion_scale[m]`` = keep mask / $(1-\\theta)$, ``sample_mask`` = any modality kept.
 
 Scores are summed over the global batch (all-reduced under DDP) before $q$ is computed; the
-execution coin and the masks come from the callback's own generator (in ``state_dict``).
+execution coin and the masks come from the callback's own generator (in ``state_dict``). OPM
+keeps no statistic across steps ($q$ comes from the step's own batch), so a step the
+optimizer skips (non-finite loss or gradients) leaves nothing behind but the generator draws
+it made, as a step of the official loop would.
 
 Deviations: $N > 2$ uses $s_{\\bar m} = \\sum_{k \\ne m} s_k$ (BalanceBenchmark's
 generalisation; identical for $N = 2$). $1 - \\theta$ is clamped at ``1e-5`` (official: no

@@ -303,3 +303,18 @@ class DeferredState:
     def take(self, device: torch.device | str) -> dict[str, Any] | None:
         state, self._state = self._state, None
         return None if state is None else move_data_to_device(state, device)
+
+
+# ------------------------------------------------------------- unused parameters
+def require_unused_parameter_detection(trainer: Any, owner: str, why: str) -> None:
+    """Refuse a DDP run whose strategy does not detect unused parameters, for a method whose
+    steps leave some parameters out of the loss (``why``): plain ``ddp`` would fail at the
+    second step with a less helpful message."""
+    strategy = getattr(trainer, "strategy", None)
+    kwargs = getattr(strategy, "_ddp_kwargs", None)
+    if getattr(trainer, "world_size", 1) > 1 and isinstance(kwargs, dict):
+        if not kwargs.get("find_unused_parameters", False):
+            raise ValueError(
+                f"{owner} under DDP needs trainer.strategy=ddp_find_unused_parameters_true "
+                f"(or ddp_spawn_find_unused_parameters_true): {why}"
+            )

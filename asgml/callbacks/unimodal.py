@@ -97,6 +97,8 @@ class Unimodal(BalancingCallback):
         modality: the modality to train.
     """
 
+    changes_model = True  # asgml.eval re-applies setup() before loading weights
+
     def __init__(self, modality: str) -> None:
         super().__init__()
         if not modality:

@@ -10,7 +10,14 @@ import torch
 
 from asgml.callbacks.amco import STAR, AMCo, amco_class_mask, amco_pt, amco_shares
 from asgml.train import run
-from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
+from tests.helpers import (
+    GradRecorder,
+    NaNLossAt,
+    StateAfterStep,
+    fit,
+    tiny_mlp_module,
+    vector_loader,
+)
 from tests.methods.resume_check import assert_resume_exact
 
 
@@ -82,3 +89,14 @@ def test_runs_end_to_end(make_cfg, extra) -> None:
 def test_resume_is_exact(tmp_path: Path) -> None:
     full = assert_resume_exact(tmp_path, ["method=amco"], "AMCo")
     assert f"{STAR}.weight" in full["state_dict"]
+
+
+def test_a_skipped_step_leaves_the_dependence_flags_unchanged() -> None:
+    cb = AMCo(sigma=0.01, modulation_starts=0)  # every applied step flags every modality
+    snaps = StateAfterStep(cb)
+    with pytest.warns(UserWarning, match="non-finite"):
+        fit(tiny_mlp_module(), vector_loader(), [NaNLossAt({0}), cb, snaps], max_steps=1)
+    skipped, applied = snaps.states
+    assert skipped["dependent"] == {"audio": False, "visual": False}  # as before the step
+    assert skipped["nonfinite_steps"] == 1
+    assert applied["dependent"] == {"audio": True, "visual": True}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -24,7 +25,14 @@ from asgml.callbacks.greedy import (
 from asgml.models.encoders import MLPEncoder
 from asgml.module import MultimodalModule
 from asgml.train import run
-from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
+from tests.helpers import (
+    GradRecorder,
+    NaNLossAt,
+    StateAfterStep,
+    fit,
+    tiny_mlp_module,
+    vector_loader,
+)
 from tests.methods.resume_check import assert_resume_exact
 
 
@@ -65,11 +73,13 @@ def test_running_average_own_and_official() -> None:
     own = Greedy()
     own.avg_gates, own.avg_count = {"a": torch.tensor([0.0, 0.0]), "b": torch.ones(2)}, 1
     own._update_average(None, ["a", "b"], gates)  # type: ignore[arg-type]
-    assert torch.allclose(own.avg_gates["a"], torch.tensor([0.15, 0.3]))  # (0.3 + 0) / 2
-    assert torch.allclose(own.avg_gates["b"], torch.tensor([1.0, 0.5]))
+    avg, count = own._pending_avg  # kept once the step is applied
+    assert count == 2
+    assert torch.allclose(avg["a"], torch.tensor([0.15, 0.3]))  # (0.3 + 0) / 2
+    assert torch.allclose(avg["b"], torch.tensor([1.0, 0.5]))
     official = Greedy(running_average="official")  # b reads a's gates (the official typo)
     official._update_average(None, ["a", "b"], gates)  # type: ignore[arg-type]
-    assert torch.allclose(official.avg_gates["b"], torch.tensor([0.3, 0.6]))
+    assert torch.allclose(official._pending_avg[0]["b"], torch.tensor([0.3, 0.6]))
     with pytest.raises(ValueError, match="running_average=official"):
         encs = {
             m: MLPEncoder(input_dim=4, hidden_dim=8, feature_dim=d) for m, d in [("a", 8), ("b", 6)]
@@ -164,3 +174,23 @@ def test_resume_is_exact(tmp_path: Path) -> None:
         tmp_path, ["method=greedy", "method.greedy.starting_epoch=0"], "Greedy"
     )
     assert full["callbacks"]["Greedy"]["avg_count"] > 0
+
+
+def test_plain_ddp_is_refused_with_the_strategy_to_use() -> None:
+    plain = SimpleNamespace(world_size=2, strategy=SimpleNamespace(_ddp_kwargs={}))
+    with pytest.raises(ValueError, match="Greedy under DDP needs"):
+        Greedy().setup(plain, tiny_mlp_module(), "fit")
+
+
+def test_a_skipped_step_leaves_the_statistics_unchanged() -> None:
+    cb = Greedy(epsilon=10.0, starting_epoch=0)  # never re-balancing: measured every step
+    snaps = StateAfterStep(cb)
+    with pytest.warns(UserWarning, match="non-finite"):
+        fit(_gated_module(), vector_loader(), [NaNLossAt({1}), cb, snaps], max_steps=2)
+    before, skipped, after = snaps.states
+    for key in ("m_bypass", "m_main", "avg_count"):
+        assert skipped[key] == before[key], key
+        assert after[key] != skipped[key], key  # the next applied step does count
+    for m in before["avg_gates"]:
+        assert torch.equal(skipped["avg_gates"][m], before["avg_gates"][m]), m
+    assert skipped["nonfinite_steps"] == 1

@@ -48,6 +48,22 @@ EXTRA = {
     # MLA forwards one modality per step: the other encoder has no gradient
     "mla": ["trainer.strategy=ddp_find_unused_parameters_true"],
     "opm": ["method.opm.modulation_starts=0", "method.opm.p_exe=1.0"],
+    # re-balancing steps from the first epoch (the statistics are measured from step 0)
+    # (a re-balancing step leaves the caring modality's excitation layer without gradient)
+    "greedy": [
+        "method.greedy.starting_epoch=0",
+        "trainer.strategy=ddp_find_unused_parameters_true",
+    ],
+    # a diagnosis and soft re-initialisation after epoch 1, applied at the start of epoch 2
+    # (3 epochs: 6 steps)
+    "relearning": ["method.relearning.reinit_epoch=1", "trainer.max_epochs=3"],
+    # epoch 0 boosts audio (visual forwarded without graph), epoch 1 rectifies; the module's
+    # fusion layer is unused
+    "reconboost": [
+        "method.reconboost.epochs_per_stage=1",
+        "method.reconboost.correct_epoch=1",
+        "trainer.strategy=ddp_find_unused_parameters_true",
+    ],
     # epoch 1 trains on a valued, resampled train set (the plan must agree across ranks)
     "sample_valuation": ["method.valuation.warmup=1"],
 }

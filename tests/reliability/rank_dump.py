@@ -14,6 +14,8 @@ from asgml.callbacks.probe import ProbeMonitor
 from asgml.callbacks.valuation import SampleValuation
 
 TRACKED = ("ogm/", "boost/", "probe/acc_")
+# methods whose callback state (statistics, schedule) must agree across ranks
+COMPARED_STATES = ("Greedy", "ReLearning", "ReconBoost")
 
 
 class RankDump(L.Callback):
@@ -58,6 +60,11 @@ class RankDump(L.Callback):
                 "probes": banks.get("ProbeMonitor", {}),
                 "banks": banks,
                 "steps": self.steps,
+                "states": {
+                    type(cb).__name__: cb.state_dict()
+                    for cb in trainer.callbacks
+                    if type(cb).__name__ in COMPARED_STATES
+                },
             },
             Path(self.out_dir) / f"{self.tag}rank{trainer.global_rank}.pt",
         )

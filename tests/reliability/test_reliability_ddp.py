@@ -39,8 +39,17 @@ METHODS = [
     "opm",
     "pmr",
     "amco",
+    "greedy",
+    "relearning",
+    "reconboost",
     "sample_valuation",
 ]
+# optimizer steps per method when not the default 4 (2 epochs x 2 batches)
+STEPS = {"relearning": 6}
+# ASGML_DDP_METHODS=greedy,reconboost limits the pair of processes to those methods (select the
+# same ones with -k)
+if os.environ.get("ASGML_DDP_METHODS"):
+    METHODS = [m for m in os.environ["ASGML_DDP_METHODS"].split(",") if m]
 
 
 def _free_port() -> int:
@@ -90,7 +99,7 @@ def test_ddp_ranks_stay_identical(ddp_runs: Path, method: str) -> None:
     r0 = torch.load(run_dir / "rank0.pt", weights_only=True)
     r1 = torch.load(run_dir / "rank1.pt", weights_only=True)
     assert r0["world_size"] == r1["world_size"] == 2
-    assert r0["global_step"] == r1["global_step"] == 4
+    assert r0["global_step"] == r1["global_step"] == STEPS.get(method, 4)
     assert r0["params"].keys() == r1["params"].keys()
     drift = [k for k, v in r0["params"].items() if not torch.equal(v, r1["params"][k])]
     assert not drift, f"{method}: parameters differ across ranks: {drift}"
@@ -102,6 +111,26 @@ def test_ddp_ranks_stay_identical(ddp_runs: Path, method: str) -> None:
             assert torch.equal(v, r1["banks"][name][k]), f"{method}: {name}.{k} differs"
     # the method's logged values at every step (OGM-GE coefficients, probe scores, scales)
     assert r0["steps"] == r1["steps"]
+    # the method's own statistics and schedule (Greedy's speeds and gates, ReLearning's
+    # diagnoses, ReconBoost's phase)
+    assert r0.get("states", {}).keys() == r1.get("states", {}).keys()
+    for name, state in r0.get("states", {}).items():
+        _assert_same(state, r1["states"][name], f"{method}: {name}")
+
+
+def _assert_same(a: object, b: object, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"  # nan == nan
 
 
 @pytest.mark.slow

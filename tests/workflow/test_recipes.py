@@ -58,6 +58,16 @@ METHOD_VALUES: dict[tuple[str, str], dict[str, Any]] = {
         "method.agm.modulation_ends": 100,
     },
     ("cremad_1f_table", "agm"): {"method.agm.alpha": 1.5, "method.agm.modulation_ends": 100},
+    # huacong/ReconBoost @ 14ab57a README.md:54-63 (CREMA-D command), train.py:77 (alpha)
+    ("cremad_1f_table", "reconboost"): {
+        "method.reconboost.epochs_per_stage": 4,
+        "method.reconboost.correct_epoch": 4,
+        "method.reconboost.weight1": 5.0,
+        "method.reconboost.weight2": 1.0,
+        "method.reconboost.alpha": 0.5,
+        "method.reconboost.warm_start": True,
+    },
+    ("cremad_3f_table", "reconboost"): {"method.reconboost.weight1": 5.0},
     ("cremad_3f_table", "arl"): {"method.arl.gamma": 4.0, "method.arl.temperature": 8.0},
     ("cremad_1f_table", "arl"): {"method.arl.gamma": 4.0},
     ("cremad_1f_table", "ogm"): {"method.ogm.alpha": 0.8, "method.ogm.variant": "official"},

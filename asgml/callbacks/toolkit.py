@@ -96,6 +96,16 @@ def all_finite(grads: Sequence[Tensor]) -> Tensor:
     return torch.isfinite(torch.stack(norms).sum())
 
 
+# ------------------------------------------------------------------------ logging
+def should_log(trainer: Any) -> bool:
+    """Whether ``LightningModule.log(..., on_step=True)`` values are written this step
+    (every ``trainer.log_every_n_steps``, and at the last step). Per-step values logged on
+    other steps are dropped, so the per-step path computes and logs them only when this is
+    true (outside a fit: true)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))
+
+
 # ---------------------------------------------------------------------- precision
 def _scaler(trainer: Any) -> Any:
     scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)

@@ -226,11 +226,10 @@ def test_no_host_sync_on_ordinary_steps(method: str, tmp_path: Path) -> None:
     counter = count_syncs(method, tmp_path, nonfinite_check_every=1000)
     assert counter.logging == {3, 7}
     assert ordinary_step_syncs(method, counter) == {}
-    # per-step `log` calls only on the steps Lightning writes (and at evaluations); the
-    # module logs the loss every step (its epoch mean needs every value)
-    boundary = BOUNDARY.get(method, lambda s: False)
-    quiet = [s for s in range(STEPS) if s not in counter.logging and not boundary(s)]
-    assert {s: counter.logged[s] for s in quiet} == {s: {"train/loss"} for s in quiet}
+    # `log` calls only on the steps Lightning writes (the module's loss among them)
+    quiet = [s for s in range(STEPS) if s not in counter.logging]
+    assert {s: counter.logged.get(s, set()) for s in quiet} == {s: set() for s in quiet}
+    assert all("train/loss_step" in counter.logged[s] for s in counter.logging)
 
 
 def test_the_counter_sees_the_module_guard(tmp_path: Path) -> None:
@@ -254,6 +253,8 @@ class EpochRecorder(BalancingCallback):
     def on_train_gradients(self, trainer, module, out) -> None:
         terms = {k: float(v) for k, v in out.losses.items()}
         self.steps.append((trainer.current_epoch, terms, out.logits.detach(), out.labels))
+        self.loss_at = getattr(self, "loss_at", {})
+        self.loss_at[trainer.global_step] = float(out.loss)
 
 
 def test_epoch_values_are_lightnings_epoch_means(tmp_path: Path) -> None:
@@ -287,3 +288,9 @@ def test_epoch_values_are_lightnings_epoch_means(tmp_path: Path) -> None:
         assert float(row["train/acc"]) == pytest.approx(correct / sum(sizes), rel=1e-6)
         loss = sum(sum(t.values()) * b for (t, _, _), b in zip(steps, sizes)) / sum(sizes)
         assert float(row["train/loss_epoch"]) == pytest.approx(loss, rel=1e-6)
+    # the step loss on the steps Lightning writes (every 2nd, and the last), at that step
+    written = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r["train/loss_step"]}
+    assert sorted(written) == [1, 3, 5, 7, 9]
+    assert written == pytest.approx({s: rec.loss_at[s] for s in written}, rel=1e-6)
+    # what a monitor reads: the last epoch's mean under `train/loss`
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(loss, rel=1e-6)

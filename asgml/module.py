@@ -18,7 +18,12 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.toolkit import has_grad_scaler, loss_and_grads_finite, should_log
+from asgml.callbacks.toolkit import (
+    has_grad_scaler,
+    loss_and_grads_finite,
+    should_log,
+    sum_over_ranks,
+)
 from asgml.models.fusion import build_fusion, init_linear_ogm
 from asgml.step_plan import StepPlan
 from asgml.types import StepOutput
@@ -162,10 +167,11 @@ class MultimodalModule(L.LightningModule):
                 ms[f"f1_{m}"] = MulticlassF1Score(num_classes, average="macro")
             return MetricCollection(ms)
 
-        # updated every step, logged at the epoch end (_log_epoch_terms)
-        self.train_metrics = MetricCollection(
-            {"acc": MulticlassAccuracy(num_classes, average="micro")}, prefix="train/"
-        )
+        # training accuracy: correct predictions and samples counted on the device every
+        # step, summed over ranks and logged at the epoch end (MulticlassAccuracy's micro
+        # accuracy, without a torchmetrics update per step)
+        self._train_correct: Tensor | None = None
+        self._train_seen = 0
         self.val_metrics = _metrics().clone(prefix="val/")
         self.test_metrics = _metrics().clone(prefix="test/")
         self.val_acc_best = MaxMetric()
@@ -426,7 +432,11 @@ class MultimodalModule(L.LightningModule):
         for k, v in out.losses.items():
             if k != "fused" or len(out.losses) > 1:
                 self._accumulate_term(f"train/loss_{k}", v.detach(), bs)
-        self.train_metrics["acc"].update(logits.detach(), y)
+        correct = (logits.detach().argmax(dim=1) == y).sum()
+        self._train_correct = (
+            correct if self._train_correct is None else self._train_correct + correct
+        )
+        self._train_seen += bs
         return loss.detach()
 
     def _accumulate_term(self, name: str, value: Tensor, batch_size: int) -> None:
@@ -451,10 +461,13 @@ class MultimodalModule(L.LightningModule):
             else:
                 self.log(name, total / count, on_step=False, on_epoch=True)
         self._epoch_terms = {}
-        acc = self.train_metrics["acc"]
-        if acc.update_called:
-            self.log("train/acc", acc.compute(), on_step=False, on_epoch=True)
-        acc.reset()
+        if self._train_correct is not None:  # every rank took the same number of steps
+            counts = torch.stack(
+                [self._train_correct, self._train_correct.new_tensor(self._train_seen)]
+            )
+            correct, seen = sum_over_ranks(self.trainer, counts).float().unbind()
+            self.log("train/acc", correct / seen, on_step=False, on_epoch=True)
+        self._train_correct, self._train_seen = None, 0
 
     def _flush_nonfinite(self) -> int:
         """Fold the device-side count of non-finite losses (GradScaler + skip) in."""
@@ -468,7 +481,7 @@ class MultimodalModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._all_params = None
         self._epoch_terms = {}
-        self.train_metrics.reset()
+        self._train_correct, self._train_seen = None, 0
 
     @override
     def on_train_epoch_end(self) -> None:

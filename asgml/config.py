@@ -3,9 +3,10 @@ callbacks and loggers."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
@@ -58,8 +59,35 @@ TWO_MODALITY_ONLY: tuple[tuple[str, str | None, tuple[str, ...] | None], ...] = 
 TWO_MODALITY_FUSIONS = ("film", "gated")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_value_ranges(cfg: DictConfig) -> None:
+    """Types and ranges of the run's scalar settings (``seed``, the datamodule's sizes),
+    each error naming its key."""
+    if not _is_int(cfg.get("seed")):
+        raise ValueError(f"seed must be an integer, got {cfg.get('seed')!r}")
+    dm = (cfg.get("dataset") or {}).get("datamodule") or {}
+    for key, lo in (("image_size", 1), ("batch_size", 1), ("frames", 1), ("num_workers", 0)):
+        for where, node in (("dataset", cfg.get("dataset") or {}), ("dataset.datamodule", dm)):
+            if key in node and node[key] is not None:
+                v = node[key]
+                if not _is_int(v) or v < lo:
+                    raise ValueError(f"{where}.{key} must be an integer >= {lo}, got {v!r}")
+    size = dm.get("decode_size") if "decode_size" in dm else None
+    if size is not None and size != "native":
+        hw = list(size) if isinstance(size, ListConfig | list | tuple) else [size]
+        if len(hw) not in (1, 2) or not all(_is_int(v) and v > 0 for v in hw):
+            raise ValueError(
+                "dataset.datamodule.decode_size must be native, null, a positive integer or "
+                f"[H, W] of positive integers; got {size!r}"
+            )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Checks that fail early, before any data is read, with the offending key named."""
+    check_value_ranges(cfg)
     if cfg.get("select_on", "val") not in ("val", "test"):
         raise ValueError(f"select_on must be 'val' or 'test', got {cfg.select_on!r}")
     metric = cfg.get("optimized_metric")
@@ -170,3 +198,71 @@ def check_datamodule_matches(datamodule: Any, model_cfg: DictConfig) -> None:
             f"model.num_classes={model_cfg.num_classes} does not match the dataset's "
             f"num_classes={n_data} (dataset.num_classes)"
         )
+
+
+# `_target_`s a stored (untrusted) config may name: asgml's own classes and the library
+# classes the shipped configs use (tests/reliability/test_security.py checks that every
+# `_target_` under conf/ is covered). A target must also resolve to a class: functions such
+# as `builtins.open` or `numpy.save` are never instantiated from a checkpoint.
+TRUSTED_TARGET_PREFIXES: tuple[str, ...] = (
+    "asgml.",
+    "torch.optim.",
+    "torchvision.models.",
+    "lightning.pytorch.callbacks.",
+    "lightning.pytorch.loggers.",
+    "lightning.pytorch.Trainer",
+    "hydra_plugins.hydra_optuna_sweeper.",
+    "optuna.samplers.",
+)
+
+
+class UntrustedTargetError(ValueError):
+    """A stored config names a ``_target_`` outside the allowlist."""
+
+
+def _target_paths(node: Any, path: str) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    if isinstance(node, DictConfig | Mapping):
+        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
+        for k, v in items:
+            key = f"{path}.{k}" if path else str(k)
+            if k == "_target_":
+                out.append((key, v))
+            else:
+                out.extend(_target_paths(v, key))
+    elif isinstance(node, ListConfig | list | tuple):
+        for i, v in enumerate(node):
+            out.extend(_target_paths(v, f"{path}[{i}]"))
+    return out
+
+
+def check_targets(
+    cfg: Any, extra_prefixes: Sequence[str] = (), source: str = "the stored config"
+) -> None:
+    """Refuse a config (e.g. one stored in a checkpoint) naming a ``_target_`` outside
+    :data:`TRUSTED_TARGET_PREFIXES` (plus ``extra_prefixes``) or one that is not a class.
+
+    Raises:
+        UntrustedTargetError: naming the key path and the target.
+    """
+    prefixes = (*TRUSTED_TARGET_PREFIXES, *extra_prefixes)
+    for key, target in _target_paths(cfg, ""):
+        name = str(target)
+        why = None
+        if not name.startswith(prefixes):
+            why = "is not in the allowlist"
+        else:
+            try:
+                obj = get_object(name)
+            except Exception as e:
+                why = f"cannot be imported ({e})"
+            else:
+                if not isinstance(obj, type):
+                    why = "is not a class"
+        if why:
+            raise UntrustedTargetError(
+                f"{source}: {key}={name!r} {why}; only classes under {list(prefixes)} are "
+                "instantiated from a stored config (a checkpoint could otherwise call any "
+                "function). If you trust the checkpoint, allow the prefix with "
+                "allow_targets=[...]"
+            )

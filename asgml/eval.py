@@ -39,7 +39,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build
-from asgml.config import to_container
+from asgml.config import check_targets, to_container
 from asgml.shapley import Coalition, all_subsets, coalition_name, shapley_values
 
 log = logging.getLogger("asgml")
@@ -72,9 +72,12 @@ def build_from_config(
     run_cfg: Mapping[str, Any],
     data_dir: str | None = None,
     datamodule_overrides: Mapping[str, Any] | None = None,
+    allow_targets: Sequence[str] = (),
 ) -> tuple[Any, torch.nn.Module]:
     """``(datamodule, model)`` from a resolved run config (as stored in checkpoints), built
-    by :func:`asgml.build.build` as the training run built them."""
+    by :func:`asgml.build.build` as the training run built them. Only trusted ``_target_``
+    classes are instantiated (:func:`asgml.config.check_targets`; ``allow_targets`` adds
+    prefixes)."""
     cfg = OmegaConf.create(dict(run_cfg))
     target = cfg.dataset.datamodule.get("_target_")
     if target in RENAMED_TARGETS:
@@ -95,6 +98,7 @@ def build_from_config(
     legacy = cfg.method.pop("module", None) or {}
     if legacy:
         cfg.model = OmegaConf.merge(cfg.model, legacy)
+    check_targets(cfg, allow_targets, source="the config stored in the checkpoint")
     datamodule, model, _ = build(cfg, callbacks=False)
     return datamodule, model
 
@@ -212,13 +216,14 @@ def evaluate_checkpoint(
     device: str | None = None,
     data_dir: str | None = None,
     datamodule_overrides: Mapping[str, Any] | None = None,
+    allow_targets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Evaluate ``ckpt_path`` on ``split``; returns the dict written to ``eval.json``."""
     if split not in ("test", "val", "train"):
         raise ValueError(f"split must be test, val or train, got {split!r}")
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = ckpt["asgml_config"]
-    datamodule, model = build_from_config(run_cfg, data_dir, datamodule_overrides)
+    datamodule, model = build_from_config(run_cfg, data_dir, datamodule_overrides, allow_targets)
     load_weights(model, ckpt["state_dict"])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     outputs = collect_logits(model, _split_loader(datamodule, split), mask=mask, device=dev)
@@ -272,6 +277,7 @@ def main(cfg: DictConfig) -> float:
         device=cfg.get("device"),
         data_dir=cfg.get("data_dir"),
         datamodule_overrides=overrides,
+        allow_targets=list(cfg.get("allow_targets") or []),
     )
     path = write_eval(result, cfg.get("out"))
     print(format_eval(result))

@@ -26,6 +26,7 @@ from asgml.callbacks.toolkit import (
 )
 from asgml.models.fusion import build_fusion, init_linear_ogm
 from asgml.step_plan import StepPlan
+from asgml.train_set_plan import apply_present_mask
 from asgml.types import StepOutput
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -283,10 +284,13 @@ class MultimodalModule(L.LightningModule):
         """:meth:`forward` as ``plan`` says; identical to it for a default plan.
 
         Calls every callback's ``on_step_features`` between the encoders and the fusion
-        layer. Unimodal logits come from the unscaled features of forwarded modalities."""
+        layer, then zeroes the modalities a train-set plan marks absent in ``batch``
+        (:func:`~asgml.train_set_plan.apply_present_mask`). Unimodal logits come from the
+        unscaled features of forwarded modalities."""
         feats = self.encode(inputs, lengths, plan.forward, plan.no_grad)
         for cb in self._balancing_callbacks():
             cb.on_step_features(self.trainer, self, plan, feats, batch)
+        apply_present_mask(plan, batch)  # a train-set plan's absent modalities (train_set_plan.py)
         plan.validate()
         if plan.forward == set(self.modalities) and not plan.fusion_scale:
             logits, uni = self.heads(feats)

@@ -17,6 +17,8 @@ masked) at the start of every training step and hands it to each
 Extra passes (a second forward through some encoders, a loss on another view) stay in
 ``on_train_losses``, where the published :class:`~asgml.types.StepOutput` and the module's
 ``encode`` / ``heads`` are at hand. A default plan leaves the step bit-for-bit as it was.
+Methods that change which *data* an epoch trains on (resampled entries, per-sample modality
+masks) return a :class:`~asgml.train_set_plan.TrainSetPlan` instead.
 
 Under DDP every field must be equal on all ranks except the per-sample ones
 (``fusion_scale`` rows, ``sample_mask``): a callback that decides from rank-local data

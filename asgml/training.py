@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build
 from asgml.config import model_option_overrides, recipe_lines, to_container, validate_config
+from asgml.resume import check_resume
 
 log = logging.getLogger("asgml")
 
@@ -48,6 +49,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule, model, callbacks = build(cfg)
+    if cfg.get("ckpt_path") and cfg.get("train", True):
+        check_resume(cfg, model)  # refuses a checkpoint of another dataset/method/seed/shape
     if cfg.select_on == "test":
         log.warning(
             "select_on=test: the best epoch is chosen on the TEST split (official-script mode)"
@@ -90,12 +93,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "optimized_value": optimized_value(cfg, result),
         "best_checkpoint": os.path.relpath(best_path, out_dir) if best_path else None,
         "skipped_nonfinite_steps": model.skipped_nonfinite_steps,
+        # items the datamodule skipped or repaired: {split: {kind: {count, examples}}}
+        "data_issues": _data_issues(datamodule),
         "config": to_container(cfg),
     }
     if trainer.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         print_summary(cfg, metrics, out_dir)
     return metrics
+
+
+def _data_issues(datamodule: Any) -> dict[str, Any]:
+    issues = getattr(datamodule, "data_issues", None)
+    return issues.as_dict() if issues is not None else {}
 
 
 def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:

@@ -40,10 +40,12 @@ from torch.utils.data import DataLoader
 
 from asgml.callbacks.gblending import GBlending
 from asgml.callbacks.unimodal import make_unimodal
+from asgml.callbacks.valuation import SampleValuation
 from asgml.config import method_callback_configs
 from asgml.data.synthetic import DictTensorDataset
 from asgml.models.encoders import MLPEncoder, ResNet18Encoder
 from asgml.module import MultimodalModule
+from asgml.train_set_plan import PlannedDataset, TrainSetPlan
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 DEFAULT_METHODS = [
@@ -75,6 +77,7 @@ DEFAULT_METHODS = [
     "unimodal",
     "umt",
     "linear_probe",
+    "sample_valuation",
 ]
 
 
@@ -190,8 +193,26 @@ def checkpoint_specs(build, root: Path) -> dict[str, str]:
     }
 
 
+def planned_loader(loader: DataLoader) -> DataLoader:
+    """``loader``'s data as a train-set plan in which every other entry keeps one modality
+    (in turn): the steps sample-level valuation trains on after its warm-up."""
+    base = loader.dataset
+    mods = list(base.tensors)
+    present = torch.ones(len(base), len(mods), dtype=torch.bool)
+    for j in range(1, len(base), 2):
+        present[j] = False
+        present[j, (j // 2) % len(mods)] = True
+    plan = TrainSetPlan(torch.arange(len(base)), present, tuple(mods))
+    return DataLoader(PlannedDataset(base, plan), batch_size=loader.batch_size, shuffle=False)
+
+
 def run_once(name: str, build, loader, args) -> tuple[list[float], list[float]]:
     cbs, module_opts = method_callbacks(args.specs.get(name, name), args.case)
+    if any(isinstance(cb, SampleValuation) for cb in cbs):
+        # per-step cost: steps on a planned train set; the callback itself acts once per
+        # epoch (the valuation pass, reported below) and needs a datamodule
+        cbs = [cb for cb in cbs if not isinstance(cb, SampleValuation)]
+        loader = planned_loader(loader)
     timer = StepTimer(args.warmup)
     for cb in cbs:
         if isinstance(cb, GBlending):
@@ -307,6 +328,13 @@ def main() -> None:
             print(
                 "pmr: plus, every epoch, a forward pass (no backward) over a tenth of the training "
                 "set for the prototypes."
+            )
+        if "sample_valuation" in methods:
+            print(
+                "sample_valuation: steps on a planned set (half the entries keep one modality); "
+                "plus, every epoch after the warm-up, a no-grad pass over the training set (the "
+                "encoders once, the fusion layer for each of the 2^N - 1 modality subsets), and "
+                "the epoch grows by the added copies."
             )
     tmp.cleanup()
 

@@ -16,7 +16,10 @@ calls inside a step, in callback order:
 * :meth:`~BalancingCallback.on_train_gradients` after ``manual_backward``, before the
   optimizer step: read and edit the (DDP-averaged) gradients;
 * :meth:`~BalancingCallback.on_eval_logits` at validation and test time: replace the fused
-  logits (a method's test-time fusion).
+  logits (a method's test-time fusion);
+* :meth:`~BalancingCallback.on_train_set_plan` at the start of every training epoch: return
+  a :class:`~asgml.train_set_plan.TrainSetPlan` (resampled entries with per-sample modality
+  masks) that the epoch trains on instead of the plain train split.
 
 The step output is valid for the duration of the training hooks; it is not stored on the
 module. The shared plumbing (unscaled gradients under any precision, skipped steps, DDP
@@ -32,6 +35,7 @@ from torch import Tensor
 
 from asgml.callbacks.toolkit import should_log
 from asgml.step_plan import StepPlan
+from asgml.train_set_plan import TrainSetPlan
 from asgml.types import StepOutput
 
 
@@ -91,6 +95,15 @@ class BalancingCallback(L.Callback):
         from elsewhere may replace entries of ``unimodal_logits`` in place (they feed the
         ``acc_<m>`` metrics)."""
         return logits
+
+    def on_train_set_plan(
+        self, trainer: L.Trainer, module: L.LightningModule, datamodule: Any
+    ) -> TrainSetPlan | None:
+        """This epoch's train set (called from the datamodule's ``train_dataloader()`` at the
+        start of each epoch, ``trainer.current_epoch`` already the new epoch); ``None``
+        (default): the plain train split. A callback that returns plans calls
+        :func:`~asgml.train_set_plan.require_reloaded_train_loader` in ``setup``."""
+        return None
 
     @staticmethod
     def log_now(trainer: L.Trainer, metrics: dict[str, float]) -> None:

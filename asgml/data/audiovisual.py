@@ -39,9 +39,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+from typing_extensions import override
 
 from asgml.data.base import SplitDataModule, check_data_dir, require_file
-from asgml.data.cache import AVCache
+from asgml.data.cache import MARKER, AVCache, cache_key, verify_cache
+from asgml.data.issues import DataIssues
 
 log = logging.getLogger("asgml.data")
 
@@ -146,9 +148,15 @@ def decode_size_hw(
         s = int(round(image_size * 256 / 224))
         return s, s
     if isinstance(decode_size, int):
-        return decode_size, decode_size
-    h, w = (int(v) for v in decode_size)
-    return h, w
+        hw = [decode_size, decode_size]
+    else:
+        hw = list(decode_size)
+    if len(hw) != 2 or not all(isinstance(v, int) and v > 0 for v in hw):
+        raise ValueError(
+            f"decode_size must be 'native', null, a positive int or [H, W] of positive ints; "
+            f"got {decode_size!r}"
+        )
+    return hw[0], hw[1]
 
 
 def decode_frame(path: Path, size_hw: tuple[int, int] | None) -> np.ndarray:
@@ -247,6 +255,35 @@ class AVClipDataset(Dataset):
         }
 
 
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _VerifySet(Dataset):
+    """One clip's decode errors (every frame, not only the sampled ones) and audio shape."""
+
+    def __init__(self, dm: AudioVisualDataModule, clips: Sequence[Clip]) -> None:
+        self.dm, self.clips = dm, clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> tuple[list[str], tuple[int, ...] | None, str]:
+        c = self.clips[i]
+        errors: list[str] = []
+        shape = None
+        try:
+            shape = tuple(np.shape(self.dm.load_audio(c.audio)))
+        except Exception as e:
+            errors.append(f"{c.audio}: {e}")
+        for f in c.frames:
+            try:
+                self.dm.read_frame(f, None)
+            except Exception as e:
+                errors.append(f"{f}: {e}")
+        return errors, shape, str(c.audio)
+
+
 class AudioVisualDataModule(SplitDataModule, abc.ABC):
     """Common base of the audio-visual datamodules.
 
@@ -270,7 +307,8 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         batch_size: loader batch size (per process under DDP).
         num_workers: loader worker processes.
         pin_memory: loader ``pin_memory``.
-        strict: fail (instead of one counting warning) on clips missing on disk.
+        strict: fail (instead of a recorded warning) on clips missing on disk, listed
+            twice, or in both the train and the test list.
         cache: ``auto`` (use a complete, matching cache if there is one, else decode on
             the fly with a warning if a stale one is found), ``off``, or ``require``.
         cache_dir: cache root; default ``<data_dir>/.asgml_cache``.
@@ -318,6 +356,8 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
             raise ValueError(f"cache must be 'auto', 'off' or 'require', got {cache!r}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"{self.NAME}: image_size must be a positive int, got {image_size!r}")
         self.frames = int(frames)
         self.image_size = int(image_size)
         self.decode_hw = decode_size_hw(decode_size, self.image_size)
@@ -332,6 +372,8 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         self.cache_root = Path(cache_dir) if cache_dir else self.data_dir / ".asgml_cache"
         self.splits: dict[str, AVClipDataset] = {}
         self._clips: dict[str, list[Clip]] = {}
+        self._missing: dict[str, list[Clip]] = {}
+        self.data_issues = DataIssues(self.NAME)
 
     # frame choice and frame decoding (the cache stores and reads frames with these too)
     select_frames = staticmethod(frame_indices)
@@ -354,11 +396,50 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
     def official_clips(self, split: str) -> list[Clip]:
         """Clips of an official split (``train``/``test``) present on disk (memoised)."""
         if split not in self._clips:
+            path = self.data_dir / self.SPLIT_FILES[split]
             clips = self.read_split(split)
-            self._clips[split] = drop_missing(
-                clips, self.data_dir / self.SPLIT_FILES[split], self.strict
+            if not clips:
+                raise ValueError(f"{self.NAME}: {path} lists no clips (empty {split} split)")
+            self._check_duplicates(clips, split, path)
+            kept = drop_missing(clips, path, self.strict)
+            present = {id(c) for c in kept}
+            self._missing[split] = [c for c in clips if id(c) not in present]
+            gone = [c.name for c in self._missing[split]]
+            self.data_issues.record(
+                split, "missing_files", gone, len(gone), "skipped: no audio file or no frames"
             )
+            if not kept:
+                raise FileNotFoundError(
+                    f"{self.NAME}: none of the {len(clips)} clips listed in {path} is on disk "
+                    f"(e.g. {clips[0].audio}); check data_dir and the layout:\n{self.LAYOUT}"
+                )
+            self._clips[split] = kept
         return self._clips[split]
+
+    def _check_duplicates(self, clips: Sequence[Clip], split: str, path: Path) -> None:
+        """A clip listed twice with two labels is an error; with one label it is kept as
+        listed (as the official loaders do) and recorded."""
+        labels: dict[str, set[int]] = {}
+        counts: dict[str, int] = {}
+        for c in clips:
+            labels.setdefault(c.name, set()).add(c.label)
+            counts[c.name] = counts.get(c.name, 0) + 1
+        conflicts = [n for n, ls in labels.items() if len(ls) > 1]
+        if conflicts:
+            ex = ", ".join(f"{n} (labels {sorted(labels[n])})" for n in conflicts[:3])
+            raise ValueError(
+                f"{self.NAME}: {len(conflicts)} clips are listed in {path} with two different "
+                f"labels, e.g. {ex}; fix the list (each clip needs one label)"
+            )
+        repeated = [n for n, k in counts.items() if k > 1]
+        if repeated and self.strict:
+            raise ValueError(
+                f"{self.NAME}: {len(repeated)} clips are listed twice in {path}, e.g. "
+                f"{repeated[:3]} (strict=true)"
+            )
+        self.data_issues.record(
+            split, "duplicate_ids", repeated, len(repeated), "listed twice, kept as listed"
+        )
 
     def cache_config(self) -> dict[str, Any]:
         """Everything the cached arrays depend on (hashed with the clip listing)."""
@@ -388,7 +469,21 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
             return
         train_clips = self.official_clips("train")
         test_clips = self.official_clips("test")
+        overlap = sorted({c.name for c in train_clips} & {c.name for c in test_clips})
+        if overlap and self.strict:
+            raise ValueError(
+                f"{self.NAME}: {len(overlap)} clips are in both the train and the test list, "
+                f"e.g. {overlap[:3]} (strict=true)"
+            )
+        self.data_issues.record(
+            "test", "train_test_overlap", overlap, len(overlap), "also in the train list, kept"
+        )
         tr, va = stratified_val_split([c.label for c in train_clips], self.val_fraction, self.seed)
+        if not tr:
+            raise ValueError(
+                f"{self.NAME}: the train split is empty ({len(train_clips)} clips, "
+                f"val_fraction={self.val_fraction} takes {len(va)}); lower val_fraction"
+            )
         cache_train, cache_test = self._open_cache("train"), self._open_cache("test")
         self.splits = {
             "train": AVClipDataset(self, [train_clips[i] for i in tr], tr, True, cache_train),
@@ -403,6 +498,52 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
             self.val_fraction,
             len(test_clips),
         )
+
+    # ----------------------------------------------------------------- verify
+    def verify_files(self) -> list[str]:
+        """Decode every listed audio file and every frame file once (``num_workers``
+        processes) and, if a cache for this config exists, re-hash it
+        (:func:`asgml.data.cache.verify_cache`). Returns one line per bad file: unreadable,
+        truncated, non-finite, of another audio shape, missing on disk."""
+        problems: list[str] = []
+        for split in ("train", "test"):
+            clips = self.official_clips(split)
+            problems += [
+                f"{c.audio}: missing (no audio file or no frames for clip {c.name})"
+                for c in self._missing[split]
+            ]
+            loader = DataLoader(
+                _VerifySet(self, clips),
+                batch_size=None,
+                num_workers=self.num_workers,
+                collate_fn=_identity,
+            )
+            shapes: dict[tuple[int, ...], list[str]] = {}
+            for i, (errors, shape, audio) in enumerate(loader):
+                problems += errors
+                if shape is not None:
+                    shapes.setdefault(shape, []).append(audio)
+                if (i + 1) % 500 == 0 or i + 1 == len(clips):
+                    log.info("%s %s: verified %d / %d clips", self.NAME, split, i + 1, len(clips))
+            if len(shapes) > 1:  # the majority shape is taken as the right one
+                common = max(shapes, key=lambda k: len(shapes[k]))
+                for shape, paths in shapes.items():
+                    if shape != common:
+                        problems += [
+                            f"{p}: audio of shape {shape}, most are {common}" for p in paths
+                        ]
+        root = self.cache_root / cache_key(self)[0]
+        if (root / MARKER).is_file():
+            log.info("%s: re-hashing cache %s and its sources", self.NAME, root)
+            problems += verify_cache(root, self.data_dir)
+        return problems
+
+    @override
+    def eval_view(self, split: str) -> Dataset:
+        ds = self.splits[split]
+        if not ds.train:
+            return ds
+        return AVClipDataset(self, ds.clips, ds.positions, False, ds.cache)
 
     def val_dataloader(self) -> DataLoader:
         if not len(self.splits["val"]):

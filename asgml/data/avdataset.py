@@ -24,7 +24,7 @@ frames and T = 3 these are the 1st, 4th and 7th in name order, i.e. OGM-GE's
 from __future__ import annotations
 
 import csv
-import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 
 from asgml.data.audiovisual import AudioVisualDataModule, Clip, list_frames
 from asgml.data.base import layout_error
+from asgml.data.safe_pickle import UnsafePickleError, safe_load
 
 AVE_LAYOUT = """\
 <data_dir>/
@@ -51,7 +52,7 @@ KS_LAYOUT = """\
 
 def read_class_names(path: Path) -> list[str]:
     """OGM-GE ``stat.txt``: the first CSV field of each line, sorted."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not a name
         names = [row[0].strip() for row in csv.reader(f) if row and row[0].strip()]
     return sorted(names)
 
@@ -62,7 +63,7 @@ def read_class_name_split(
     """``(name, label)`` from ``<class>,<name>`` rows; unknown classes name file:line."""
     index = {c: i for i, c in enumerate(classes)}
     rows: dict[str, int] | list[tuple[str, int]] = {} if dedupe_last else []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             if not row or not "".join(row).strip():
                 continue
@@ -84,7 +85,7 @@ def read_class_name_split(
 def read_ks_split(path: Path, num_classes: int) -> list[tuple[str, int]]:
     """``(name, label)`` from ``<name>,10,<label>`` rows; bad labels name file:line."""
     rows = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             if not row or not "".join(row).strip():
                 continue
@@ -104,19 +105,29 @@ def read_ks_split(path: Path, num_classes: int) -> list[tuple[str, int]]:
     return rows
 
 
-def load_spectrogram(path: Path) -> np.ndarray:
-    """A 2-D float32 array from a ``.pkl`` (OGM-GE AVE) or ``.npy`` (KS fbank) file."""
+def load_spectrogram(path: Path, shape: Sequence[int] | None = None) -> np.ndarray:
+    """A 2-D float32 array from a ``.pkl`` (OGM-GE AVE) or ``.npy`` (KS fbank) file, of
+    ``shape`` when given; non-finite values are an error naming the file."""
     try:
         if path.suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
         else:
-            with open(path, "rb") as f:
-                arr = pickle.load(f)
+            arr = safe_load(path)
         arr = np.asarray(arr, dtype=np.float32)
+    except UnsafePickleError:
+        raise
     except Exception as e:
         raise OSError(f"cannot read audio file {path}: {e}") from e
     if arr.ndim != 2:
         raise OSError(f"cannot read audio file {path}: expected a 2-D array, got {arr.shape}")
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise OSError(
+            f"audio file {path} holds an array of shape {arr.shape}, expected {tuple(shape)} "
+            "(dataset.datamodule.audio_shape); re-extract it"
+        )
+    bad = int(arr.size - np.isfinite(arr).sum())
+    if bad:
+        raise OSError(f"audio file {path} holds {bad} non-finite values (NaN or inf)")
     return arr
 
 
@@ -131,7 +142,10 @@ class AVEKSDataModule(AudioVisualDataModule):
         audio_dir, audio_ext: spectrogram folder and file type (``pkl`` or ``npy``).
         visual_dir: frame folders.
         train_file, test_file, stat_file: list files.
-        dedupe_last: a name listed twice keeps its last label (OGM-GE, AVE).
+        dedupe_last: a name listed twice keeps its last label (OGM-GE, AVE); recorded in
+            ``data_issues``.
+        audio_shape: the (F, T) every audio file must have (KS: [1024, 128]); null: any
+            2-D array (a batch of mixed shapes then fails to collate).
     """
 
     def __init__(
@@ -147,6 +161,7 @@ class AVEKSDataModule(AudioVisualDataModule):
         test_file: str = "my_test.txt",
         stat_file: str = "stat.txt",
         dedupe_last: bool = True,
+        audio_shape: Sequence[int] | None = None,
         frames: int = 3,
         **kwargs: Any,
     ) -> None:
@@ -161,6 +176,7 @@ class AVEKSDataModule(AudioVisualDataModule):
         self.split_format = split_format
         self.audio_dir, self.audio_ext, self.visual_dir = audio_dir, audio_ext, visual_dir
         self.dedupe_last = dedupe_last
+        self.audio_shape = tuple(int(v) for v in audio_shape) if audio_shape else None
         if split_format == "class_name":
             stat = self.data_dir / stat_file
             if not stat.is_file():
@@ -182,6 +198,16 @@ class AVEKSDataModule(AudioVisualDataModule):
         path = self.data_dir / self.SPLIT_FILES[split]
         if self.split_format == "class_name":
             rows = read_class_name_split(path, self.classes, self.dedupe_last)
+            if self.dedupe_last:
+                listed = read_class_name_split(path, self.classes, False)
+                labels: dict[str, set[int]] = {}
+                for name, label in listed:
+                    labels.setdefault(name, set()).add(label)
+                moved = [n for n, ls in labels.items() if len(ls) > 1]
+                self.data_issues.record(
+                    split, "duplicate_ids", moved, len(listed) - len(rows),
+                    "listed twice, the last row's label kept (dedupe_last, as OGM-GE)",
+                )  # fmt: skip
         else:
             rows = read_ks_split(path, self.num_classes)
         return [
@@ -195,7 +221,7 @@ class AVEKSDataModule(AudioVisualDataModule):
         ]
 
     def load_audio(self, path: Path) -> np.ndarray:
-        return load_spectrogram(path)
+        return load_spectrogram(path, self.audio_shape)
 
     def audio_config(self) -> dict[str, Any]:
         return {"kind": f"stored-{self.audio_ext}", "dir": self.audio_dir}

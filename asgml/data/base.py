@@ -10,6 +10,8 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from asgml.train_set_plan import PlannedDataset, request_train_set_plan
+
 
 class DataLayoutError(FileNotFoundError):
     """A data directory or split file is missing; the message shows the expected layout."""
@@ -58,8 +60,14 @@ class SplitDataModule(L.LightningDataModule):
         """Encoder arguments read from the data; none by default."""
         return {}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        ds = self.splits[split]
+    def eval_view(self, split: str) -> Dataset:
+        """``split`` with evaluation transforms (no augmentation), item ``i`` the same sample
+        as ``splits[split][i]``: what a method that values training samples reads. The split
+        itself here (no augmentation); datamodules with train-time augmentation override it."""
+        return self.splits[split]
+
+    def _loader(self, split: str, shuffle: bool, dataset: Dataset | None = None) -> DataLoader:
+        ds = self.splits[split] if dataset is None else dataset
         return DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -71,7 +79,12 @@ class SplitDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+        """The shuffled train split, or this epoch's train-set plan over it when a method
+        callback returns one (:mod:`asgml.train_set_plan`)."""
+        plan = request_train_set_plan(self.trainer, self)
+        if plan is None:
+            return self._loader("train", True)
+        return self._loader("train", True, PlannedDataset(self.splits["train"], plan))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False)

@@ -16,6 +16,8 @@ hop 353, Hann, centred), ``log(|X| + 1e-7)`` -> ``(1, 257, 188)``; or ``audio=me
 from __future__ import annotations
 
 import csv
+import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +41,39 @@ LAYOUT = """\
 (see docs/datasets/cremad.md for preparation from the raw CREMA-D release)"""
 
 
+def wav_truncation(path: str | Path) -> tuple[int, int] | None:
+    """``(declared, present)`` bytes of a RIFF/WAVE file's ``data`` chunk when the file is
+    shorter than its header says (a truncated copy; decoders read such files silently),
+    else ``None`` (also for files that are not RIFF/WAVE)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, n = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"data":
+                present = size - (pos + 8)
+                return (n, present) if present < n and n != 0xFFFFFFFF else None
+            pos += 8 + n + (n & 1)
+            f.seek(pos)
+
+
 def load_waveform(path: str | Path) -> np.ndarray:
     """OGM-GE: 22,050 Hz mono, repeated to 3 s (``np.tile(x, 3)[:66150]`` -- identical for
-    clips of >= 1 s, cyclic repetition for shorter ones), clipped to [-1, 1]."""
+    clips of >= 1 s, cyclic repetition for shorter ones), clipped to [-1, 1]. A truncated
+    wav (:func:`wav_truncation`) is an error naming the file."""
+    cut = wav_truncation(path) if str(path).lower().endswith(".wav") else None
+    if cut is not None:
+        raise OSError(
+            f"audio file {path} is truncated: its header declares {cut[0]} bytes of samples, "
+            f"the file holds {cut[1]}; replace it (`python -m asgml.prepare verify=true` "
+            "lists every bad file)"
+        )
     try:
         x, _ = librosa.load(str(path), sr=SR)
     except Exception as e:
@@ -67,7 +99,7 @@ def ogm_spectrogram(path: str | Path, kind: str = "stft", n_mels: int = 128) -> 
 def read_cremad_split(path: Path) -> list[tuple[str, int]]:
     """``(clip, label)`` rows of an OGM-GE CREMA-D split file; bad rows name file:line."""
     rows = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not a clip name
         for lineno, row in enumerate(csv.reader(f), start=1):
             if not row or not "".join(row).strip():
                 continue

@@ -30,7 +30,6 @@ Labels from ``regression_labels`` ``y`` (``num_classes``):
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,8 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from asgml.data.base import SplitDataModule, check_data_dir, layout_error
+from asgml.data.issues import DataIssues
+from asgml.data.safe_pickle import UnsafePickleError, safe_load
 
 log = logging.getLogger("asgml.data")
 
@@ -106,6 +107,12 @@ class MMSADataModule(SplitDataModule):
         batch_size: loader batch size (per process under DDP).
         num_workers: loader worker processes.
         pin_memory: loader ``pin_memory``.
+        nonfinite: NaN / inf in the features (after MMSA's ``-inf`` -> 0 in ``audio``):
+            ``error`` (default; the message counts them per split and modality) or ``zero``
+            (set to 0 and recorded in ``data_issues``).
+        label_range: ``regression_labels`` outside ``[lo, hi]`` are an error (MMSA: [-3, 3]).
+        strict: lengths <= 0 (a blank modality) and train/test id overlap are errors
+            instead of recorded warnings.
     """
 
     def __init__(
@@ -121,6 +128,9 @@ class MMSADataModule(SplitDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool = False,
+        nonfinite: str = "error",
+        label_range: tuple[float, float] = (-3.0, 3.0),
+        strict: bool = False,
     ) -> None:
         super().__init__()
         if data_dir is not None and Path(str(data_dir)).is_file():
@@ -133,6 +143,12 @@ class MMSADataModule(SplitDataModule):
             raise ValueError(f"{name}: num_classes must be 2, 3 or 7, got {num_classes}")
         if text not in ("text", "text_bert"):
             raise ValueError(f"{name}: text must be 'text' or 'text_bert', got {text!r}")
+        if nonfinite not in ("error", "zero"):
+            raise ValueError(f"{name}: nonfinite must be 'error' or 'zero', got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self.label_range = (float(label_range[0]), float(label_range[1]))
+        self.strict = strict
+        self.data_issues = DataIssues(name)
         self.name = name
         self.num_classes = int(num_classes)
         self.neutral_band = float(neutral_band)
@@ -158,8 +174,9 @@ class MMSADataModule(SplitDataModule):
         if self.splits:
             return
         try:
-            with open(self.path, "rb") as f:
-                data = pickle.load(f)
+            data = safe_load(self.path)
+        except UnsafePickleError:
+            raise
         except Exception as e:
             raise OSError(f"cannot read MMSA pickle {self.path}: {e}") from e
         if not isinstance(data, dict):
@@ -168,6 +185,18 @@ class MMSADataModule(SplitDataModule):
             if theirs not in data:
                 raise KeyError(f"{self.path}: no split key {theirs!r} (has {sorted(data)})")
         self.splits = {ours: self._build(data[theirs], theirs) for ours, theirs in SPLITS.items()}
+        ids = {
+            s: set(self._ids(data[s], len(data[s].get("regression_labels", []))))
+            for s in ("train", "test")
+        }
+        overlap = sorted(ids["train"] & ids["test"]) if "id" in data["train"] else []
+        if overlap and self.strict:
+            raise ValueError(
+                f"{self.path}: {len(overlap)} ids are in both train and test, e.g. {overlap[:3]}"
+            )
+        self.data_issues.record(
+            "test", "train_test_overlap", overlap, len(overlap), "also in train, kept"
+        )
         dims = {m: tuple(x.shape[1:]) for m, x in self.splits["train"].features.items()}
         log.info(
             "%s: %s -> %s samples (train/val/test), features %s",
@@ -175,6 +204,15 @@ class MMSADataModule(SplitDataModule):
             self.path,
             "/".join(str(len(self.splits[s])) for s in SPLITS),
             dims,
+        )
+
+    @staticmethod
+    def _ids(d: dict, n: int) -> list[str]:
+        ids = d.get("id")
+        return (
+            [str(i) for i in ids]
+            if ids is not None and len(ids) == n
+            else [f"#{i}" for i in range(n)]
         )
 
     def _build(self, d: dict, split: str) -> MMSADataset:
@@ -202,9 +240,38 @@ class MMSADataModule(SplitDataModule):
         if not np.isfinite(y).all():
             raise ValueError(f"{self.path}: {split}/regression_labels has non-finite values")
         n = len(y)
+        if n == 0:
+            raise ValueError(f"{self.path}: split {split!r} is empty (0 samples)")
         for m, x in [*feats.items(), *((f"{k}_lengths", v) for k, v in lengths.items())]:
             if len(x) != n:
                 raise ValueError(f"{self.path}: {split}/{m} has {len(x)} rows, labels have {n}")
+        ids = self._ids(d, n)
+        lo, hi = self.label_range
+        out = np.flatnonzero((y < lo) | (y > hi))
+        if out.size:
+            ex = ", ".join(f"{ids[i]}={y[i]:g}" for i in out[:3])
+            raise ValueError(
+                f"{self.path}: {out.size} {split}/regression_labels outside [{lo:g}, {hi:g}], "
+                f"e.g. {ex}; is this an MMSA file (label_range sets the bounds)?"
+            )
+        self._check_features(feats, ids, split)
+        for m, v in lengths.items():
+            seq = feats[m].shape[1]
+            bad = np.flatnonzero(v <= 0)
+            if bad.size and self.strict:
+                raise ValueError(
+                    f"{self.path}: {bad.size} {split}/{m} lengths are <= 0, e.g. "
+                    f"{[ids[i] for i in bad[:3]]} (strict=true)"
+                )
+            self.data_issues.record(
+                split, f"{m}_lengths_nonpositive", [ids[i] for i in bad], bad.size,
+                f"length <= 0: the {m} modality is blank (zero features) for them",
+            )  # fmt: skip
+            long = np.flatnonzero(v > seq)
+            self.data_issues.record(
+                split, f"{m}_lengths_beyond_sequence", [ids[i] for i in long], long.size,
+                f"length > {seq} stored steps: all {seq} steps are used",
+            )  # fmt: skip
         keep = np.ones(n, dtype=bool)
         if self.num_classes == 2 and self.drop_neutral:
             keep = y != 0
@@ -214,6 +281,34 @@ class MMSADataModule(SplitDataModule):
             {m: torch.from_numpy(v[keep]) for m, v in lengths.items()},
             torch.from_numpy(labels),
         )
+
+    def _check_features(self, feats: dict[str, np.ndarray], ids: list[str], split: str) -> None:
+        """NaN / inf in the features: an error counting them per modality, or (``nonfinite=
+        zero``) set to 0 and recorded."""
+        found = {}
+        for m, x in feats.items():
+            finite = np.isfinite(x)
+            if not finite.all():
+                rows = np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))
+                found[m] = (rows, int(finite.size - finite.sum()))
+                if self.nonfinite == "zero":
+                    x[~finite] = 0.0
+        if not found:
+            return
+        if self.nonfinite == "error":
+            counts = "; ".join(
+                f"{m}: {v} values in {len(r)} samples (e.g. {[ids[i] for i in r[:3]]})"
+                for m, (r, v) in found.items()
+            )
+            raise ValueError(
+                f"{self.path}: non-finite {split} features: {counts}. Set "
+                "dataset.datamodule.nonfinite=zero to replace them with 0 (recorded)"
+            )
+        for m, (rows, v) in found.items():
+            self.data_issues.record(
+                split, f"{m}_nonfinite", [ids[i] for i in rows], len(rows),
+                f"{v} NaN/inf feature values set to 0",
+            )  # fmt: skip
 
     # ---------------------------------------------------------------- interface
     def feature_dims(self) -> dict[str, int]:

@@ -177,7 +177,7 @@ def mmsa_split(
     ).astype(np.float32)
     return {
         "raw_text": np.array([f"text {i}" for i in range(n)]),
-        "id": np.array([f"vid{i}$_$1" for i in range(n)]),
+        "id": np.array([f"vid{seed}_{i}$_$1" for i in range(n)]),  # unique across splits
         "text": rng.standard_normal((n, *text_shape)).astype(np.float32),
         "text_bert": text_bert,
         "audio": audio,

@@ -253,3 +253,15 @@ def test_official_pipeline_first_frames_and_native_crop(cremad_root: Path, tmp_p
     assert torch.equal(cached.splits["test"][0]["visual"], m.splits["test"][0]["visual"])
     with pytest.raises(ValueError, match="decode_size"):
         dm(cremad_root, decode_size="huge")
+
+
+def test_eval_view_is_the_train_split_without_augmentation(cremad_root: Path) -> None:
+    """What sample-level valuation reads: same clips, same order, evaluation transforms."""
+    m = dm(cremad_root, frames=3, frame_sampling="random")
+    train, view = m.splits["train"], m.eval_view("train")
+    assert view is not train and not view.train and train.train
+    assert [c.name for c in view.clips] == [c.name for c in train.clips]
+    a, b = view[0], view[0]  # deterministic: no random crop, flip or frame choice
+    assert torch.equal(a["visual"], b["visual"]) and torch.equal(a["audio"], train[0]["audio"])
+    assert frame_ids(a["visual"]) == frame_ids(m.splits["val"][0]["visual"])
+    assert m.eval_view("test") is m.splits["test"]

@@ -48,6 +48,8 @@ EXTRA = {
     # MLA forwards one modality per step: the other encoder has no gradient
     "mla": ["trainer.strategy=ddp_find_unused_parameters_true"],
     "opm": ["method.opm.modulation_starts=0", "method.opm.p_exe=1.0"],
+    # epoch 1 trains on a valued, resampled train set (the plan must agree across ranks)
+    "sample_valuation": ["method.valuation.warmup=1"],
 }
 
 

@@ -11,6 +11,7 @@ import torch
 from asgml.callbacks.boost import ASGMLBoost
 from asgml.callbacks.cggm import CGGM
 from asgml.callbacks.probe import ProbeMonitor
+from asgml.callbacks.valuation import SampleValuation
 
 TRACKED = ("ogm/", "boost/", "probe/acc_")
 
@@ -40,6 +41,12 @@ class RankDump(L.Callback):
             if isinstance(cb, ProbeMonitor | CGGM) and cb.bank is not None:
                 banks[type(cb).__name__] = {
                     k: v.detach().cpu() for k, v in cb.bank.state_dict().items()
+                }
+            if isinstance(cb, SampleValuation) and cb.plan is not None:  # the train-set plan
+                banks["SampleValuation"] = {
+                    "indices": cb.plan.indices,
+                    "present": cb.plan.present,
+                    "contributions": cb.contributions,
                 }
         torch.save(
             {

@@ -39,6 +39,7 @@ METHODS = [
     "opm",
     "pmr",
     "amco",
+    "sample_valuation",
 ]
 
 
@@ -94,6 +95,8 @@ def test_ddp_ranks_stay_identical(ddp_runs: Path, method: str) -> None:
     drift = [k for k, v in r0["params"].items() if not torch.equal(v, r1["params"][k])]
     assert not drift, f"{method}: parameters differ across ranks: {drift}"
     assert r0["banks"].keys() == r1["banks"].keys()
+    if method == "sample_valuation":  # the resampled train set is built on both ranks alike
+        assert "SampleValuation" in r0["banks"]
     for name, bank in r0["banks"].items():
         for k, v in bank.items():
             assert torch.equal(v, r1["banks"][name][k]), f"{method}: {name}.{k} differs"

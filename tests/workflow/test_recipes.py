@@ -82,6 +82,10 @@ METHOD_VALUES: dict[tuple[str, str], dict[str, Any]] = {
     ("mosei_table", "ogm"): {"method.ogm.variant": "generalized"},
     ("sims_table", "boost_ogm"): {"method.ogm.variant": "generalized"},
     ("ave_table", "ogm"): {"method.ogm.variant": "official", "method.ogm.alpha": 0.8},
+    ("cremad_3f_table", "sample_valuation"): {
+        "method.valuation.mode": "sample",
+        "method.valuation.warmup": 5,
+    },
 }
 
 

@@ -9,6 +9,8 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from asgml.rundir import run_stamp
+
 
 def _first(mapping: Any, n: Any) -> Any:
     """``${asgml.first:<mapping>,<n>}``: the first ``n`` entries of a mapping."""
@@ -37,6 +39,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("asgml.first", _first)
     if not OmegaConf.has_resolver("asgml.if_two_modalities"):
         OmegaConf.register_new_resolver("asgml.if_two_modalities", _if_two_modalities)
+    if not OmegaConf.has_resolver("asgml.stamp"):  # unique run-directory names, per process
+        OmegaConf.register_new_resolver("asgml.stamp", run_stamp, use_cache=True)
 
 
 def to_container(cfg: Any) -> Any:

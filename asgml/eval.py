@@ -40,6 +40,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build
 from asgml.config import check_targets, to_container
+from asgml.feedback import progress, quiet_known_noise
 from asgml.shapley import Coalition, all_subsets, coalition_name, shapley_values
 
 log = logging.getLogger("asgml")
@@ -209,6 +210,13 @@ def _split_loader(datamodule: Any, split: str) -> Any:
     }[split]()
 
 
+def _num_batches(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable dataset without a length
+        return None
+
+
 def evaluate_checkpoint(
     ckpt_path: str | Path,
     split: str = "test",
@@ -217,8 +225,10 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     datamodule_overrides: Mapping[str, Any] | None = None,
     allow_targets: Sequence[str] = (),
+    progress_bar: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``ckpt_path`` on ``split``; returns the dict written to ``eval.json``."""
+    """Evaluate ``ckpt_path`` on ``split``; returns the dict written to ``eval.json``.
+    ``progress_bar`` shows a bar over the split's batches (with ETA) on stderr."""
     if split not in ("test", "val", "train"):
         raise ValueError(f"split must be test, val or train, got {split!r}")
     ckpt = load_checkpoint(ckpt_path)
@@ -226,7 +236,11 @@ def evaluate_checkpoint(
     datamodule, model = build_from_config(run_cfg, data_dir, datamodule_overrides, allow_targets)
     load_weights(model, ckpt["state_dict"])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    outputs = collect_logits(model, _split_loader(datamodule, split), mask=mask, device=dev)
+    loader = _split_loader(datamodule, split)
+    batches = progress(
+        loader, total=_num_batches(loader), desc=f"eval {split}", unit="batch", enable=progress_bar
+    )
+    outputs = collect_logits(model, batches, mask=mask, device=dev)
     result = summarize_logits(outputs, list(model.modalities), int(model.num_classes))
     return {
         "checkpoint": str(ckpt_path),
@@ -269,6 +283,7 @@ def write_eval(result: Mapping[str, Any], out: str | Path | None = None) -> Path
 @hydra.main(version_base="1.3", config_path="pkg://asgml.conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
     """Hydra entry: evaluate ``cfg.ckpt_path`` and write ``eval.json``."""
+    quiet_known_noise()
     overrides = to_container(cfg.get("datamodule") or {})
     result = evaluate_checkpoint(
         cfg.ckpt_path,
@@ -278,6 +293,7 @@ def main(cfg: DictConfig) -> float:
         data_dir=cfg.get("data_dir"),
         datamodule_overrides=overrides,
         allow_targets=list(cfg.get("allow_targets") or []),
+        progress_bar=bool(cfg.get("progress_bar", True)),
     )
     path = write_eval(result, cfg.get("out"))
     print(format_eval(result))

@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
 from asgml.callbacks.toolkit import (
+    all_finite,
     has_grad_scaler,
     loss_and_grads_finite,
     should_log,
@@ -30,6 +31,13 @@ from asgml.train_set_plan import apply_present_mask
 from asgml.types import StepOutput
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """Training was stopped: the weights became non-finite, or too many consecutive steps
+    had a non-finite loss or gradients (``model.max_consecutive_nonfinite``)."""
+
+
 SchedulerFactory = Callable[..., Any]
 
 
@@ -72,6 +80,10 @@ class MultimodalModule(L.LightningModule):
             applied as computed; at the checked step a non-finite value in the window is
             reported (``raise``: ``FloatingPointError``; ``skip``: a warning), and only the
             checked step itself is skipped. ``1`` (default) checks and skips every step.
+        max_consecutive_nonfinite: stop training with :class:`NonFiniteTrainingError` after
+            this many consecutive skipped (non-finite) steps; ``None`` never stops. Counted
+            at the checked steps (without a GradScaler). Independently, the weights are
+            checked at every epoch end (one host sync) and a non-finite weight stops the run.
 
     Reliability: checkpoints carry, besides weights, optimizer and scheduler, the run
     config (plain containers), the non-finite step counter, the best validation accuracy
@@ -94,6 +106,7 @@ class MultimodalModule(L.LightningModule):
         nonfinite: str = "skip",
         fusion_hidden: int = 512,
         nonfinite_check_every: int = 1,
+        max_consecutive_nonfinite: int | None = 25,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -136,6 +149,15 @@ class MultimodalModule(L.LightningModule):
                 f"model.nonfinite_check_every must be >= 1, got {nonfinite_check_every}"
             )
         self.nonfinite_check_every = int(nonfinite_check_every)
+        if max_consecutive_nonfinite is not None and int(max_consecutive_nonfinite) < 1:
+            raise ValueError(
+                "model.max_consecutive_nonfinite must be >= 1 or null (never stop), got "
+                f"{max_consecutive_nonfinite}"
+            )
+        self.max_consecutive_nonfinite = (
+            None if max_consecutive_nonfinite is None else int(max_consecutive_nonfinite)
+        )
+        self._consecutive_nonfinite = 0
         self._pending_nonfinite: Tensor | int = 0  # device counter (GradScaler + skip)
         self._pending_window = torch.zeros((), dtype=torch.bool)  # unchecked steps' flag
         self._optimizer_factory = optimizer
@@ -420,8 +442,11 @@ class MultimodalModule(L.LightningModule):
             if not scaler:
                 warnings.warn(msg + ": step skipped (model.nonfinite=skip)", stacklevel=1)
                 opt.zero_grad(set_to_none=True)
+                self._count_consecutive_nonfinite()
                 return loss.detach()
             warnings.warn(msg + ": the GradScaler skips the update", stacklevel=1)
+        elif bad is not None:
+            self._consecutive_nonfinite = 0
         self._drop_unplanned_grads(plan)
         opt.step()
 
@@ -473,6 +498,42 @@ class MultimodalModule(L.LightningModule):
             self.log("train/acc", correct / seen, on_step=False, on_epoch=True)
         self._train_correct, self._train_seen = None, 0
 
+    def _count_consecutive_nonfinite(self) -> None:
+        self._consecutive_nonfinite += 1
+        k = self.max_consecutive_nonfinite
+        if k is not None and self._consecutive_nonfinite >= k:
+            finite = bool(self.weights_finite())
+            raise NonFiniteTrainingError(
+                f"training stopped at step {self.trainer.global_step}: {k} consecutive steps "
+                f"had a non-finite loss or gradients and were skipped "
+                f"({self.skipped_nonfinite_steps} in all; the weights are "
+                f"{'finite' if finite else 'NOT finite'}). Lower the learning rate, or set "
+                f"model.max_consecutive_nonfinite (now {k}; null never stops)"
+            )
+
+    def _weights(self) -> list[tuple[str, Tensor]]:
+        """Parameters and floating-point buffers (BatchNorm statistics): the model's weights."""
+        named = [*self.named_parameters(), *self.named_buffers()]
+        return [(n, t.detach()) for n, t in named if t.is_floating_point() and t.numel()]
+
+    def weights_finite(self) -> Tensor:
+        """0-d bool: every parameter and floating-point buffer finite (no host sync)."""
+        return all_finite([t for _, t in self._weights()])
+
+    def check_weights_finite(self) -> None:
+        """Raise :class:`NonFiniteTrainingError` if a parameter or a BatchNorm statistic holds
+        ``inf``/``nan`` (one host sync)."""
+        if bool(self.weights_finite()):
+            return
+        bad = [n for n, t in self._weights() if not bool(torch.isfinite(t).all())]
+        raise NonFiniteTrainingError(
+            f"training stopped at the end of epoch {self.current_epoch} (step "
+            f"{self.trainer.global_step}): the weights are not finite ({', '.join(bad[:5])}"
+            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}); "
+            f"{self.skipped_nonfinite_steps} step(s) were skipped as non-finite. Lower the "
+            "learning rate; no checkpoint with these weights is saved"
+        )
+
     def _flush_nonfinite(self) -> int:
         """Fold the device-side count of non-finite losses (GradScaler + skip) in."""
         pending = self._pending_nonfinite
@@ -497,6 +558,7 @@ class MultimodalModule(L.LightningModule):
                 "the GradScaler skipped those updates",
                 stacklevel=1,
             )
+        self.check_weights_finite()
         sch = self.lr_schedulers()
         if sch is not None:
             sch.step()
@@ -571,6 +633,8 @@ class MultimodalModule(L.LightningModule):
             checkpoint["asgml_config"] = self.run_config
         self._flush_nonfinite()
         checkpoint["asgml_skipped_nonfinite_steps"] = self.skipped_nonfinite_steps
+        # read by asgml.checkpointing.AtomicCheckpointIO: a non-finite state is never written
+        checkpoint["asgml_weights_finite"] = bool(self.weights_finite())
         checkpoint["asgml_rng"] = rng_state()
 
     @override

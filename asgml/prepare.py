@@ -7,8 +7,9 @@
 Uses the training config (``conf/train.yaml``, through ``conf/prepare.yaml``), so the cache
 is built for exactly the preprocessing a ``python -m asgml.train`` run with the same
 overrides will ask for; that run then finds and uses it (see :mod:`asgml.data.cache`).
-``+overwrite=true`` rebuilds a complete cache. ``dataset.datamodule.num_workers`` sets the
-decode workers.
+Each split shows a progress bar per clip (with ETA) unless
+``trainer.enable_progress_bar=false``. ``+overwrite=true`` rebuilds a complete cache.
+``dataset.datamodule.num_workers`` sets the decode workers.
 
 ``verify=true`` decodes every listed file once (every audio file and every frame), re-hashes
 the cache of this config if there is one, prints every bad file by path and exits with
@@ -28,6 +29,7 @@ import hydra
 from omegaconf import DictConfig
 
 import asgml  # noqa: F401  (registers resolvers)
+from asgml.feedback import quiet_known_noise
 
 log = logging.getLogger("asgml")
 
@@ -39,13 +41,17 @@ def prepare(cfg: DictConfig) -> Path:
     ``asgml.train`` does) and write its cache; returns the cache dir."""
     from asgml.build import build_datamodule  # lazy: keeps `--help` free of torch (CLI speed)
 
+    quiet_known_noise()
     dm = build_datamodule(cfg)
     if not hasattr(dm, "build_cache"):
         raise ValueError(
             f"dataset={cfg.dataset.name} has no cache to prepare "
             f"({type(dm).__name__} reads its data directly)"
         )
-    path = dm.build_cache(overwrite=bool(cfg.get("overwrite", False)))
+    path = dm.build_cache(
+        overwrite=bool(cfg.get("overwrite", False)),
+        progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)),
+    )
     print(f"cache ready: {path}")
     return path
 

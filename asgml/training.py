@@ -17,19 +17,22 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.build import build
-from asgml.config import model_option_overrides, recipe_lines, to_container, validate_config
+from asgml.checkpointing import AtomicCheckpointIO
+from asgml.config import model_option_overrides, to_container, validate_config
+from asgml.feedback import block, quiet_known_noise, startup_lines
 from asgml.resume import check_resume
+from asgml.rundir import check_run_dir
+from asgml.tracking import build_loggers, log_run_media, wandb_loggers
+
+__all__ = ["build_loggers", "optimized_value", "print_summary", "run"]
 
 log = logging.getLogger("asgml")
-
-
-def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for _, c in (cfg.get("logger") or {}).items() if c and "_target_" in c]
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -38,17 +41,26 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train/test as configured; returns the dict written to ``metrics.json``."""
+    quiet_known_noise()
     validate_config(cfg)
     if cfg.get("print_config"):
         print(OmegaConf.to_yaml(cfg, resolve=True))
-    log.info("recipe\n  %s", "\n  ".join(recipe_lines(cfg)))
+    out_dir = Path(cfg.paths.output_dir)
+    # Hydra wrote .hydra/ and the job log for this run; anything else is another run's
+    check_run_dir(
+        out_dir, cfg.get("ckpt_path"), own=(".hydra", *(p.name for p in out_dir.glob("*.log")))
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loggers = build_loggers(cfg)
+    log.info(
+        "%s", block(f"asgml {cfg.get('task_name', 'train')}", startup_lines(cfg, out_dir, loggers))
+    )
     for key, (value, default) in model_option_overrides(cfg).items():
         log.info("model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule, model, callbacks = build(cfg)
+    datamodule.loader_seed = int(cfg.seed)  # the train loader's shuffle and item seeds
     if cfg.get("ckpt_path") and cfg.get("train", True):
         check_resume(cfg, model)  # refuses a checkpoint of another dataset/method/seed/shape
     if cfg.select_on == "test":
@@ -59,15 +71,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     model.run_config = to_container(cfg)
 
-    loggers = build_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams({"cfg": to_container(cfg)})
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    use_atomic_checkpoints(trainer)
 
     result: dict[str, Any] = {}
+    skipped: int | None = None
     try:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            skipped = model.skipped_nonfinite_steps  # testing best.ckpt reloads its count
             result.update(
                 {f"fit/{k}": v for k, v in _scalar_metrics(trainer.callback_metrics).items()}
             )
@@ -82,8 +96,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 ckpt = None
             test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             result.update(_scalar_metrics(test_metrics[0] if test_metrics else {}))
-    finally:
+    except SIGTERMException as e:
         _finish_wandb(loggers)
+        exit_on_sigterm(trainer, out_dir, e)
+    except BaseException:
+        _finish_wandb(loggers)
+        raise
 
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     metrics = {
@@ -92,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "optimized_metric": cfg.get("optimized_metric"),
         "optimized_value": optimized_value(cfg, result),
         "best_checkpoint": os.path.relpath(best_path, out_dir) if best_path else None,
-        "skipped_nonfinite_steps": model.skipped_nonfinite_steps,
+        "skipped_nonfinite_steps": model.skipped_nonfinite_steps if skipped is None else skipped,
         # items the datamodule skipped or repaired: {split: {kind: {count, examples}}}
         "data_issues": _data_issues(datamodule),
         "config": to_container(cfg),
@@ -100,12 +118,51 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         print_summary(cfg, metrics, out_dir)
+        try:
+            log_run_media(loggers, out_dir, metrics["best_checkpoint"])
+        except Exception as err:  # the run's numbers are written; media are extra
+            log.warning("could not log the run's table/figures to wandb: %r", err)
+        finally:
+            _finish_wandb(loggers)
+    else:
+        _finish_wandb(loggers)
     return metrics
 
 
 def _data_issues(datamodule: Any) -> dict[str, Any]:
     issues = getattr(datamodule, "data_issues", None)
     return issues.as_dict() if issues is not None else {}
+
+
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process it terminated
+
+
+def exit_on_sigterm(trainer: L.Trainer, out_dir: Path, exc: BaseException) -> None:
+    """After Lightning stopped on SIGTERM (at the end of the current batch, with ``last.ckpt``
+    saved by :class:`~asgml.checkpointing.LastCheckpoint`): say how to resume and exit with
+    status 143, so a scheduler or script sees the run did not finish. No ``metrics.json``
+    is written (there are no final results)."""
+    last = next(
+        (c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None
+    )
+    log.error(
+        "SIGTERM at step %d (epoch %d): training stopped; %s. Resume with "
+        "hydra.run.dir=%s ckpt_path=%s and the same overrides",
+        trainer.global_step,
+        trainer.current_epoch,
+        f"the current state is in {last}" if last else "no checkpoint was written",
+        out_dir,
+        last or "<checkpoint>",
+    )
+    raise SystemExit(SIGTERM_EXIT_CODE) from exc
+
+
+def use_atomic_checkpoints(trainer: L.Trainer) -> None:
+    """Write checkpoints with :class:`~asgml.checkpointing.AtomicCheckpointIO` (temporary file
+    next to the target, atomic rename, no non-finite weights) unless a custom CheckpointIO
+    was configured."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
 def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:
@@ -126,9 +183,10 @@ def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:
 
 
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], out_dir: Path) -> None:
+    """The results table of a run, logged (console and the run's log file, under Hydra);
+    printed when no logging handler would show it (a notebook, a test)."""
     m = metrics["metrics"]
     lines = [
-        "",
         f"== asgml results: dataset={cfg.dataset.name} method={cfg.method.name} seed={cfg.seed} ==",
     ]
     if "test/acc" in m:
@@ -143,11 +201,14 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], out_dir: Path) -> No
     if metrics.get("val_acc_best") is not None:
         lines.append(f"best val acc    {100 * metrics['val_acc_best']:.2f} %")
     lines.append(f"run dir         {out_dir}")
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    if log.isEnabledFor(logging.INFO) and log.hasHandlers():
+        log.info("%s", text)
+    else:
+        print("\n" + text)
 
 
 def _finish_wandb(loggers: list[Any]) -> None:
     """Close a wandb run so sequential multirun jobs don't reuse it."""
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            lg.experiment.finish()
+    for lg in wandb_loggers(loggers):
+        lg.experiment.finish()

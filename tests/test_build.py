@@ -38,9 +38,15 @@ def test_build_synthetic_default(make_cfg) -> None:
     assert list(module.modalities) == list(datamodule.modalities) == ["audio", "visual"]
     # Lightning callbacks of `callbacks/` first, then the method's, in config order
     names = [type(c).__name__ for c in callbacks]
-    assert names == ["ModelCheckpoint", "LearningRateMonitor", "ProbeMonitor", "ASGMLBoost"]
-    assert isinstance(callbacks[2], ProbeMonitor) and isinstance(callbacks[3], ASGMLBoost)
-    assert callbacks[3].alpha == 0.25
+    assert names == [
+        "BestCheckpoint",
+        "LastCheckpoint",
+        "LearningRateMonitor",
+        "ProbeMonitor",
+        "ASGMLBoost",
+    ]
+    assert isinstance(callbacks[3], ProbeMonitor) and isinstance(callbacks[4], ASGMLBoost)
+    assert callbacks[4].alpha == 0.25
     assert build(cfg, callbacks=False)[2] == []
 
 

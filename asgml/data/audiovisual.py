@@ -453,9 +453,10 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         }
 
     # ------------------------------------------------------------------ cache
-    def build_cache(self, overwrite: bool = False) -> Path:
-        """Decode every listed clip once into the on-disk cache; returns its directory."""
-        return AVCache.build(self, overwrite=overwrite)
+    def build_cache(self, overwrite: bool = False, progress_bar: bool = False) -> Path:
+        """Decode every listed clip once into the on-disk cache; returns its directory.
+        ``progress_bar``: a bar per split (clips, rate, ETA) on stderr."""
+        return AVCache.build(self, overwrite=overwrite, progress_bar=progress_bar)
 
     def _open_cache(self, split: str) -> Any | None:
         if self.cache_mode == "off":

@@ -1,4 +1,21 @@
-"""What every datamodule shares: the loaders over ``splits`` and the data-layout errors."""
+"""What every datamodule shares: the loaders over ``splits`` and the data-layout errors.
+
+The training loader is exactly resumable, also mid-epoch and with worker processes:
+
+* :class:`EpochSampler` shuffles from ``(seed, epoch)`` alone and hands each index out as an
+  ``(epoch, index)`` key;
+* :class:`SeededItems` draws every training item with torch's CPU generator seeded from
+  ``(seed, epoch, index)`` (and put back afterwards), so an item's random augmentation
+  depends on nothing else: not on the worker that loads it, the number of workers, or how
+  many items a persistent worker loaded before (a resumed run restarts its workers, whose
+  random streams an uninterrupted run would have continued);
+* :class:`ResumableLoader` tells Lightning (``state_dict``) which epoch it is in and how many
+  batches it has handed out; a run resumed from a mid-epoch checkpoint skips them.
+
+Item randomness must therefore come from torch's global (CPU) generator, as torchvision's
+transforms and :func:`asgml.data.audiovisual.frame_indices` do; ``random`` and
+``numpy.random`` are not re-seeded per item.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from typing_extensions import override
 
 from asgml.train_set_plan import PlannedDataset, request_train_set_plan
 
@@ -40,6 +60,94 @@ def require_file(path: Path, name: str, layout: str) -> Path:
     return path
 
 
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed from ``(seed, epoch, index)`` (numpy's ``SeedSequence`` mixing)."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]
+    return int(state) >> 1
+
+
+class SeededItems(Dataset):
+    """``dataset`` whose items, asked for as ``(epoch, index)``, are drawn with torch's CPU
+    generator seeded by :func:`item_seed`; the generator's state is put back afterwards, so
+    loading in the main process (``num_workers=0``) leaves the global random stream alone.
+    A plain ``index`` reads ``dataset[index]`` as is."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        epoch, index = key
+        gen = torch.random.default_generator
+        state = gen.get_state()
+        gen.manual_seed(item_seed(self.seed, epoch, index))
+        try:
+            return self.dataset[index]
+        finally:
+            gen.set_state(state)
+
+
+class EpochSampler(DistributedSampler):
+    """Shuffles from ``(seed, epoch)`` (torch's ``DistributedSampler``: one rank's share of
+    a permutation seeded with ``seed + epoch``; ``num_replicas=1`` by default) and yields
+    ``(epoch, index)`` keys for :class:`SeededItems`. :meth:`resume_at` skips the samples of
+    an epoch that a resumed run already trained on."""
+
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, samples: int) -> None:
+        """The next pass over ``epoch`` starts after its first ``samples`` samples."""
+        self._resume = (int(epoch), int(samples))
+
+    @property
+    def skip(self) -> int:
+        """Samples the next pass skips (those of the epoch being resumed)."""
+        return self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
+
+    @override
+    def __iter__(self) -> Any:
+        skip, self._resume = self.skip, None
+        order = list(super().__iter__())
+        return iter([(self.epoch, i) for i in order[skip:]])
+
+
+class ResumableLoader(DataLoader):
+    """A training ``DataLoader`` over an :class:`EpochSampler` whose position Lightning saves
+    in checkpoints (``state_dict``: the epoch and the batches handed out in it) and restores
+    before iterating again (``load_state_dict``), so a run resumed mid-epoch continues with
+    the next batch of the same epoch."""
+
+    sampler: EpochSampler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._position = [0, 0]  # [epoch, batches handed out in it]
+
+    @override
+    def __iter__(self) -> Any:
+        skip = self.sampler.skip
+        if skip % (self.batch_size or 1):
+            raise ValueError(f"cannot resume inside a batch ({skip} samples into the epoch)")
+        self._position = [self.sampler.epoch, skip // (self.batch_size or 1)]
+        for batch in super().__iter__():
+            self._position[1] += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self._position[0]), "batches": int(self._position[1])}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches"] * (self.batch_size or 1))
+        self._position = [int(state["epoch"]), int(state["batches"])]
+
+
 class SplitDataModule(L.LightningDataModule):
     """A datamodule whose ``setup`` fills ``self.splits`` (``train``, ``val``, ``test``).
 
@@ -47,7 +155,11 @@ class SplitDataModule(L.LightningDataModule):
     ``modalities`` and ``num_classes`` right after ``__init__`` (the
     :class:`asgml.types.MultimodalDataModule` protocol). Training batches are
     shuffled and the last incomplete one is dropped (when there is more than one batch).
+    The training loader is a :class:`ResumableLoader` seeded from ``loader_seed`` (the run's
+    ``seed``, set by :func:`asgml.training.run`; else Lightning's ``PL_GLOBAL_SEED``, else 0).
     """
+
+    loader_seed: int | None = None
 
     batch_size: int = 64
     num_workers: int = 0
@@ -68,6 +180,8 @@ class SplitDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, dataset: Dataset | None = None) -> DataLoader:
         ds = self.splits[split] if dataset is None else dataset
+        if shuffle:
+            return self._train_loader(ds)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -76,6 +190,25 @@ class SplitDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             drop_last=shuffle and len(ds) > self.batch_size,
             persistent_workers=self.num_workers > 0,
+        )
+
+    def _train_loader(self, ds: Dataset) -> ResumableLoader:
+        seed = self.loader_seed
+        if seed is None:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = EpochSampler(ds, seed, num_replicas=world, rank=rank)
+        return ResumableLoader(
+            SeededItems(ds, seed),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=len(sampler) > self.batch_size,
+            persistent_workers=self.num_workers > 0,
+            # the workers' base seed: not drawn from the global RNG (which resume restores)
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def train_dataloader(self) -> DataLoader:

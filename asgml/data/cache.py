@@ -43,6 +43,8 @@ from typing import Any, Protocol
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from asgml.feedback import progress
+
 log = logging.getLogger("asgml.data")
 
 CACHE_VERSION = 1
@@ -205,7 +207,7 @@ class AVCache:
     """Builds and opens caches for an :class:`~asgml.data.audiovisual.AudioVisualDataModule`."""
 
     @staticmethod
-    def build(dm: CacheSource, overwrite: bool = False) -> Path:
+    def build(dm: CacheSource, overwrite: bool = False, progress_bar: bool = False) -> Path:
         key, config = cache_key(dm)
         root = dm.cache_root / key
         if (root / MARKER).is_file() and not overwrite:
@@ -240,7 +242,10 @@ class AVCache:
                 num_workers=dm.num_workers,
                 collate_fn=_identity,
             )
-            for i, (a, f, src) in enumerate(loader):
+            bar = progress(
+                loader, len(clips), f"{dm.NAME} {split}", unit="clip", enable=progress_bar
+            )
+            for i, (a, f, src) in enumerate(bar):
                 sources[split].extend(src)
                 if audio is None:
                     audio = np.lib.format.open_memmap(
@@ -262,12 +267,11 @@ class AVCache:
                     )
                 audio[i] = a
                 frames[offsets[i] : offsets[i + 1]] = f
-                if (i + 1) % 500 == 0:
-                    log.info("%s %s: cached %d / %d clips", dm.NAME, split, i + 1, len(clips))
             if audio is None or frames is None:
                 raise ValueError(f"{dm.NAME}: no clips to cache in the {split} list")
             audio.flush()
             frames.flush()
+            log.info("%s %s: cached %d clips", dm.NAME, split, len(clips))
             np.save(out / "offsets.npy", offsets)
             meta["splits"][split] = {
                 "clips": len(clips),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -253,6 +254,20 @@ def test_official_pipeline_first_frames_and_native_crop(cremad_root: Path, tmp_p
     assert torch.equal(cached.splits["test"][0]["visual"], m.splits["test"][0]["visual"])
     with pytest.raises(ValueError, match="decode_size"):
         dm(cremad_root, decode_size="huge")
+
+
+def test_cache_build_shows_a_bar_per_split(
+    cremad_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = dm(cremad_root, frames=1, cache_dir=str(tmp_path / "cache"))
+    m.build_cache(progress_bar=True)
+    err = capsys.readouterr().err
+    for split in ("train", "test"):
+        n = len(m.official_clips(split))
+        assert re.search(rf"cremad {split}: 100%.* {n}/{n} \[\d\d:\d\d<", err), err
+    assert "clip/s" in err
+    m.build_cache(overwrite=True)  # the library default: no bar
+    assert "100%" not in capsys.readouterr().err
 
 
 def test_eval_view_is_the_train_split_without_augmentation(cremad_root: Path) -> None:

@@ -1,0 +1,115 @@
+"""What a run tells its user while it works: progress bars, the start-up block, and the one
+place where known third-party noise is filtered.
+
+* :func:`progress` wraps a loop in a ``tqdm`` bar (tqdm ships with Lightning) on stderr,
+  with rate and ETA; ``python -m asgml.prepare`` (per clip) and ``python -m asgml.eval``
+  (per batch) use it.
+* :func:`startup_lines` is the block ``python -m asgml.train`` logs first: the run directory,
+  the loggers and the recipe (:func:`asgml.config.recipe_lines`).
+* :func:`quiet_known_noise` filters, by exact message, the third-party messages that say
+  nothing about the run (listed in :data:`KNOWN_NOISE` and :data:`KNOWN_NOISE_LOGS`), and
+  removes the console handler the ``lightning`` package adds to its logger at import when
+  logging is already configured (Hydra's job logging), so Lightning's messages are written
+  once, to the console and the run's log file, instead of a second time to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from asgml.config import recipe_lines
+
+T = TypeVar("T")
+
+# (category, exact message regex) of third-party warnings that carry no information about
+# the run. Each names where it comes from; remove an entry when the source is fixed.
+KNOWN_NOISE: tuple[tuple[type[Warning], str], ...] = (
+    # torch >= 2.10 deprecates LeafSpec; Lightning's utilities/_pytree.py still builds one
+    # on every fit (lightning 2.6)
+    (
+        FutureWarning,
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated, use `isinstance\(treespec, "
+        r"TreeSpec\) and treespec\.is_leaf\(\)` instead\.",
+    ),
+)
+
+# (logger name, exact message prefix) of third-party log records dropped
+KNOWN_NOISE_LOGS: tuple[tuple[str, str], ...] = (
+    # Lightning >= 2.6 advertises its hosted logger at every Trainer construction
+    (
+        "lightning.pytorch.utilities.rank_zero",
+        "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]",
+    ),
+)
+
+
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet_known_noise() -> None:
+    """Install the filters of :data:`KNOWN_NOISE` / :data:`KNOWN_NOISE_LOGS` (idempotent)
+    and, when the root logger has handlers, drop the ``lightning`` logger's own stderr
+    handler (Lightning's messages still reach the root handlers: console and log file)."""
+    for category, message in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name, prefix in KNOWN_NOISE_LOGS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropPrefix(prefix))
+    if logging.getLogger().handlers:
+        pkg = logging.getLogger("lightning")
+        for handler in list(pkg.handlers):
+            # the StreamHandler(stderr) lightning/__init__.py adds; it also propagates to root
+            if type(handler) is logging.StreamHandler and pkg.propagate:
+                pkg.removeHandler(handler)
+
+
+def progress(
+    iterable: Iterable[T],
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    enable: bool = True,
+) -> Iterator[T]:
+    """``iterable`` with a tqdm bar on stderr (count, rate, ETA); the plain iterable when
+    ``enable`` is false. Off a terminal (a batch job's log) it redraws every 30 s at most."""
+    if not enable:
+        yield from iterable
+        return
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    yield from tqdm(
+        iterable, total=total, desc=desc, unit=unit, mininterval=interval, dynamic_ncols=True
+    )
+
+
+def startup_lines(cfg: DictConfig, out_dir: str | Path, loggers: Iterable[Any] = ()) -> list[str]:
+    """The start-up block: run directory, loggers, then the recipe."""
+    names = [type(lg).__name__.removesuffix("Logger").lower() for lg in loggers]
+    lines = [f"run dir   {out_dir}"]
+    if names:
+        lines.append(f"loggers   {', '.join(names)}")
+    group = next((getattr(lg, "group", None) for lg in loggers if getattr(lg, "group", None)), None)
+    if group:
+        lines.append(f"group     {group}")
+    if cfg.get("tags"):
+        lines.append(f"tags      {', '.join(str(t) for t in cfg.tags)}")
+    return lines + recipe_lines(cfg)
+
+
+def block(title: str, lines: Iterable[str]) -> str:
+    """``title`` then each line indented: one log record for a multi-line block."""
+    return "\n  ".join([title, *lines])

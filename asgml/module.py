@@ -18,7 +18,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.toolkit import all_finite, has_grad_scaler, loss_and_grads_finite
+from asgml.callbacks.toolkit import (
+    all_finite,
+    has_grad_scaler,
+    loss_and_grads_finite,
+    should_log,
+    sum_over_ranks,
+)
 from asgml.models.fusion import build_fusion, init_linear_ogm
 from asgml.step_plan import StepPlan
 from asgml.train_set_plan import apply_present_mask
@@ -168,6 +174,9 @@ class MultimodalModule(L.LightningModule):
         self.step_plan: StepPlan | None = None  # the last training step's plan (step_plan.py)
         self.run_config: dict[str, Any] | None = None  # set by asgml.train, saved in ckpts
         self._encoder_params: dict[str, tuple[nn.Parameter, ...]] = {}
+        self._all_params: tuple[nn.Parameter, ...] | None = None  # parameter_list() cache
+        # epoch sums of the loss terms, logged at the epoch end (no `log` call per step)
+        self._epoch_terms: dict[str, list] = {}
         self.skipped_nonfinite_steps = 0
         self._rng_to_restore: dict[str, Any] | None = None
 
@@ -181,9 +190,11 @@ class MultimodalModule(L.LightningModule):
                 ms[f"f1_{m}"] = MulticlassF1Score(num_classes, average="macro")
             return MetricCollection(ms)
 
-        self.train_metrics = MetricCollection(
-            {"acc": MulticlassAccuracy(num_classes, average="micro")}, prefix="train/"
-        )
+        # training accuracy: correct predictions and samples counted on the device every
+        # step, summed over ranks and logged at the epoch end (MulticlassAccuracy's micro
+        # accuracy, without a torchmetrics update per step)
+        self._train_correct: Tensor | None = None
+        self._train_seen = 0
         self.val_metrics = _metrics().clone(prefix="val/")
         self.test_metrics = _metrics().clone(prefix="test/")
         self.val_acc_best = MaxMetric()
@@ -199,6 +210,14 @@ class MultimodalModule(L.LightningModule):
                 p for p in self.encoders[modality].parameters() if p.requires_grad
             )
         return self._encoder_params[modality]
+
+    def parameter_list(self) -> tuple[nn.Parameter, ...]:
+        """All parameters (``self.parameters()``), cached: the per-step paths (non-finite
+        guard, gradient clipping) do not walk the module tree every step. Refreshed at every
+        fit and epoch start (a method that adds modules does so in ``setup``)."""
+        if self._all_params is None:
+            self._all_params = tuple(self.parameters())
+        return self._all_params
 
     def encoder_named_parameters(self, modality: str) -> Iterable[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.encoders[modality].named_parameters() if p.requires_grad)
@@ -336,7 +355,7 @@ class MultimodalModule(L.LightningModule):
                 for p in ps:
                     p.grad = None
         if not plan.step_head:
-            for p in self.parameters():
+            for p in self.parameter_list():
                 if id(p) not in encoder_ids:
                     p.grad = None
 
@@ -395,7 +414,7 @@ class MultimodalModule(L.LightningModule):
             self._pending_nonfinite = bad_loss.long() + self._pending_nonfinite
             bad = None
         else:
-            bad = bad_loss if scaler else ~loss_and_grads_finite(loss, self.parameters())
+            bad = bad_loss if scaler else ~loss_and_grads_finite(loss, self.parameter_list())
             if self.nonfinite_check_every > 1 and not scaler:
                 window = bad | self._pending_window
                 if (self.trainer.global_step + 1) % self.nonfinite_check_every:
@@ -403,7 +422,9 @@ class MultimodalModule(L.LightningModule):
                     bad = None
                 else:
                     self._pending_window = torch.zeros((), dtype=torch.bool, device=bad.device)
-                    if bool(window) and not bool(bad):
+                    window_bad, step_bad = torch.stack([window, bad]).tolist()  # one sync
+                    bad = step_bad
+                    if window_bad and not step_bad:
                         msg = (
                             f"non-finite loss or gradients in the {self.nonfinite_check_every} "
                             f"steps before step {self.trainer.global_step}: those updates were "
@@ -412,7 +433,7 @@ class MultimodalModule(L.LightningModule):
                         if self.nonfinite == "raise":
                             raise FloatingPointError(msg)
                         warnings.warn(msg, stacklevel=1)
-        if bad is not None and bool(bad):
+        if bad is not None and bool(bad):  # the host sync of a checked step
             what = "training loss" if bool(bad_loss) else "gradients"
             msg = f"non-finite {what} at step {self.trainer.global_step}"
             if self.nonfinite == "raise":
@@ -430,15 +451,52 @@ class MultimodalModule(L.LightningModule):
         opt.step()
 
         bs = y.shape[0]
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=bs)
+        # no `log` call on steps Lightning does not write (each costs ~0.3-1 ms of Python):
+        # the loss, its terms and the accuracy are accumulated on the device and logged at
+        # the epoch end; the step loss only on logging steps. The keys are those of
+        # log("train/loss", on_step=True, on_epoch=True): train/loss_step, train/loss_epoch
+        self._accumulate_term("train/loss", loss.detach(), bs)
+        if should_log(self.trainer):
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=bs)
         for k, v in out.losses.items():
             if k != "fused" or len(out.losses) > 1:
-                self.log(f"train/loss_{k}", v.detach(), on_step=False, on_epoch=True, batch_size=bs)
-        self.train_metrics["acc"].update(logits.detach(), y)
-        self.log(
-            "train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True, batch_size=bs
+                self._accumulate_term(f"train/loss_{k}", v.detach(), bs)
+        correct = (logits.detach().argmax(dim=1) == y).sum()
+        self._train_correct = (
+            correct if self._train_correct is None else self._train_correct + correct
         )
+        self._train_seen += bs
         return loss.detach()
+
+    def _accumulate_term(self, name: str, value: Tensor, batch_size: int) -> None:
+        """Lightning's epoch mean (``on_epoch=True``, ``reduce_fx=mean``) of ``value``,
+        accumulated with its arithmetic: ``sum(value * batch_size) / sum(batch_size)``."""
+        if value.dtype not in (torch.float32, torch.float64):
+            value = value.to(torch.get_default_dtype())
+        acc = self._epoch_terms.get(name)
+        if acc is None:
+            zero = torch.tensor(0.0, dtype=torch.get_default_dtype(), device=value.device)
+            acc = self._epoch_terms[name] = [zero, torch.tensor(0, device=value.device)]
+        acc[0] = acc[0] + value * batch_size
+        acc[1] = acc[1] + batch_size
+
+    def _log_epoch_terms(self) -> None:
+        """Log the epoch means of the loss terms and the training accuracy (what
+        ``log(..., on_epoch=True)`` in every step would have written) and reset them."""
+        for name, (total, count) in self._epoch_terms.items():
+            if name == "train/loss":  # the keys of an on_step + on_epoch log of train/loss
+                self.log("train/loss_epoch", total / count, on_step=False, on_epoch=True)
+                self.log(name, total / count, on_step=False, on_epoch=True, logger=False)
+            else:
+                self.log(name, total / count, on_step=False, on_epoch=True)
+        self._epoch_terms = {}
+        if self._train_correct is not None:  # every rank took the same number of steps
+            counts = torch.stack(
+                [self._train_correct, self._train_correct.new_tensor(self._train_seen)]
+            )
+            correct, seen = sum_over_ranks(self.trainer, counts).float().unbind()
+            self.log("train/acc", correct / seen, on_step=False, on_epoch=True)
+        self._train_correct, self._train_seen = None, 0
 
     def _count_consecutive_nonfinite(self) -> None:
         self._consecutive_nonfinite += 1
@@ -485,7 +543,14 @@ class MultimodalModule(L.LightningModule):
         return n
 
     @override
+    def on_train_epoch_start(self) -> None:
+        self._all_params = None
+        self._epoch_terms = {}
+        self._train_correct, self._train_seen = None, 0
+
+    @override
     def on_train_epoch_end(self) -> None:
+        self._log_epoch_terms()
         n = self._flush_nonfinite()
         if n:
             warnings.warn(
@@ -595,6 +660,7 @@ class MultimodalModule(L.LightningModule):
     @override
     def on_train_start(self) -> None:
         self._rng_to_restore = None
+        self._all_params = None
 
 
 def rng_state() -> dict[str, Any]:

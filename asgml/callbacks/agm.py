@@ -78,6 +78,7 @@ from asgml.callbacks.toolkit import (
     clip_grad_norm_,
     grad_amax,
     mean_over_ranks,
+    module_parameters,
     present_grads,
 )
 from asgml.types import StepOutput
@@ -242,12 +243,13 @@ class AGM(BalancingCallback):
             self.coeffs = agm_coefficients(s, sbar, self.alpha, self.clip)
             self.sbar = (sbar * self.count + s) / (self.count + 1)
             self.count += 1
-            for i, m in enumerate(mods):
-                pl_module.log(f"agm/score_{m}", s[i], on_step=True, on_epoch=False)
         z = sum(grad_scale(phi[m], self.coeffs[i]) for i, m in enumerate(mods))
         out.losses["fused"] = F.cross_entropy(z, out.labels)
-        for i, m in enumerate(mods):
-            pl_module.log(f"agm/coeff_{m}", self.coeffs[i], on_step=True, on_epoch=False)
+        if self.logging_step(trainer):  # per-step values: only on the steps Lightning writes
+            for i, m in enumerate(mods):
+                if active:
+                    pl_module.log(f"agm/score_{m}", s[i], on_step=True, on_epoch=False)
+                pl_module.log(f"agm/coeff_{m}", self.coeffs[i], on_step=True, on_epoch=False)
 
     @override
     def on_train_gradients(
@@ -260,7 +262,7 @@ class AGM(BalancingCallback):
             return
         # trigger and clip on the true (unscaled) gradients, under any precision
         trigger = grad_amax(trainer, w) > 1
-        clip_grad_norm_(trainer, present_grads(pl_module.parameters()), 1.0, where=trigger)
+        clip_grad_norm_(trainer, present_grads(module_parameters(pl_module)), 1.0, where=trigger)
 
     @override
     def state_dict(self) -> dict[str, Any]:

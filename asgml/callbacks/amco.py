@@ -112,7 +112,9 @@ class AMCo(BalancingCallback):
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
         self.window = EpochWindow(modulation_starts, modulation_ends)
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.dependent: dict[str, bool] = {}
+        # per modality: a bool, or a 0-d bool tensor on the device (set after every step
+        # without a host sync; read as bool in state_dict and logging)
+        self.dependent: dict[str, bool | Tensor] = {}
         self.l_t = 0.0
         self.last: dict[str, Any] = {}
         self._pending: Tensor | None = None
@@ -133,6 +135,15 @@ class AMCo(BalancingCallback):
 
     def in_window(self, epoch: int) -> bool:
         return epoch in self.window
+
+    def mask_if_dependent(self, modality: str, logits: Tensor, mask: Tensor) -> Tensor:
+        """``logits * mask`` if ``modality`` is dependent, else ``logits``. A device flag
+        selects with ``torch.where`` (the same values and gradients as the branch, no host
+        sync); a Python flag branches."""
+        dep = self.dependent[modality]
+        if isinstance(dep, Tensor):
+            return torch.where(dep.to(logits.device), logits * mask, logits)
+        return logits * mask if dep else logits
 
     def fused(self, module: MultimodalModule, uni: Mapping[str, Tensor]) -> Tensor:
         total = torch.stack([uni[m] for m in module.modalities]).sum(0)
@@ -158,8 +169,7 @@ class AMCo(BalancingCallback):
         mask = amco_class_mask(module.num_classes, pt, self.generator)
         mask = mask.to(out.logits.device, out.logits.dtype)
         masked = {
-            m: out.unimodal_logits[m] * mask if self.dependent[m] else out.unimodal_logits[m]
-            for m in module.modalities
+            m: self.mask_if_dependent(m, out.unimodal_logits[m], mask) for m in module.modalities
         }
         losses["fused"] = F.cross_entropy(self.fused(module, masked), y)
         for m in module.modalities:
@@ -181,11 +191,14 @@ class AMCo(BalancingCallback):
             return
         # the flags of the next step (BalanceBenchmark: after backward); a step the optimizer
         # skips (non-finite loss or gradients) leaves them as they were
+        # device tensors throughout: no host sync per step
         ok = step_finite(module, out).to(share.device)
-        flags, finite = torch.cat([share > self.sigma, ok[None]]).tolist()[:-1], bool(ok)
-        self.nonfinite.add(not finite)
-        if finite:
-            self.dependent = dict(zip(module.modalities, flags, strict=True))
+        self.nonfinite.add(~ok)
+        new = (share > self.sigma).unbind()
+        self.dependent = {
+            m: torch.where(ok, flag, torch.as_tensor(self.dependent[m], device=share.device))
+            for m, flag in zip(module.modalities, new, strict=True)
+        }
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -221,7 +234,7 @@ class AMCo(BalancingCallback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "generator": self.generator.get_state(),
-            "dependent": dict(self.dependent),
+            "dependent": {m: bool(d) for m, d in self.dependent.items()},
             "l_t": self.l_t,
             "nonfinite_steps": self.nonfinite.total,
         }

@@ -54,7 +54,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.toolkit import clip_grad_norm_, present_grads
+from asgml.callbacks.toolkit import clip_grad_norm_, module_parameters, present_grads
 from asgml.models.fusion import ConcatFusion
 from asgml.types import StepOutput
 
@@ -150,14 +150,16 @@ class ARL(BalancingCallback):
         if epoch <= self.start:
             return  # official: the GradScale op is applied only when epoch > start
         w = self.step_weights(epoch, uni)
+        log = self.logging_step(trainer)  # per-step values: only on the steps Lightning writes
         for i, m in enumerate(pl_module.modalities):
             factor = 1.0 + w[i]
             out.features[m].register_hook(lambda grad, f=factor: grad * f.to(grad.dtype))
-            pl_module.log(f"arl/weight_{m}", w[i], on_step=True, on_epoch=False)
+            if log:
+                pl_module.log(f"arl/weight_{m}", w[i], on_step=True, on_epoch=False)
 
     @override
     def on_train_gradients(
         self, trainer: L.Trainer, pl_module: MultimodalModule, out: StepOutput
     ) -> None:
         if self.clip is not None:  # on the true (unscaled) norm, under any precision
-            clip_grad_norm_(trainer, present_grads(pl_module.parameters()), self.clip)
+            clip_grad_norm_(trainer, present_grads(module_parameters(pl_module)), self.clip)

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import lightning as L
 from torch import Tensor
 
+from asgml.callbacks.toolkit import should_log
 from asgml.step_plan import StepPlan
 from asgml.train_set_plan import TrainSetPlan
 from asgml.types import StepOutput
@@ -128,5 +129,4 @@ class BalancingCallback(L.Callback):
         """Whether ``LightningModule.log(..., on_step=True)`` values are written this step
         (every ``trainer.log_every_n_steps``); per-step values logged on other steps are
         dropped, so callbacks skip the (costly) ``log`` calls there."""
-        connector = getattr(trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True))
+        return should_log(trainer)

@@ -87,6 +87,7 @@ from asgml.callbacks.toolkit import (
     broadcast_module_,
     clip_grad_norm_,
     mean_over_ranks_,
+    module_parameters,
     present_grads,
     scale_,
     sum_over_ranks,
@@ -259,6 +260,8 @@ class CGGM(BalancingCallback):
             self.saved[f"cls_{m}"] = self.bank.probes[m].weight.detach().clone()
             self.saved[f"fus_{m}"] = fusion_weight_block(pl_module.fusion, m).detach().clone()
         self.optimizer.step()
+        if not self.logging_step(trainer):  # per-step values: only on the steps Lightning writes
+            return
         for i, m in enumerate(mods):
             pl_module.log(f"cggm/coeff_{m}", self.coeffs[i], on_step=True, on_epoch=False)
             pl_module.log(f"cggm/acc_{m}", acc[i], on_step=True, on_epoch=False)
@@ -277,7 +280,7 @@ class CGGM(BalancingCallback):
             factor = torch.where(active, self.coeffs[i] * self.rou, torch.ones_like(self.coeffs[i]))
             scale_(present_grads(pl_module.encoder_parameters(m)), factor)
         if self.clip is not None:  # on the true (unscaled) norm, under any precision
-            clip_grad_norm_(trainer, present_grads(pl_module.parameters()), self.clip)
+            clip_grad_norm_(trainer, present_grads(module_parameters(pl_module)), self.clip)
 
     # ------------------------------------------------------------ checkpoint
     @override

@@ -102,17 +102,28 @@ class GreedyMMTM(nn.Module):
         return [*self.squeeze.parameters(), *self.excite[modality].parameters()]
 
 
-def relative_grad_energy(params: Iterable[nn.Parameter], grad_scale: float = 1.0) -> float:
-    """``sum ||grad||^2 / sum ||theta||^2`` over ``params`` (gradients divided by
-    ``grad_scale``); parameters without a gradient count with a zero gradient."""
+def grad_energy_terms(params: Iterable[nn.Parameter]) -> Tensor:
+    """``(sum ||grad||^2, sum ||theta||^2)`` over ``params`` as one ``(2,)`` float32 tensor
+    (no host sync); parameters without a gradient count with a zero gradient."""
     params = list(params)
     if not params:
-        return 0.0
+        return torch.zeros(2)
     wn = torch.stack([t.float() for t in torch._foreach_norm([p.detach() for p in params])])
     grads = [p.grad.detach() for p in params if p.grad is not None]
     gn = torch.stack([t.float() for t in torch._foreach_norm(grads)]) if grads else wn * 0
-    w, g = float(wn.pow(2).sum()), float(gn.pow(2).sum())
+    return torch.stack([gn.pow(2).sum(), wn.pow(2).sum()])
+
+
+def energy_ratio(g: float, w: float, grad_scale: float = 1.0) -> float:
+    """``g / grad_scale^2 / w`` (0 where ``w`` is 0), on host floats."""
     return g / (grad_scale**2) / w if w > 0 else 0.0
+
+
+def relative_grad_energy(params: Iterable[nn.Parameter], grad_scale: float = 1.0) -> float:
+    """``sum ||grad||^2 / sum ||theta||^2`` over ``params`` (gradients divided by
+    ``grad_scale``); parameters without a gradient count with a zero gradient."""
+    g, w = grad_energy_terms(params).tolist()
+    return energy_ratio(g, w, grad_scale)
 
 
 def greedy_bdr(m_bypass: Sequence[float], m_main: Sequence[float]) -> list[float]:
@@ -235,8 +246,10 @@ class Greedy(BalancingCallback):
         flat = mean_over_ranks(trainer, torch.cat(parts))
         k = self.avg_count
         avg = {}
-        for m, new in zip(mods, flat.cpu().split([p.numel() for p in parts]), strict=True):
-            old = self.avg_gates.get(m, torch.zeros_like(new))
+        # kept on the device (no copy to the host per step; the checkpoint holds CPU copies)
+        for m, new in zip(mods, flat.split([p.numel() for p in parts]), strict=True):
+            old = self.avg_gates.get(m)
+            old = torch.zeros_like(new) if old is None else old.to(new.device)
             avg[m] = (new + old * k) / (k + 1)
         # this step uses the new average; it is kept once the step is known to be applied
         self._pending_avg = (avg, k + 1)
@@ -248,22 +261,38 @@ class Greedy(BalancingCallback):
         # a step the optimizer skips (non-finite loss or gradients) leaves every statistic
         # (speeds, running gates, the re-balancing window) as it was
         pending, self._pending_avg = self._pending_avg, None
-        finite = bool(step_finite(module, out))
-        self.nonfinite.add(not finite)
-        if not finite:
-            return
-        if pending is not None:
-            self.avg_gates, self.avg_count = pending
+        ok = step_finite(module, out)
+        self.nonfinite.add(~ok)
         if self.curation:
+            # one host read per re-balancing step: was it applied?
+            if not bool(ok):
+                return
+            if pending is not None:
+                self.avg_gates, self.avg_count = pending
             self.curation_step += 1
             if self.curation_step >= self.window:
                 self.curation = False
             return
         mmtm: GreedyMMTM = getattr(module, MMTM)
-        scale = float(loss_scale(trainer))
-        for i, m in enumerate(module.modalities):
-            self.m_bypass[i] += relative_grad_energy(mmtm.bypass_parameters(m), scale)
-            self.m_main[i] += relative_grad_energy(module.encoders[m].parameters(), scale)
+        mods = module.modalities
+        terms = [grad_energy_terms(mmtm.bypass_parameters(m)) for m in mods]
+        terms += [grad_energy_terms(module.encoders[m].parameters()) for m in mods]
+        dev = terms[-1].device
+        scale = torch.as_tensor(loss_scale(trainer), device=dev).float().reshape(1)
+        # the decision below branches on these values: one host read per decision step,
+        # together with whether the step was applied
+        finite = ok.to(dev).float().reshape(1)
+        *values, scale, applied = torch.cat([t.to(dev) for t in terms] + [scale, finite]).tolist()
+        if not applied:
+            return
+        if pending is not None:
+            self.avg_gates, self.avg_count = pending
+        n = len(mods)
+        for i in range(n):
+            g, w = values[2 * i : 2 * i + 2]
+            self.m_bypass[i] += energy_ratio(g, w, scale)
+            g, w = values[2 * (n + i) : 2 * (n + i) + 2]
+            self.m_main[i] += energy_ratio(g, w, scale)
         self.bdr = greedy_bdr(self.m_bypass, self.m_main)
         self.d, caring = greedy_decision(self.bdr, self.epsilon)
         if trainer.current_epoch >= self.starting_epoch and caring is not None:
@@ -310,7 +339,7 @@ class Greedy(BalancingCallback):
         return {
             "m_bypass": list(self.m_bypass),
             "m_main": list(self.m_main),
-            "avg_gates": {m: g.clone() for m, g in self.avg_gates.items()},
+            "avg_gates": {m: g.detach().cpu().clone() for m, g in self.avg_gates.items()},
             "avg_count": self.avg_count,
             "curation": self.curation,
             "curation_step": self.curation_step,

@@ -344,8 +344,9 @@ class InfoReg(BalancingCallback):
                 if pairs:
                     g, p, a = zip(*pairs, strict=True)
                     add_proximal_(g, [x.detach() for x in p], a, betas[m] * scale)
-            for m in mods:
-                pl_module.log(f"inforeg/beta_{m}", betas[m], on_step=True, on_epoch=False)
+            if self.logging_step(trainer):  # only on the steps Lightning writes
+                for m in mods:
+                    pl_module.log(f"inforeg/beta_{m}", betas[m], on_step=True, on_epoch=False)
         # Fisher sum of the true gradients; a step that will not be applied adds nothing
         finite = step_finite(pl_module, out)
         self.nonfinite.add(~finite)

@@ -145,6 +145,7 @@ class MMPareto(BalancingCallback):
     ) -> None:
         if self._g_mm is None:
             return
+        log = self.logging_step(trainer)  # per-step values: only on the steps Lightning writes
         for m in pl_module.modalities:
             ps = [p for p in pl_module.encoder_parameters(m) if p.grad is not None]
             if not ps:
@@ -156,6 +157,7 @@ class MMPareto(BalancingCallback):
             k0, k1, cos = pareto_weights(g_mm, g_uni)
             new = pareto_combine(g_mm, g_uni, g_sum, k0, k1, self.gamma)
             torch._foreach_copy_(g_sum, new)
-            pl_module.log(f"mmpareto/cos_{m}", cos, on_step=True, on_epoch=False)
-            pl_module.log(f"mmpareto/k_mm_{m}", k0, on_step=True, on_epoch=False)
+            if log:
+                pl_module.log(f"mmpareto/cos_{m}", cos, on_step=True, on_epoch=False)
+                pl_module.log(f"mmpareto/k_mm_{m}", k0, on_step=True, on_epoch=False)
         self._g_mm = None

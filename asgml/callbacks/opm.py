@@ -72,9 +72,11 @@ def opm_theta(q: Tensor, dims: Sequence[int]) -> Tensor:
 
 
 def opm_keep_masks(q: Tensor, batch_size: int, generator: torch.Generator) -> Tensor:
-    """``(B, N)`` float keep masks: sample ``i`` keeps modality ``m`` w.p. ``1 - q_m``."""
+    """``(B, N)`` float keep masks on ``q``'s device: sample ``i`` keeps modality ``m`` w.p.
+    ``1 - q_m``. The uniforms come from the (CPU) ``generator`` and are compared on ``q``'s
+    device (the same comparison of the same float32 values; no device-to-host copy of ``q``)."""
     u = torch.rand(batch_size, q.numel(), generator=generator)
-    return (u < (1 - q.detach().cpu())).float()
+    return (u.to(q.device) < (1 - q.detach())).float()
 
 
 class OPM(BalancingCallback):
@@ -135,9 +137,14 @@ class OPM(BalancingCallback):
         if trainer is not None:
             scores = sum_over_ranks(trainer, scores)
         q, _ = opm_drop_probs(scores, self.q_base, self.lam)
+        # a host-side coin from the CPU generator (no device sync)
         executed = bool(torch.rand(1, generator=self.generator).item() >= 1 - self.p_exe)
         b = labels.shape[0]
-        keep = opm_keep_masks(q, b, self.generator) if executed else torch.ones(b, len(mods))
+        keep = (
+            opm_keep_masks(q, b, self.generator)
+            if executed
+            else torch.ones(b, len(mods), device=q.device)
+        )
         return q, scores, keep, executed
 
     @override

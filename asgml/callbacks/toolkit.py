@@ -69,6 +69,14 @@ def select_parameters(encoder: nn.Module, which: str) -> list[nn.Parameter]:
     return out
 
 
+def module_parameters(module: nn.Module) -> Sequence[nn.Parameter]:
+    """All parameters of ``module``: the module's cached list when it keeps one
+    (:meth:`MultimodalModule.parameter_list <asgml.module.MultimodalModule.parameter_list>`),
+    so a per-step hook does not walk the module tree every step."""
+    cached = getattr(module, "parameter_list", None)
+    return cached() if callable(cached) else list(module.parameters())
+
+
 def present_grads(params: Iterable[nn.Parameter]) -> list[Tensor]:
     """The ``.grad`` tensors that exist (parameters unused in this step have none)."""
     return [p.grad for p in params if p.grad is not None]
@@ -86,6 +94,16 @@ def all_finite(grads: Sequence[Tensor]) -> Tensor:
         return torch.tensor(True)
     norms = torch._foreach_norm(list(grads))
     return torch.isfinite(torch.stack(norms).sum())
+
+
+# ------------------------------------------------------------------------ logging
+def should_log(trainer: Any) -> bool:
+    """Whether ``LightningModule.log(..., on_step=True)`` values are written this step
+    (every ``trainer.log_every_n_steps``, and at the last step). Per-step values logged on
+    other steps are dropped, so the per-step path computes and logs them only when this is
+    true (outside a fit: true)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))
 
 
 # ---------------------------------------------------------------------- precision
@@ -169,7 +187,7 @@ def step_finite(module: nn.Module, out: StepOutput) -> Tensor:
     the DDP-averaged gradients, so it is the same on every rank. No host sync."""
     if out.finite is None:
         loss = out.loss if out.loss is not None else torch.zeros(())
-        out.finite = loss_and_grads_finite(loss, module.parameters())
+        out.finite = loss_and_grads_finite(loss, module_parameters(module))
     return out.finite
 
 

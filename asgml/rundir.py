@@ -47,8 +47,20 @@ def resumes_from(run_dir: Path, ckpt_path: Any) -> bool:
     return True
 
 
+def process_rank() -> int:
+    """This process's global rank from the launcher's environment (0 outside DDP), read the
+    way Lightning's ``rank_zero_only`` reads it, without importing Lightning."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key):
+            return int(os.environ[key])
+    return 0
+
+
 def check_run_dir(run_dir: str | os.PathLike, ckpt_path: Any, own: tuple[str, ...] = ()) -> None:
     """Refuse a non-empty ``run_dir`` unless this run resumes from it (``ckpt_path``).
+
+    Only rank 0 checks: under DDP the other ranks share rank 0's directory (Lightning
+    relaunches them with ``hydra.run.dir`` set to it), which rank 0 may already have written.
 
     Args:
         run_dir: the run directory.
@@ -56,7 +68,7 @@ def check_run_dir(run_dir: str | os.PathLike, ckpt_path: Any, own: tuple[str, ..
         own: entries this run already wrote itself (Hydra's ``.hydra`` and job log).
     """
     path = Path(run_dir)
-    if not path.is_dir():
+    if process_rank() != 0 or not path.is_dir():
         return
     found = sorted(p.name for p in path.iterdir() if p.name not in own)
     if not found or resumes_from(path, ckpt_path):

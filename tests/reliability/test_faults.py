@@ -28,7 +28,7 @@ from asgml.data.base import EpochSampler, ResumableLoader, SeededItems, SplitDat
 from asgml.data.cremad import CremadDataModule
 from asgml.data.synthetic import SyntheticDataModule
 from asgml.module import NonFiniteTrainingError
-from asgml.rundir import RunDirectoryError, RunDirGuard
+from asgml.rundir import RunDirectoryError, RunDirGuard, check_run_dir
 from asgml.train import run
 from tests.conftest import compose_cfg
 from tests.data.fixtures import make_cremad
@@ -242,6 +242,25 @@ def test_hydra_refuses_a_run_directory_before_writing_into_it(tmp_path: Path) ->
     cfg.ckpt_path = str(tmp_path / "checkpoints" / "last.ckpt")  # a resume: allowed
     RunDirGuard().on_run_start(config=cfg)
     RunDirGuard().on_run_start(config=OmegaConf.create({"hydra": {"run": {"dir": "new"}}}))
+
+
+def test_only_rank_0_checks_the_shared_ddp_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under DDP the other ranks run in rank 0's directory, which rank 0 may already have
+    written: a check there would refuse it and leave rank 0 waiting in a collective."""
+    (tmp_path / "metrics.csv").write_text("step\n0\n")
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(RunDirectoryError):
+        check_run_dir(tmp_path, None)
+    for key in ("LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.setenv(key, "1")
+        check_run_dir(tmp_path, None)  # not rank 0: no check
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(RunDirectoryError):
+        check_run_dir(tmp_path, None)
 
 
 def test_default_run_directories_are_unique_per_process_and_microsecond() -> None:

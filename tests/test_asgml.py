@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -241,7 +242,9 @@ def test_probe_state_survives_checkpoint(tmp_path):
 
 
 def test_method_boost_boosts_visual_on_synthetic_default(tmp_path):
-    """Acceptance: on the synthetic default, boost logs a visual scale > 1 and audio 1."""
+    """Acceptance: on the synthetic default, boost lifts the visual scale above 1 and leaves
+    audio unboosted once the probes have seen some training (the first evaluation, at step
+    0, scores two untrained probes near chance and may boost either modality)."""
     cfg = compose_cfg(
         [
             "method=boost",
@@ -257,10 +260,17 @@ def test_method_boost_boosts_visual_on_synthetic_default(tmp_path):
     df = pd.read_csv(tmp_path / "csv" / "metrics.csv")
     scales = df[["step", "boost/scale_audio", "boost/scale_visual"]].dropna()
     assert len(scales) == 8  # steps 0, 4, ..., 28
-    assert (scales["boost/scale_audio"] == 1.0).all()
-    assert (scales["boost/scale_visual"] > 1.0).all()
     probes = df[["probe/acc_audio", "probe/acc_visual"]].dropna()
-    assert (probes["probe/acc_audio"] > probes["probe/acc_visual"]).mean() > 0.5
+    assert (probes["probe/acc_audio"] > probes["probe/acc_visual"]).iloc[1:].all()
+    later = scales.iloc[1:]
+    assert (later["boost/scale_visual"] > 1.0).all()
+    assert (later["boost/scale_visual"] > later["boost/scale_audio"]).all()
+    assert later["boost/scale_visual"].is_monotonic_increasing
+    # audio, the stronger modality from then on, gets no new boost: its scale only decays
+    # toward 1 with the EMA (new = ema_alpha * 1 + (1 - ema_alpha) * old)
+    a = scales["boost/scale_audio"].to_numpy()
+    ema = cfg.method.boost.ema_alpha
+    np.testing.assert_allclose(a[1:], ema * 1.0 + (1 - ema) * a[:-1], rtol=1e-5)
 
 
 def test_cli_overrides_reach_callbacks(tmp_path):

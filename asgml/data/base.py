@@ -132,10 +132,12 @@ class ResumableLoader(DataLoader):
 
     @override
     def __iter__(self) -> Any:
-        skip = self.sampler.skip
+        # Lightning may re-create the loader with its own sampler (``overfit_batches``
+        # uses a SequentialSampler of plain indices): nothing to skip then
+        skip = getattr(self.sampler, "skip", 0)
         if skip % (self.batch_size or 1):
             raise ValueError(f"cannot resume inside a batch ({skip} samples into the epoch)")
-        self._position = [self.sampler.epoch, skip // (self.batch_size or 1)]
+        self._position = [getattr(self.sampler, "epoch", 0), skip // (self.batch_size or 1)]
         for batch in super().__iter__():
             self._position[1] += 1
             yield batch
@@ -144,6 +146,8 @@ class ResumableLoader(DataLoader):
         return {"epoch": int(self._position[0]), "batches": int(self._position[1])}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        if not isinstance(self.sampler, EpochSampler):  # a sampler Lightning put in
+            return
         self.sampler.resume_at(state["epoch"], state["batches"] * (self.batch_size or 1))
         self._position = [int(state["epoch"]), int(state["batches"])]
 

@@ -1,6 +1,6 @@
 """asgml: balanced multimodal learning with PyTorch Lightning."""
 
-from asgml.config import register_resolvers
+from asgml.run.resolvers import register_resolvers
 
 register_resolvers()
 

@@ -29,7 +29,7 @@ import hydra
 from omegaconf import DictConfig
 
 import asgml  # noqa: F401  (registers resolvers)
-from asgml.feedback import quiet_known_noise
+from asgml.run.feedback import quiet_known_noise
 
 log = logging.getLogger("asgml")
 
@@ -37,9 +37,9 @@ CACHE_ACTIONS = ("build", "list", "clean")
 
 
 def prepare(cfg: DictConfig) -> Path:
-    """Build the run's datamodule (:func:`asgml.build.build_datamodule`, as
+    """Build the run's datamodule (:func:`asgml.run.build.build_datamodule`, as
     ``asgml.train`` does) and write its cache; returns the cache dir."""
-    from asgml.build import build_datamodule  # lazy: keeps `--help` free of torch (CLI speed)
+    from asgml.run.build import build_datamodule  # lazy: keeps `--help` free of torch (CLI speed)
 
     quiet_known_noise()
     dm = build_datamodule(cfg)
@@ -59,7 +59,7 @@ def prepare(cfg: DictConfig) -> Path:
 def verify(cfg: DictConfig) -> list[str]:
     """Every bad file of the configured dataset, one line each (see the module docstring);
     also prints them and the setup's recorded data issues."""
-    from asgml.build import build_datamodule
+    from asgml.run.build import build_datamodule
 
     dm: Any = build_datamodule(cfg)
     problems: list[str] = dm.verify_files() if hasattr(dm, "verify_files") else []
@@ -79,8 +79,8 @@ def verify(cfg: DictConfig) -> list[str]:
 
 def manage_caches(cfg: DictConfig, action: str) -> list[dict[str, Any]]:
     """``list`` or ``clean`` the caches under the configured cache root."""
-    from asgml.build import build_datamodule
     from asgml.data.cache import cache_key, clean_caches, list_caches
+    from asgml.run.build import build_datamodule
 
     dm: Any = build_datamodule(cfg)
     if not hasattr(dm, "cache_root"):

@@ -1,7 +1,7 @@
 """Hydra entry point: ``python -m asgml.train [overrides]`` (also ``asgml-train``).
 
 ``--help`` lists the config groups and the composed config; ``-sc install=bash`` prints
-the shell-completion script. The run itself is :func:`asgml.training.run`: it (with torch,
+the shell-completion script. The run itself is :func:`asgml.run.training.run`: it (with torch,
 Lightning and the data stack) is imported only after Hydra has parsed the command line,
 so ``--help``, ``--cfg job`` and completion answer in about a second.
 """
@@ -21,7 +21,7 @@ _TRAINING_NAMES = {"run", "build_loggers", "optimized_value", "print_summary"}
 
 def __getattr__(name: str) -> Any:
     if name in _TRAINING_NAMES:
-        from asgml import training  # lazy: keeps `--help` free of torch (CLI speed)
+        from asgml.run import training  # lazy: keeps `--help` free of torch (CLI speed)
 
         return getattr(training, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -31,7 +31,7 @@ def __getattr__(name: str) -> Any:
 def main(cfg: DictConfig) -> float | None:
     """Train and test; returns the best validation value named by ``optimized_metric`` (what
     Hydra sweepers optimise), never a test metric."""
-    from asgml.training import run  # lazy: imported after Hydra parsed (CLI speed)
+    from asgml.run.training import run  # lazy: imported after Hydra parsed (CLI speed)
 
     return run(cfg)["optimized_value"]
 

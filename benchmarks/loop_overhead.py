@@ -3,7 +3,7 @@
 The question a researcher asks before leaving the official OGM-GE ``main.py`` (a plain
 PyTorch loop; GeWu-Lab/OGM-GE_CVPR2022 @ 9b5ebd2, ``train_epoch``): is an epoch slower here?
 Variants, all with the same model (two ResNet-18 encoders + concat fusion, built by
-:class:`asgml.module.MultimodalModule`), the same in-memory CREMA-D-shaped data, batch,
+:class:`asgml.core.module.MultimodalModule`), the same in-memory CREMA-D-shaped data, batch,
 SGD(lr 1e-3, momentum 0.9, weight decay 1e-4) and seed:
 
 * ``plain``: ``zero_grad``, forward, CE loss, ``backward``, ``step``, ``loss.item()`` -- the
@@ -51,10 +51,10 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from asgml.config import method_callback_configs
+from asgml.core.module import MultimodalModule
 from asgml.data.synthetic import DictTensorDataset
 from asgml.models.encoders import ResNet18Encoder
-from asgml.module import MultimodalModule
+from asgml.run.config import method_callback_configs
 
 PLAIN = ("plain", "plain_ogm_ge")
 ASGML = ("baseline", "ogm", "boost_ogm")

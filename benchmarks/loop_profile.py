@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from asgml.core.module import MultimodalModule
 from asgml.data.synthetic import DictTensorDataset
 from asgml.models.encoders import MLPEncoder
-from asgml.module import MultimodalModule
 
 MODS = ("audio", "visual")
 
@@ -115,13 +115,13 @@ def main() -> None:
     rows = [
         ("whole step (epoch loop advance)", cum("training_epoch_loop.py", "advance")),
         ("  fetch the batch (Lightning fetcher + DataLoader)", cum("fetchers.py", "__next__")),
-        ("  asgml training_step", cum("asgml/module.py", "training_step")),
-        ("    forward (planned_forward)", cum("asgml/module.py", "planned_forward")),
-        ("    step plan", cum("asgml/module.py", "_begin_step_plan")),
+        ("  asgml training_step", cum("asgml/core/module.py", "training_step")),
+        ("    forward (planned_forward)", cum("asgml/core/module.py", "planned_forward")),
+        ("    step plan", cum("asgml/core/module.py", "_begin_step_plan")),
         ("    manual_backward (Lightning + autograd)", cum("core/module.py", "manual_backward")),
         ("    optimizer step (Lightning + SGD)", cum("core/optimizer.py", "step")),
-        ("    non-finite guard", cum("asgml/callbacks/toolkit.py", "loss_and_grads_finite")),
-        ("    epoch sums", cum("asgml/module.py", "_accumulate_term")),
+        ("    non-finite guard", cum("asgml/core/toolkit.py", "loss_and_grads_finite")),
+        ("    epoch sums", cum("asgml/core/module.py", "_accumulate_term")),
         ("    LightningModule.log", cum("core/module.py", "log")),
     ]
     print("| part | ms / step (profiled) |\n|---|---:|")

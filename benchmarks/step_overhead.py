@@ -38,14 +38,14 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from asgml.callbacks.gblending import GBlending
-from asgml.callbacks.unimodal import make_unimodal
-from asgml.callbacks.valuation import SampleValuation
-from asgml.config import method_callback_configs
+from asgml.core.module import MultimodalModule
+from asgml.core.train_set_plan import PlannedDataset, TrainSetPlan
 from asgml.data.synthetic import DictTensorDataset
+from asgml.methods.gblending import GBlending
+from asgml.methods.unimodal import make_unimodal
+from asgml.methods.valuation import SampleValuation
 from asgml.models.encoders import MLPEncoder, ResNet18Encoder
-from asgml.module import MultimodalModule
-from asgml.train_set_plan import PlannedDataset, TrainSetPlan
+from asgml.run.config import method_callback_configs
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 DEFAULT_METHODS = [

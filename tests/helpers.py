@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from asgml.callbacks.base import BalancingCallback
+from asgml.core.base import BalancingCallback
+from asgml.core.module import MultimodalModule
+from asgml.core.types import StepOutput
 from asgml.data.synthetic import DictTensorDataset
 from asgml.models.encoders import MLPEncoder, ResNet18Encoder
-from asgml.module import MultimodalModule
-from asgml.types import StepOutput
 
 
 def tiny_mlp_module(

@@ -8,16 +8,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from asgml.build import build_callbacks
-from asgml.callbacks.boost import ASGMLBoost, continuous_scales, ema_update
-from asgml.callbacks.ogm import OGMGE
-from asgml.callbacks.probe import ProbeMonitor
-from asgml.callbacks.staleness import StalenessScheduler, learning_speed, should_update, staleness
+from asgml.core.module import MultimodalModule
+from asgml.core.types import Utilization
 from asgml.data.synthetic import DictTensorDataset
+from asgml.methods.boost import ASGMLBoost, continuous_scales, ema_update
+from asgml.methods.ogm import OGMGE
+from asgml.methods.probe import ProbeMonitor
+from asgml.methods.staleness import StalenessScheduler, learning_speed, should_update, staleness
 from asgml.models.encoders import MLPEncoder
-from asgml.module import MultimodalModule
+from asgml.run.build import build_callbacks
 from asgml.train import run
-from asgml.types import Utilization
 from tests.conftest import compose_cfg
 from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
 

@@ -1,4 +1,4 @@
-"""``asgml.build``: the one path from a config to (datamodule, module, callbacks)."""
+"""``asgml.run.build``: the one path from a config to (datamodule, module, callbacks)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 from hydra.errors import InstantiationException
 from omegaconf import open_dict
 
-from asgml.build import build, build_callbacks, build_datamodule, build_model, model_config
-from asgml.callbacks.boost import ASGMLBoost
-from asgml.callbacks.probe import ProbeMonitor
+from asgml.core.module import MultimodalModule
+from asgml.core.types import MultimodalDataModule
 from asgml.data.synthetic import SyntheticDataModule
-from asgml.module import MultimodalModule
-from asgml.types import MultimodalDataModule
+from asgml.methods.boost import ASGMLBoost
+from asgml.methods.probe import ProbeMonitor
+from asgml.run.build import build, build_callbacks, build_datamodule, build_model, model_config
 
 
 class StubData:

@@ -39,8 +39,8 @@ def test_method_page_format(name: str) -> None:
     assert re.search(rf"^# .+\(`method={re.escape(name)}`\)\s*$", text, re.M), "title line"
     assert f"<!-- asgml:hparams {name} -->" in text
     if name != "baseline":
-        targets = re.findall(r"^::: (asgml\.callbacks\.\w+)\s*$", text, re.M)
-        assert targets, "no `::: asgml.callbacks.<module>` block"
+        targets = re.findall(r"^::: (asgml\.methods\.\w+)\s*$", text, re.M)
+        assert targets, "no `::: asgml.methods.<module>` block"
         for target in targets:
             assert (ROOT / (target.replace(".", "/") + ".py")).is_file(), target
     for heading in ("## Hyperparameters", "## Official settings per dataset", "## Deviations"):
@@ -212,7 +212,8 @@ def test_train_help_lists_groups_and_options() -> None:
 
 
 def test_lazy_reexport_of_run() -> None:
-    from asgml import train, training
+    from asgml import train
+    from asgml.run import training
 
     assert train.run is training.run
     with pytest.raises(AttributeError):
@@ -226,3 +227,93 @@ def test_readme_is_a_front_door() -> None:
     assert "python -m pytest -q\n" in text
     for target in re.findall(r"\]\(((?:docs/|LICENSE)[^)#]*)", text):
         assert (ROOT / target).exists(), f"README links to missing {target}"
+
+
+def _layout_block() -> str:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    return section.split("```", 2)[1]
+
+
+def test_architecture_layout_matches_the_tree() -> None:
+    """Every module file of asgml/ is named in the Layout block under its folder, and every
+    ``name.py`` the block names exists."""
+    block = _layout_block()
+    # the block's lines by folder: a line "  <folder>/" opens a folder, deeper lines belong to it
+    named: dict[str, set[str]] = {}
+    folder = ""
+    for line in block.splitlines():
+        m = re.match(r"^  (\w+)/", line)
+        if m:
+            folder = m.group(1)
+        elif re.match(r"^\S", line):
+            folder = "-"  # conf/, tests/, ... (outside asgml/)
+        elif re.match(r"^  \S", line):
+            folder = ""  # a top-level file of asgml/
+        named.setdefault(folder, set()).update(re.findall(r"\b(\w+)\.py\b", line))
+    missing, absent = [], []
+    for path in sorted((ROOT / "asgml").rglob("*.py")):
+        rel = path.relative_to(ROOT / "asgml")
+        if rel.name in ("__init__.py", "__main__.py"):
+            continue
+        where = rel.parts[0] if len(rel.parts) > 1 else ""
+        if rel.stem not in named.get(where, set()):
+            missing.append(str(rel))
+    for where, stems in named.items():
+        if where == "-":
+            continue
+        for stem in stems:
+            if not (ROOT / "asgml" / where / f"{stem}.py").is_file():
+                absent.append(f"{where}/{stem}.py")
+    assert missing == [], f"modules not in docs/architecture.md's Layout: {missing}"
+    assert absent == [], f"Layout names files that do not exist: {absent}"
+
+
+def _fenced(text: str, first_line: str) -> str:
+    """The fenced code block of a page whose first line is ``first_line``."""
+    for block in re.findall(r"```\w*\n(.*?)```", text, re.S):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"no code block starting with {first_line!r}")
+
+
+def test_extending_example_method_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/extending.md's worked method, taken from the page as written: the module imports,
+    its config passes the start-up checks, and a run trains with it and doubles the visual
+    encoder's gradients."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from asgml.train import run
+    from tests.conftest import compose_cfg
+
+    page = (ROOT / "docs" / "extending.md").read_text()
+    code = _fenced(page, "# asgml/methods/fixedscale.py")
+    conf = _fenced(page, "# conf/method/fixedscale.yaml")
+    spec = importlib.util.spec_from_loader("asgml.methods.fixedscale", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(code, "docs/extending.md", "exec"), module.__dict__)
+    monkeypatch.setitem(sys.modules, "asgml.methods.fixedscale", module)
+    assert module.scales_for(["audio", "visual"], {"visual": 2.0}) == {"audio": 1.0, "visual": 2.0}
+    with pytest.raises(ValueError, match="factors must be >= 0"):
+        module.FixedScale({"visual": -1.0})
+
+    # one step of a tiny model with and without it: the visual gradients double
+    from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
+
+    runs = []
+    for cbs in ([], [module.FixedScale({"visual": 2.0})]):
+        rec = GradRecorder()
+        fit(tiny_mlp_module(), vector_loader(), [*cbs, rec], max_steps=1)
+        runs.append(rec.grads[0])
+    plain, scaled = runs
+    for name, g in plain.items():
+        factor = 2.0 if name.startswith("encoders.visual.") else 1.0
+        assert torch.allclose(scaled[name], factor * g), name
+
+    # the page's config passes the start-up checks and trains end to end
+    cfg = compose_cfg([], output_dir=tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.method = OmegaConf.create(conf)
+    assert run(cfg)["metrics"], "the run wrote no metrics"

@@ -12,10 +12,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from asgml.config import method_callback_configs
+from asgml.core.module import MultimodalModule
 from asgml.models.encoders import MLPEncoder, ResNet18Encoder, masked_mean
 from asgml.models.fusion import ConcatFusion, SumFusion
-from asgml.module import MultimodalModule
+from asgml.run.config import method_callback_configs
 from asgml.train import run
 from tests.conftest import compose_cfg
 from tests.helpers import tiny_mlp_module
@@ -150,7 +150,7 @@ def test_gamma_adds_unimodal_losses(tmp_path):
 
     seen = {}
 
-    class Spy(__import__("asgml.callbacks.base", fromlist=["x"]).BalancingCallback):
+    class Spy(__import__("asgml.core.base", fromlist=["x"]).BalancingCallback):
         def on_train_losses(self, trainer, module, out):
             losses = out.losses
             seen.update({k: float(v) for k, v in losses.items()})

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from asgml.core.module import MultimodalModule
 from asgml.models.encoders import MLPEncoder
 from asgml.models.fusion import build_fusion
-from asgml.module import MultimodalModule
 
 
 def _check_xavier_normal(layer: nn.Linear) -> None:

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from asgml.callbacks.boost import ASGMLBoost
-from asgml.callbacks.ogm import (
+from asgml.methods.boost import ASGMLBoost
+from asgml.methods.ogm import (
     OGMGE,
     generalized_coefficients,
     modulate_,
@@ -237,7 +237,7 @@ def test_boost_and_ogm_compose_multiplicatively():
 
 def test_nonfinite_grads_leave_step_unmodulated():
     g = [torch.tensor([1.0, float("nan")]), torch.tensor([2.0, 3.0])]
-    from asgml.callbacks.toolkit import all_finite
+    from asgml.core.toolkit import all_finite
 
     fin = all_finite(g)
     assert not bool(fin)

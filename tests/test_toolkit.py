@@ -1,4 +1,4 @@
-"""The method toolkit (asgml.callbacks.toolkit): true gradients under a loss scale, clipping,
+"""The method toolkit (asgml.core.toolkit): true gradients under a loss scale, clipping,
 skipped-step detection, epoch windows, non-finite accounting and deferred state."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from asgml.callbacks.toolkit import (
+from asgml.core.toolkit import (
     DeferredState,
     EpochWindow,
     NonFiniteCounter,
@@ -20,7 +20,7 @@ from asgml.callbacks.toolkit import (
     step_finite,
     unscaled,
 )
-from asgml.types import StepOutput
+from asgml.core.types import StepOutput
 from tests.reliability.test_reliability_amp import fake_trainer
 
 

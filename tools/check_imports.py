@@ -11,7 +11,12 @@ a cycle between the two modules' designs. ``from pkg.a import b`` is an edge to
 as importing the package ``pkg.a`` itself.
 
 Exit status 1 when the graph has a cycle (each is printed with the import lines that make
-it), unless the cycle is listed in ``KNOWN_CYCLES``. Function-level imports are listed
+it), unless the cycle is listed in ``KNOWN_CYCLES``, or when an import crosses a layer the
+wrong way (``LAYERS``): the four wings of ``asgml/`` are ``core`` (what a method may touch),
+``methods`` (one file per method), ``run`` (config to finished run) and ``report`` (finished
+runs to tables and figures); ``core`` never imports ``methods``/``run``/``report``, a method
+imports only ``core`` and ``models`` (and ``data``'s plain helpers), ``data`` and ``models``
+never import ``run``/``methods``/``report``, and ``report`` imports no training code. Function-level imports are listed
 too: the code base allows them for optional dependencies only; ``--strict`` makes any
 function-level import of a module that is not in ``OPTIONAL`` fail as well.
 """
@@ -30,6 +35,20 @@ from pathlib import Path
 # do not fail the check. Delete an entry as soon as its cycle is gone (the check says so).
 KNOWN_CYCLES: list[frozenset[str]] = []
 # ---------------------------------------------------------------------------------------
+
+# LAYERS -- for modules under a wing (key, relative to the package), the wings they may not
+# import (an import of the package root `asgml` itself is not counted). Every edge is checked,
+# including function-level and TYPE_CHECKING imports.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "core": ("methods", "run", "report", "data", "train", "eval", "prepare"),
+    "methods": ("methods", "run", "report", "train", "eval", "prepare"),
+    "models": ("core", "methods", "run", "report", "data", "train", "eval", "prepare"),
+    "data": ("methods", "run", "report", "train", "eval", "prepare"),
+    "report": ("core", "methods", "run", "data", "models", "train", "eval", "prepare"),
+    "run": ("train", "eval", "prepare"),
+}
+# the one sanctioned import between two methods' modules is none: a method that needs another
+# one's output reads it through a `core` contract (e.g. core.types.UtilizationSource)
 
 # top-level names of optional dependencies, which may be imported inside a function
 OPTIONAL: frozenset[str] = frozenset({"hydra_plugins", "submitit"})
@@ -148,6 +167,26 @@ def cycles(edges: Iterable[Import], modules: set[str]) -> list[list[str]]:
     return sorted(found)
 
 
+def _wing(module: str, package: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == package and len(parts) > 1 else None
+
+
+def layer_violations(edges: Iterable[Import], package: str) -> list[Import]:
+    """Imports from a wing into a wing it may not import (:data:`LAYERS`); imports within
+    the same module file's wing are allowed except between two ``methods`` modules."""
+    bad = []
+    for e in edges:
+        src, dst = _wing(e.source, package), _wing(e.target, package)
+        if src is None or dst is None or src not in LAYERS:
+            continue
+        if dst == src and src != "methods":
+            continue
+        if dst in LAYERS[src]:
+            bad.append(e)
+    return bad
+
+
 def check(root: Path, strict: bool = False, out=sys.stdout) -> int:
     """Print the report for the package at ``root``; returns the exit status."""
     files = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
@@ -167,6 +206,9 @@ def check(root: Path, strict: bool = False, out=sys.stdout) -> int:
     ours = {k for k in KNOWN_CYCLES if k <= modules}
     for gone in sorted(ours - {frozenset(c) for c in found}, key=sorted):
         print(f"note: KNOWN_CYCLES entry {sorted(gone)} no longer occurs; delete it", file=out)
+    for e in layer_violations(edges, root.name):
+        print(f"layer violation: {e.path}:{e.line}: {e.source} -> {e.target} ({e.kind})", file=out)
+        status = 1
     local = [e for e in edges if e.kind == "function"]
     if local:
         print(

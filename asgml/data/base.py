@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
-from asgml.train_set_plan import PlannedDataset, request_train_set_plan
+from asgml.core.train_set_plan import PlannedDataset, request_train_set_plan
 
 
 class DataLayoutError(FileNotFoundError):
@@ -157,10 +157,10 @@ class SplitDataModule(L.LightningDataModule):
 
     Subclasses set ``batch_size``, ``num_workers`` and ``pin_memory`` and expose
     ``modalities`` and ``num_classes`` right after ``__init__`` (the
-    :class:`asgml.types.MultimodalDataModule` protocol). Training batches are
+    :class:`asgml.core.types.MultimodalDataModule` protocol). Training batches are
     shuffled and the last incomplete one is dropped (when there is more than one batch).
     The training loader is a :class:`ResumableLoader` seeded from ``loader_seed`` (the run's
-    ``seed``, set by :func:`asgml.training.run`; else Lightning's ``PL_GLOBAL_SEED``, else 0).
+    ``seed``, set by :func:`asgml.run.training.run`; else Lightning's ``PL_GLOBAL_SEED``, else 0).
     """
 
     loader_seed: int | None = None
@@ -217,7 +217,7 @@ class SplitDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """The shuffled train split, or this epoch's train-set plan over it when a method
-        callback returns one (:mod:`asgml.train_set_plan`)."""
+        callback returns one (:mod:`asgml.core.train_set_plan`)."""
         plan = request_train_set_plan(self.trainer, self)
         if plan is None:
             return self._loader("train", True)

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from asgml.feedback import progress
+from asgml.data.progress import progress
 
 log = logging.getLogger("asgml.data")
 

@@ -319,7 +319,7 @@ class MMSADataModule(SplitDataModule):
     @override
     def encoder_overrides(self) -> dict[str, dict[str, Any]]:
         """``{modality: {"input_dim": D}}``, merged into ``cfg.model.encoders`` by
-        :func:`asgml.build.build_model`."""
+        :func:`asgml.run.build.build_model`."""
         return {m: {"input_dim": d} for m, d in self.feature_dims().items()}
 
     def setup(self, stage: str | None = None) -> None:

@@ -2,7 +2,7 @@
 
 A :class:`ProbeBank` holds one small classifier per modality. It is trained with its own
 optimizer on *detached* features, so it never sends gradients into the encoders. It is
-used by the ASGML probe monitor (``asgml.callbacks.probe``) and can be reused by other
+used by the ASGML probe monitor (``asgml.methods.probe``) and can be reused by other
 methods that need per-modality classifiers (e.g. CGGM).
 """
 

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from fixtures import make_ave, make_cremad, make_ks, make_mmsa, mmsa_split
 
-from asgml.config import validate_config
 from asgml.data.avdataset import AVEKSDataModule
 from asgml.data.cremad import CremadDataModule, wav_truncation
 from asgml.data.mmsa import MMSADataModule
+from asgml.run.config import validate_config
 from tests.conftest import TINY_TRAINER, compose_cfg
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

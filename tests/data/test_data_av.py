@@ -9,13 +9,13 @@ import pytest
 import torch
 from fixtures import frame_ids, make_ave, make_ks
 
-from asgml.build import build
-from asgml.config import to_container
+from asgml.core.types import MultimodalDataModule
 from asgml.data.audiovisual import AudioVisualDataModule
 from asgml.data.avdataset import AVEKSDataModule
 from asgml.data.base import DataLayoutError
-from asgml.eval import build_from_config
-from asgml.types import MultimodalDataModule
+from asgml.run.build import build
+from asgml.run.config import to_container
+from asgml.run.evaluate import build_from_config
 
 IMG = 24
 

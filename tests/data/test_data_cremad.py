@@ -11,10 +11,10 @@ import pytest
 import torch
 from fixtures import frame_ids, make_cremad
 
+from asgml.core.types import MultimodalDataModule
 from asgml.data.audiovisual import frame_indices, stratified_val_split
 from asgml.data.base import DataLayoutError
 from asgml.data.cremad import LABELS, CremadDataModule
-from asgml.types import MultimodalDataModule
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:torchvision")
 IMG = 32

@@ -10,9 +10,9 @@ import pytest
 import torch
 from fixtures import make_mmsa, mmsa_split
 
+from asgml.core.types import MultimodalDataModule
 from asgml.data.base import DataLayoutError
 from asgml.data.mmsa import MMSADataModule, sentiment_classes
-from asgml.types import MultimodalDataModule
 
 
 @pytest.fixture(scope="module")

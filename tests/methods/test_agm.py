@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asgml.callbacks.agm import (
+from asgml.core.base import BalancingCallback
+from asgml.methods.agm import (
     AGM,
     agm_coefficients,
     agm_ratio,
@@ -19,7 +20,6 @@ from asgml.callbacks.agm import (
     grad_scale,
     shapley_logits,
 )
-from asgml.callbacks.base import BalancingCallback
 from asgml.train import run
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 

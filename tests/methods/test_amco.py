@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asgml.callbacks.amco import STAR, AMCo, amco_class_mask, amco_pt, amco_shares
+from asgml.methods.amco import STAR, AMCo, amco_class_mask, amco_pt, amco_shares
 from asgml.train import run
 from tests.helpers import (
     GradRecorder,

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.arl import ARL, arl_weights, zero_padded_logits
-from asgml.callbacks.base import BalancingCallback
+from asgml.core.base import BalancingCallback
+from asgml.methods.arl import ARL, arl_weights, zero_padded_logits
 from asgml.train import run
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 

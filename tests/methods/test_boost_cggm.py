@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from hydra.utils import instantiate
 
-from asgml.callbacks.boost import ASGMLBoost
-from asgml.callbacks.cggm import CGGM
-from asgml.callbacks.probe import ProbeMonitor
-from asgml.config import method_callback_configs
+from asgml.methods.boost import ASGMLBoost
+from asgml.methods.cggm import CGGM
+from asgml.methods.probe import ProbeMonitor
+from asgml.run.config import method_callback_configs
 from asgml.train import run
 from tests.conftest import compose_cfg
 

@@ -8,8 +8,8 @@ import lightning as L
 import pytest
 import torch
 
-from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.cggm import (
+from asgml.core.base import BalancingCallback
+from asgml.methods.cggm import (
     CGGM,
     cggm_coefficients,
     cggm_defined,

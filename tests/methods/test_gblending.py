@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.gblending import GBlending, blending_weights, branch_logits
+from asgml.core.types import StepOutput
+from asgml.methods.gblending import GBlending, blending_weights, branch_logits
 from asgml.train import run
-from asgml.types import StepOutput
 from tests.helpers import fake_trainer as _fake_trainer
 from tests.helpers import tiny_mlp_module, vector_loader
 from tests.methods.resume_check import check_resume

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asgml.callbacks.greedy import (
+from asgml.core.module import MultimodalModule
+from asgml.methods.greedy import (
     MMTM,
     Greedy,
     GreedyMMTM,
@@ -23,7 +24,6 @@ from asgml.callbacks.greedy import (
     relative_grad_energy,
 )
 from asgml.models.encoders import MLPEncoder
-from asgml.module import MultimodalModule
 from asgml.train import run
 from tests.helpers import (
     GradRecorder,

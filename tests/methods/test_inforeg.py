@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.inforeg import (
+from asgml.core.base import BalancingCallback
+from asgml.core.toolkit import select_parameters
+from asgml.methods.inforeg import (
     InfoReg,
     add_proximal_,
     fisher_trace,
@@ -16,7 +17,6 @@ from asgml.callbacks.inforeg import (
     inforeg_scores,
     plw_growth,
 )
-from asgml.callbacks.toolkit import select_parameters
 from asgml.train import run
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 

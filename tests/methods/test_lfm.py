@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.lfm import FITTED_ALIGN, FITTED_CE, LFM, js_alignment, polynomial
+from asgml.core.types import StepOutput
+from asgml.methods.lfm import FITTED_ALIGN, FITTED_CE, LFM, js_alignment, polynomial
 from asgml.train import run
-from asgml.types import StepOutput
 from tests.helpers import fake_trainer as _fake_trainer
 from tests.helpers import tiny_mlp_module, vector_loader
 from tests.methods.resume_check import check_resume

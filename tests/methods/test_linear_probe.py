@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.linear_probe import LinearProbe
+from asgml.core.types import StepOutput
+from asgml.methods.linear_probe import LinearProbe
 from asgml.train import run
-from asgml.types import StepOutput
 from tests.conftest import compose_cfg
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 from tests.methods.resume_check import check_resume

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.mbsd import MBSD, mbsd_pair_terms
+from asgml.methods.mbsd import MBSD, mbsd_pair_terms
 from asgml.train import run
 from tests.helpers import fake_trainer as _fake_trainer
 from tests.helpers import plain_step as _step

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from asgml.callbacks.miles import MILES, miles_multipliers, miles_utilisation
+from asgml.methods.miles import MILES, miles_multipliers, miles_utilisation
 from asgml.train import run
 from tests.helpers import tiny_mlp_module, vector_loader
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asgml.callbacks.mla import HEAD, MLA, entropy_weights, gs_alpha, gs_update
+from asgml.methods.mla import HEAD, MLA, entropy_weights, gs_alpha, gs_update
 from asgml.train import run
 from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
 from tests.methods.resume_check import assert_resume_exact
@@ -81,8 +81,8 @@ def test_test_time_fusion_replaces_fused_and_unimodal_logits() -> None:
 
 
 def test_unequal_feature_dims_are_refused() -> None:
+    from asgml.core.module import MultimodalModule
     from asgml.models.encoders import MLPEncoder
-    from asgml.module import MultimodalModule
 
     encs = {
         "a": MLPEncoder(input_dim=4, hidden_dim=8, feature_dim=8),

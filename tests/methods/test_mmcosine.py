@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.mmcosine import MMCosine, target_logit
+from asgml.methods.mmcosine import MMCosine, target_logit
 from asgml.models.fusion import MMCosineFusion, cosine_logits
 from asgml.train import run
 from tests.helpers import fit, tiny_mlp_module, vector_loader

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.mmpareto import MMPareto, min_norm_2, pareto_combine, pareto_weights
+from asgml.core.base import BalancingCallback
+from asgml.methods.mmpareto import MMPareto, min_norm_2, pareto_combine, pareto_weights
 from asgml.train import run
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.ogm import ogm_scores
-from asgml.callbacks.opm import OPM, opm_drop_probs, opm_keep_masks, opm_theta
+from asgml.methods.ogm import ogm_scores
+from asgml.methods.opm import OPM, opm_drop_probs, opm_keep_masks, opm_theta
 from asgml.train import run
 from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
 from tests.methods.resume_check import assert_resume_exact

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.pmr import (
+from asgml.core.toolkit import EpochWindow
+from asgml.methods.pmr import (
     PMR,
     pmr_coefficients,
     prototype_score,
     prototype_similarity,
 )
-from asgml.callbacks.toolkit import EpochWindow
 from asgml.train import run
 from tests.helpers import fake_trainer as _fake_trainer
 from tests.helpers import fit, tiny_mlp_module, vector_loader

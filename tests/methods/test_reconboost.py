@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.reconboost import (
+from asgml.core.module import MultimodalModule
+from asgml.methods.reconboost import (
     BOOST,
     HEAD,
     RECTIFY,
@@ -22,7 +23,6 @@ from asgml.callbacks.reconboost import (
     stage_of,
 )
 from asgml.models.encoders import MLPEncoder
-from asgml.module import MultimodalModule
 from asgml.train import run
 from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
 from tests.methods.resume_check import assert_resume_exact

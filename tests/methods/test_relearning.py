@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from asgml.callbacks.relearning import (
+from asgml.methods.relearning import (
     ReLearning,
     cluster_purity,
     purity,

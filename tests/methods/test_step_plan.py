@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.base import BalancingCallback
-from asgml.step_plan import StepPlan
+from asgml.core.base import BalancingCallback
+from asgml.core.step_plan import StepPlan
 from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asgml.callbacks.umt import UMT, feature_distillation
-from asgml.callbacks.unimodal import SingleModalityHead, ZeroEncoder, make_unimodal
+from asgml.core.types import StepOutput
+from asgml.methods.umt import UMT, feature_distillation
+from asgml.methods.unimodal import SingleModalityHead, ZeroEncoder, make_unimodal
 from asgml.train import run
-from asgml.types import StepOutput
 from tests.helpers import fake_trainer as _fake_trainer
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 from tests.methods.resume_check import check_resume
@@ -160,7 +160,7 @@ def test_umt_resume_is_exact(teachers, tmp_path: Path) -> None:
 
 
 def test_unimodal_fit_smoke() -> None:
-    from asgml.callbacks.unimodal import Unimodal
+    from asgml.methods.unimodal import Unimodal
 
     module = tiny_mlp_module()
     fit(module, vector_loader(n=8, batch_size=8), [Unimodal("audio")], max_steps=1)

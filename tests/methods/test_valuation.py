@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from asgml.callbacks.valuation import (
+from asgml.core.step_plan import StepPlan
+from asgml.core.train_set_plan import PRESENT_KEY, PlannedDataset, TrainSetPlan
+from asgml.methods.valuation import (
     SampleValuation,
     band_copies,
     modality_level_plan,
@@ -21,10 +23,8 @@ from asgml.callbacks.valuation import (
     subset_correct,
     subset_values,
 )
-from asgml.shapley import shapley_values
-from asgml.step_plan import StepPlan
+from asgml.report.shapley import shapley_values
 from asgml.train import run
-from asgml.train_set_plan import PRESENT_KEY, PlannedDataset, TrainSetPlan
 from tests.helpers import GradRecorder, fit, tiny_mlp_module, vector_loader
 from tests.methods.resume_check import assert_resume_exact
 

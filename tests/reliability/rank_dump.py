@@ -8,10 +8,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from asgml.callbacks.boost import ASGMLBoost
-from asgml.callbacks.cggm import CGGM
-from asgml.callbacks.probe import ProbeMonitor
-from asgml.callbacks.valuation import SampleValuation
+from asgml.methods.boost import ASGMLBoost
+from asgml.methods.cggm import CGGM
+from asgml.methods.probe import ProbeMonitor
+from asgml.methods.valuation import SampleValuation
 
 TRACKED = ("ogm/", "boost/", "probe/acc_")
 # methods whose callback state (statistics, schedule) must agree across ranks

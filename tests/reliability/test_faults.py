@@ -22,13 +22,13 @@ from omegaconf import OmegaConf, open_dict
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from asgml.callbacks.base import BalancingCallback
-from asgml.checkpointing import AtomicCheckpointIO
+from asgml.core.base import BalancingCallback
+from asgml.core.guard import NonFiniteTrainingError
 from asgml.data.base import EpochSampler, ResumableLoader, SeededItems, SplitDataModule
 from asgml.data.cremad import CremadDataModule
 from asgml.data.synthetic import SyntheticDataModule
-from asgml.module import NonFiniteTrainingError
-from asgml.rundir import RunDirectoryError, RunDirGuard, check_run_dir
+from asgml.run.checkpointing import AtomicCheckpointIO
+from asgml.run.rundir import RunDirectoryError, RunDirGuard, check_run_dir
 from asgml.train import run
 from tests.conftest import compose_cfg
 from tests.data.fixtures import make_cremad
@@ -103,7 +103,7 @@ def killed_write(tmp_path: Path, module: str, cls: str) -> tuple[int, Path, Path
 
 @pytest.mark.slow
 def test_a_killed_checkpoint_write_leaves_no_orphan_and_the_old_file(tmp_path: Path) -> None:
-    rc, ckpt_dir, tmpdir = killed_write(tmp_path, "asgml.checkpointing", "AtomicCheckpointIO")
+    rc, ckpt_dir, tmpdir = killed_write(tmp_path, "asgml.run.checkpointing", "AtomicCheckpointIO")
     assert rc == -signal.SIGXFSZ  # killed mid-write, as by a kill -9 or a node failure
     left = sorted(p.name for p in ckpt_dir.iterdir())
     assert left == ["last.ckpt"] or (

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from asgml.callbacks.boost import ASGMLBoost
-from asgml.callbacks.ogm import OGMGE
-from asgml.callbacks.probe import ProbeMonitor
-from asgml.callbacks.staleness import StalenessScheduler
-from asgml.module import MultimodalModule
+from asgml.core.module import MultimodalModule
+from asgml.core.types import StepOutput
+from asgml.methods.boost import ASGMLBoost
+from asgml.methods.ogm import OGMGE
+from asgml.methods.probe import ProbeMonitor
+from asgml.methods.staleness import StalenessScheduler
 from asgml.train import run
-from asgml.types import StepOutput
 from tests.conftest import compose_cfg
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from typing_extensions import override
 
-from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.boost import ASGMLBoost
-from asgml.callbacks.ogm import OGMGE
-from asgml.callbacks.probe import ProbeMonitor
-from asgml.callbacks.staleness import StalenessScheduler
+from asgml.core.base import BalancingCallback
+from asgml.methods.boost import ASGMLBoost
+from asgml.methods.ogm import OGMGE
+from asgml.methods.probe import ProbeMonitor
+from asgml.methods.staleness import StalenessScheduler
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 
 

@@ -26,10 +26,10 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
-from asgml.callbacks.base import BalancingCallback
-from asgml.callbacks.gblending import GBlending
-from asgml.callbacks.unimodal import make_unimodal
-from asgml.config import method_callback_configs
+from asgml.core.base import BalancingCallback
+from asgml.methods.gblending import GBlending
+from asgml.methods.unimodal import make_unimodal
+from asgml.run.config import method_callback_configs
 from tests.conftest import compose_cfg
 from tests.helpers import tiny_mlp_module, vector_loader
 

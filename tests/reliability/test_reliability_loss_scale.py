@@ -18,11 +18,11 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from asgml.callbacks.agm import AGM
-from asgml.callbacks.arl import ARL
-from asgml.callbacks.cggm import CGGM
-from asgml.callbacks.inforeg import InfoReg
-from asgml.callbacks.mmpareto import MMPareto
+from asgml.methods.agm import AGM
+from asgml.methods.arl import ARL
+from asgml.methods.cggm import CGGM
+from asgml.methods.inforeg import InfoReg
+from asgml.methods.mmpareto import MMPareto
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 from tests.reliability.test_reliability_amp import _amp16_plugin
 from tests.reliability.test_reliability_guards import PoisonGrads

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from typing_extensions import override
 
-from asgml.callbacks.base import BalancingCallback
+from asgml.core.base import BalancingCallback
 from tests.helpers import fit, tiny_mlp_module, vector_loader
 from tests.reliability.test_reliability_guards import ParamSnapshots, PoisonGrads
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from asgml.resume import resume_differences
+from asgml.run.resume import resume_differences
 from asgml.train import run
 from tests.conftest import compose_cfg
 

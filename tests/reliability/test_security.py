@@ -14,12 +14,13 @@ import pytest
 import torch
 import yaml
 
-from asgml.build import build
-from asgml.config import TRUSTED_TARGET_PREFIXES, UntrustedTargetError, check_targets, to_container
 from asgml.data.avdataset import AVEKSDataModule
 from asgml.data.mmsa import MMSADataModule
 from asgml.data.safe_pickle import UnsafePickleError, safe_load
-from asgml.eval import evaluate_checkpoint
+from asgml.run.build import build
+from asgml.run.config import to_container
+from asgml.run.evaluate import evaluate_checkpoint
+from asgml.run.trust import TRUSTED_TARGET_PREFIXES, UntrustedTargetError, check_targets
 from tests.conftest import compose_cfg
 from tests.data.fixtures import make_ave, make_mmsa, mmsa_split
 
@@ -99,7 +100,7 @@ def _conf_targets() -> set[str]:
 def test_allowlist_covers_every_shipped_target() -> None:
     """Every `_target_` of conf/ is allowed (so the list stays complete as configs grow)."""
     targets = _conf_targets()
-    assert "asgml.module.MultimodalModule" in targets and "torch.optim.SGD" in targets
+    assert "asgml.core.module.MultimodalModule" in targets and "torch.optim.SGD" in targets
     for t in sorted(targets):
         if t.startswith(("hydra_plugins.", "optuna.")):
             assert t.startswith(TRUSTED_TARGET_PREFIXES), t
@@ -137,5 +138,5 @@ def test_target_allowlist_rules() -> None:
     with pytest.raises(UntrustedTargetError, match=r"a\[0\]\.b\._target_='os\.system'"):
         check_targets({"a": [{"b": {"_target_": "os.system"}}]})
     with pytest.raises(UntrustedTargetError, match="is not a class"):  # asgml functions too
-        check_targets({"_target_": "asgml.eval.write_eval"})
+        check_targets({"_target_": "asgml.run.evaluate.write_eval"})
     check_targets({"_target_": "collections.OrderedDict"}, extra_prefixes=["collections."])

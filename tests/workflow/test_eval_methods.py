@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asgml.eval import evaluate_checkpoint, format_eval
+from asgml.run.evaluate import evaluate_checkpoint, format_eval
 from asgml.train import run
 from tests.conftest import compose_cfg
 

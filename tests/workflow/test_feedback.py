@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from asgml.feedback import KNOWN_NOISE, progress, quiet_known_noise
+from asgml.data.progress import progress
+from asgml.run.feedback import KNOWN_NOISE, quiet_known_noise
 
 # Small data, one epoch; every other trainer key (limit_*_batches, the progress bar, ...)
 # keeps its default, which is what the warning count is about.

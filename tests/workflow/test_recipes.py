@@ -14,7 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 import asgml  # noqa: F401  (registers resolvers)
-from asgml.config import recipe_lines, validate_config
+from asgml.run.config import validate_config
+from asgml.run.feedback import recipe_lines
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

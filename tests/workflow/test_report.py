@@ -1,7 +1,7 @@
 """asgml.report on hand-made run directories (no training).
 
 The fake runs are written in the format training writes them: ``metrics.json`` with the
-keys of :func:`asgml.training.run`, ``csv/metrics.csv`` as Lightning's CSVLogger writes it
+keys of :func:`asgml.run.training.run`, ``csv/metrics.csv`` as Lightning's CSVLogger writes it
 (sorted columns, one row per log call, empty cells for the rest), ``eval.json`` as
 :mod:`asgml.eval` writes it and Hydra's ``.hydra/overrides.yaml``.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asgml.shapley import all_subsets, coalition_name, shapley_values
+from asgml.report.shapley import all_subsets, coalition_name, shapley_values
 
 
 def test_two_players_hand_computed() -> None:

@@ -15,8 +15,8 @@ import pytest
 from conftest import FAST, compose_cfg
 from omegaconf import OmegaConf
 
-from asgml.sweep_report import SweepReport
-from asgml.tracking import (
+from asgml.run.sweep_report import SweepReport
+from asgml.run.tracking import (
     WANDB_GROUP_MAX,
     WandbLogger,
     build_loggers,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from asgml.eval import evaluate_checkpoint, format_eval, run_dir_of, write_eval
 from asgml.report import load_runs, write_report
+from asgml.run.evaluate import evaluate_checkpoint, format_eval, run_dir_of, write_eval
 from asgml.train import run
 
 

@@ -1,0 +1,92 @@
+"""Run directories: unique default names, and no run written over another.
+
+* Default names (``conf/hydra/default.yaml``) end in ``${asgml.stamp:}``: the start time to
+  the microsecond and the process id, so two runs started in the same second (a job array,
+  a loop) get two directories.
+* A run directory that already holds a run is refused at start-up, unless this run resumes
+  from it (``ckpt_path`` inside it, e.g. ``<run>/checkpoints/last.ckpt``, or Lightning's
+  ``last`` / ``hpc``, or a SLURM requeue finding its ``hpc_ckpt_*.ckpt`` there).
+  :class:`RunDirGuard` (a Hydra callback) checks before Hydra writes ``.hydra/`` into the
+  directory; :func:`check_run_dir` is also called by :func:`asgml.run.training.run` (multirun
+  jobs, the Python API).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from typing_extensions import override
+
+
+class RunDirectoryError(FileExistsError):
+    """The run directory already holds another run."""
+
+
+def run_stamp() -> str:
+    """``YYYY-mm-dd_HH-MM-SS_ffffff-p<pid>``: unique per process and microsecond."""
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}-p{os.getpid()}"
+
+
+def resumes_from(run_dir: Path, ckpt_path: Any) -> bool:
+    """Whether ``ckpt_path`` resumes the run in ``run_dir`` (a checkpoint inside it, or
+    Lightning's ``last``/``hpc``, which look in this run's checkpoint directories)."""
+    if ckpt_path is None or str(ckpt_path) in ("", "None", "null"):
+        # a SLURM requeue: Lightning resumes from the hpc checkpoint it finds here
+        return bool(os.environ.get("SLURM_JOB_ID")) and any(run_dir.glob("hpc_ckpt_*.ckpt"))
+    if str(ckpt_path) in ("last", "hpc"):
+        return True
+    try:
+        Path(ckpt_path).resolve().relative_to(run_dir.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def process_rank() -> int:
+    """This process's global rank from the launcher's environment (0 outside DDP), read the
+    way Lightning's ``rank_zero_only`` reads it, without importing Lightning."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key):
+            return int(os.environ[key])
+    return 0
+
+
+def check_run_dir(run_dir: str | os.PathLike, ckpt_path: Any, own: tuple[str, ...] = ()) -> None:
+    """Refuse a non-empty ``run_dir`` unless this run resumes from it (``ckpt_path``).
+
+    Only rank 0 checks: under DDP the other ranks share rank 0's directory (Lightning
+    relaunches them with ``hydra.run.dir`` set to it), which rank 0 may already have written.
+
+    Args:
+        run_dir: the run directory.
+        ckpt_path: the run's ``ckpt_path``.
+        own: entries this run already wrote itself (Hydra's ``.hydra`` and job log).
+    """
+    path = Path(run_dir)
+    if process_rank() != 0 or not path.is_dir():
+        return
+    found = sorted(p.name for p in path.iterdir() if p.name not in own)
+    if not found or resumes_from(path, ckpt_path):
+        return
+    shown = ", ".join(found[:6]) + (" ..." if len(found) > 6 else "")
+    raise RunDirectoryError(
+        f"run directory {str(path)!r} already holds a run ({shown}); refusing to write over "
+        "it. Choose another directory (drop hydra.run.dir=..., or set a new one), or resume "
+        f"that run with ckpt_path={path / 'checkpoints' / 'last.ckpt'}"
+    )
+
+
+class RunDirGuard(Callback):
+    """Hydra callback: :func:`check_run_dir` on ``hydra.run.dir`` before Hydra writes into it
+    (single runs; multirun jobs are checked by :func:`asgml.run.training.run`)."""
+
+    @override
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = OmegaConf.select(config, "hydra.run.dir")
+        if run_dir is not None:
+            check_run_dir(run_dir, OmegaConf.select(config, "ckpt_path", default=None))

@@ -72,8 +72,18 @@ class BalancingCallback(L.Callback):
     """
 
     changes_model: ClassVar[bool] = False
-    # attributes saved by the default state_dict / restored by load_state_dict, by name
+    # attributes checkpointed by name: a subclass that sets it (and writes no state_dict of
+    # its own) gets state_dict / load_state_dict for them (see __init_subclass__)
     state_attrs: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Only a subclass that declares state gets the two methods: Lightning treats a callback
+        # that overrides `state_dict` as stateful (one instance per type, an entry in every
+        # checkpoint), so the base class must not define them for all.
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("state_attrs") and "state_dict" not in cls.__dict__:
+            cls.state_dict = _attrs_state_dict  # type: ignore[method-assign]
+            cls.load_state_dict = _attrs_load_state_dict  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ shared plumbing
     @override
@@ -84,18 +94,6 @@ class BalancingCallback(L.Callback):
         out = getattr(pl_module, "step_output", None)
         if out is not None:
             self.on_train_gradients(trainer, pl_module, out)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        """The attributes named in :attr:`state_attrs` (a subclass with richer state
-        overrides this)."""
-        return {name: getattr(self, name) for name in self.state_attrs}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for name in self.state_attrs:
-            if name in state_dict:
-                setattr(self, name, state_dict[name])
 
     @staticmethod
     def epoch_window(start: int, end: int) -> EpochWindow:
@@ -188,3 +186,15 @@ class BalancingCallback(L.Callback):
         (every ``trainer.log_every_n_steps``); per-step values logged on other steps are
         dropped, so callbacks skip the (costly) ``log`` calls there."""
         return should_log(trainer)
+
+
+def _attrs_state_dict(self: BalancingCallback) -> dict[str, Any]:
+    """The attributes named in ``state_attrs``."""
+    return {name: getattr(self, name) for name in self.state_attrs}
+
+
+def _attrs_load_state_dict(self: BalancingCallback, state_dict: dict[str, Any]) -> None:
+    """Restore the attributes named in ``state_attrs`` (a missing one keeps its value)."""
+    for name in self.state_attrs:
+        if name in state_dict:
+            setattr(self, name, state_dict[name])

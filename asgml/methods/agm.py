@@ -74,7 +74,6 @@ from typing_extensions import override
 from asgml.core.base import BalancingCallback
 from asgml.core.toolkit import (
     DeferredState,
-    EpochWindow,
     clip_grad_norm_,
     grad_amax,
     mean_over_ranks,
@@ -185,7 +184,7 @@ class AGM(BalancingCallback):
         outside_window: str = "reset",
     ) -> None:
         super().__init__()
-        self.window = EpochWindow(modulation_starts, modulation_ends)
+        self.window = self.epoch_window(modulation_starts, modulation_ends)
         if outside_window not in OUTSIDE_WINDOW:
             raise ValueError(f"outside_window must be one of {OUTSIDE_WINDOW}")
         self.alpha = alpha

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
-from asgml.core.toolkit import EpochWindow, NonFiniteCounter, step_finite, sum_over_ranks
+from asgml.core.toolkit import NonFiniteCounter, step_finite, sum_over_ranks
 
 if TYPE_CHECKING:
     from asgml.core.module import MultimodalModule
@@ -110,7 +110,7 @@ class AMCo(BalancingCallback):
             raise ValueError(f"method.amco.eps must be > 0, got {eps}")
         self.sigma, self.eps, self.star = float(sigma), float(eps), bool(star)
         self.modulation_starts, self.modulation_ends = modulation_starts, modulation_ends
-        self.window = EpochWindow(modulation_starts, modulation_ends)
+        self.window = self.epoch_window(modulation_starts, modulation_ends)
         self.generator = torch.Generator().manual_seed(int(seed))
         # per modality: a bool, or a 0-d bool tensor on the device (set after every step
         # without a host sync; read as bool in state_dict and logging)

@@ -52,7 +52,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
-from asgml.core.toolkit import EpochWindow
 from asgml.models.fusion import ConcatFusion, MMCosineFusion, SumFusion
 
 if TYPE_CHECKING:
@@ -117,7 +116,7 @@ class CML(BalancingCallback):
         self.lam = float(lam)
         self.modulation_starts = int(modulation_starts)
         self.modulation_ends = int(modulation_ends)
-        self.window = EpochWindow(self.modulation_starts, self.modulation_ends)
+        self.window = self.epoch_window(self.modulation_starts, self.modulation_ends)
         self.variant = variant
         self.seed = int(seed)
         self.removal_order: list[str] = []

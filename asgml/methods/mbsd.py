@@ -53,7 +53,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
-from asgml.core.toolkit import EpochWindow
 
 if TYPE_CHECKING:
     from asgml.core.module import MultimodalModule
@@ -107,7 +106,7 @@ class MBSD(BalancingCallback):
             raise ValueError(f"method.mbsd.rs_input must be auto|logits|probs, got {rs_input!r}")
         self.modulation_starts = int(modulation_starts)
         self.modulation_ends = int(modulation_ends)
-        self.window = EpochWindow(self.modulation_starts, self.modulation_ends)
+        self.window = self.epoch_window(self.modulation_starts, self.modulation_ends)
         self.rs_input = rs_input
         self.detach_weights = bool(detach_weights)
 

@@ -82,7 +82,6 @@ from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
 from asgml.core.toolkit import (
-    EpochWindow,
     NonFiniteCounter,
     all_finite,
     loss_scale,
@@ -251,7 +250,7 @@ class OGMGE(BalancingCallback):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        self.window = EpochWindow(modulation_starts, modulation_ends)
+        self.window = self.epoch_window(modulation_starts, modulation_ends)
         self.alpha = alpha
         self.mode = mode
         self.variant = variant

@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
-from asgml.core.toolkit import EpochWindow, plain_train_loader, sum_over_ranks
+from asgml.core.toolkit import plain_train_loader, sum_over_ranks
 
 if TYPE_CHECKING:
     from asgml.core.module import MultimodalModule
@@ -114,7 +114,7 @@ class PMR(BalancingCallback):
         self.momentum_coef = float(momentum_coef)
         self.modulation_starts = int(modulation_starts)
         self.modulation_ends = int(modulation_ends)
-        self.window = EpochWindow(self.modulation_starts, self.modulation_ends)
+        self.window = self.epoch_window(self.modulation_starts, self.modulation_ends)
         self.proto_fraction = float(proto_fraction)
         self.seed = int(seed)
         self.prototypes: dict[str, Tensor] = {}

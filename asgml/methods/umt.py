@@ -40,7 +40,6 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
-from asgml.core.toolkit import EpochWindow
 
 if TYPE_CHECKING:
     from asgml.core.module import MultimodalModule
@@ -118,7 +117,7 @@ class UMT(BalancingCallback):
         self.scaling = float(scaling)
         self.modulation_starts = int(modulation_starts)
         self.modulation_ends = int(modulation_ends)
-        self.window = EpochWindow(self.modulation_starts, self.modulation_ends)
+        self.window = self.epoch_window(self.modulation_starts, self.modulation_ends)
         self.teacher_mode = teacher_mode
         self.teachers: dict[str, nn.Module] = {}
 

@@ -241,8 +241,9 @@ def test_no_host_sync_on_ordinary_steps(method: str, tmp_path: Path) -> None:
 
 def test_the_counter_sees_the_module_guard(tmp_path: Path) -> None:
     """The non-finite guard without a GradScaler: one sync per checked step, in
-    ``training_step``; with ``nonfinite_check_every=4`` only at steps 3 and 7."""
-    site = ("module.py", "training_step")
+    ``training_step`` (in the guard it calls); with ``nonfinite_check_every=4`` only at steps
+    3 and 7."""
+    site = ("guard.py", "_skip_nonfinite_step")
     (tmp_path / "every").mkdir()
     every = count_syncs("baseline", tmp_path / "every")
     assert {s: dict(c) for s, c in every.counts.items()} == {s: {site: 1} for s in range(STEPS)}

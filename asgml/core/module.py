@@ -367,14 +367,13 @@ class MultimodalModule(NonFiniteGuard, L.LightningModule):
 
     @override
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        """One step (see docs/architecture.md, "One training step"): plan, forward, the
+        methods' loss hooks, backward (Lightning's ``on_after_backward`` -> the methods'
+        gradient hooks), the non-finite guard, the planned update, the epoch statistics."""
         opt = self.optimizers()
         inputs, lengths, y = self.split_batch(batch)
         plan = self._begin_step_plan(batch)
         logits, uni, feats = self.planned_forward(inputs, lengths, plan, batch)
-        losses: dict[str, Tensor] = {"fused": self._masked_ce(logits, y, plan.sample_mask)}
-        if self.gamma > 0:
-            for m in uni:
-                losses[f"unimodal_{m}"] = self.gamma * self._masked_ce(uni[m], y, plan.sample_mask)
         out = StepOutput(
             features=feats,
             logits=logits,
@@ -382,15 +381,13 @@ class MultimodalModule(NonFiniteGuard, L.LightningModule):
             labels=y,
             inputs=inputs,
             lengths=lengths,
-            losses=losses,
+            losses=self._base_losses(logits, uni, y, plan),
             step=self.trainer.global_step,
         )
-        hooks = self._balancing_callbacks()
-        for cb in hooks:
+        for cb in self._balancing_callbacks():
             cb.on_train_losses(self.trainer, self, out)
         loss = torch.stack([v.float() for v in out.losses.values()]).sum()
         out.loss = loss.detach()
-
         opt.zero_grad(set_to_none=True)
         self.step_output = out  # read by BalancingCallback.on_after_backward (base.py)
         try:  # Lightning fires on_after_backward -> each method's on_train_gradients
@@ -401,24 +398,40 @@ class MultimodalModule(NonFiniteGuard, L.LightningModule):
             return loss.detach()
         self._drop_unplanned_grads(plan)
         opt.step()
+        self._record_step(out, loss.detach())
+        return loss.detach()
 
+    def _base_losses(
+        self, logits: Tensor, uni: Mapping[str, Tensor], y: Tensor, plan: StepPlan
+    ) -> dict[str, Tensor]:
+        """The fused CE and, with ``gamma > 0``, the weighted unimodal CEs."""
+        losses: dict[str, Tensor] = {"fused": self._masked_ce(logits, y, plan.sample_mask)}
+        if self.gamma > 0:
+            for m in uni:
+                losses[f"unimodal_{m}"] = self.gamma * self._masked_ce(uni[m], y, plan.sample_mask)
+        return losses
+
+    def _record_step(self, out: StepOutput, loss: Tensor) -> None:
+        """Accumulate the step's loss, loss terms and accuracy for the epoch end.
+
+        No ``log`` call on steps Lightning does not write (each costs ~0.3-1 ms of Python):
+        the loss, its terms and the accuracy are accumulated on the device and logged at the
+        epoch end; the step loss only on logging steps. The keys are those of
+        ``log("train/loss", on_step=True, on_epoch=True)``: train/loss_step, train/loss_epoch.
+        """
+        y = out.labels
         bs = y.shape[0]
-        # no `log` call on steps Lightning does not write (each costs ~0.3-1 ms of Python):
-        # the loss, its terms and the accuracy are accumulated on the device and logged at
-        # the epoch end; the step loss only on logging steps. The keys are those of
-        # log("train/loss", on_step=True, on_epoch=True): train/loss_step, train/loss_epoch
-        self._accumulate_term("train/loss", loss.detach(), bs)
+        self._accumulate_term("train/loss", loss, bs)
         if should_log(self.trainer):
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=bs)
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=bs)
         for k, v in out.losses.items():
             if k != "fused" or len(out.losses) > 1:
                 self._accumulate_term(f"train/loss_{k}", v.detach(), bs)
-        correct = (logits.detach().argmax(dim=1) == y).sum()
+        correct = (out.logits.detach().argmax(dim=1) == y).sum()
         self._train_correct = (
             correct if self._train_correct is None else self._train_correct + correct
         )
         self._train_seen += bs
-        return loss.detach()
 
     def _accumulate_term(self, name: str, value: Tensor, batch_size: int) -> None:
         """Lightning's epoch mean (``on_epoch=True``, ``reduce_fx=mean``) of ``value``,

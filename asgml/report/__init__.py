@@ -104,7 +104,17 @@ from asgml.report.figures import (
 )
 from asgml.report.outputs import ReportTable, table, write_outputs, write_report
 from asgml.report.reference import REFERENCE_FLAG_STD, add_reference, pooled_std
-from asgml.report.significance import SignificanceResult, add_significance, compare, format_p
+from asgml.report.significance import (
+    CONFIDENCE,
+    MIN_TEST_N,
+    SignificanceResult,
+    add_significance,
+    compare,
+    format_p,
+    holm,
+    t_interval,
+    untested_reason,
+)
 from asgml.report.tables import (
     COLUMN_KINDS,
     HIGHER_IS_BETTER,
@@ -120,6 +130,11 @@ from asgml.report.tables import (
 )
 
 __all__ = [
+    "untested_reason",
+    "t_interval",
+    "holm",
+    "MIN_TEST_N",
+    "CONFIDENCE",
     "BAND_MIN_N",
     "COLUMN_KINDS",
     "Cell",

@@ -13,7 +13,7 @@ import pandas as pd
 from asgml.report.collect import _check_keys, collect, default_group_by
 from asgml.report.figures import _save_figures, load_curves, make_figures
 from asgml.report.reference import REFERENCE_FLAG_STD, add_reference
-from asgml.report.significance import add_significance
+from asgml.report.significance import MIN_TEST_N, add_significance
 from asgml.report.tables import (
     Cell,
     Column,
@@ -119,9 +119,13 @@ def table(
     if sig_header is not None:
         note += (
             f"\n{sig_header}: two-sided t-test of {metric} against the {reference} row; "
-            "paired t (scipy.stats.ttest_rel) over shared seeds when >= 2 are shared, "
-            "otherwise Welch t (scipy.stats.ttest_ind, equal_var=False); "
-            "no multiple-comparison correction."
+            f"paired t (scipy.stats.ttest_rel) over shared seeds when >= {MIN_TEST_N} are "
+            "shared, otherwise Welch t (scipy.stats.ttest_ind, equal_var=False); no test "
+            f"with fewer than {MIN_TEST_N} values a side (the cell says n). "
+            "Holm p: Holm-adjusted over the rows tested against the same reference row. "
+            "Δ: row - reference with its 95 % t interval (pp). "
+            "Effect size: Cohen's d_z (paired: mean / std of the differences) "
+            "or d (Welch: difference / pooled std)."
         )
     if ref_metric is not None:
         flagged = int(summary["paper_flag"].sum())

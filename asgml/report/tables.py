@@ -12,7 +12,7 @@ import pandas as pd
 
 from asgml.report.collect import _grouped, _is_nan, modalities
 from asgml.report.reference import _reference_cells
-from asgml.report.significance import _significance_cell
+from asgml.report.significance import _significance_cells, significance_headers
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,8 @@ def table_cells(
     A cell from fewer runs than its row's ``Seeds`` shows ``(n=k)``, and each such column
     gives one warning. With ``reference_metric`` (and :func:`add_reference` columns)
     ``Paper (%)`` and ``Δ (std)`` follow that metric's column; with ``significance`` (the
-    header of :func:`add_significance` columns) a p-value column precedes ``Seeds``.
+    header of :func:`add_significance` columns) the p-value, its Holm-adjusted value, the
+    difference to the reference with its 95 % interval and the effect size precede ``Seeds``.
     """
     headers = [k.split(".")[0] if k.endswith(".name") else k for k in group_by]
     for col in columns:
@@ -136,7 +137,7 @@ def table_cells(
         if col.key == reference_metric:
             headers += ["Paper (%)", "Δ (std)"]
     if significance is not None:
-        headers.append(significance)
+        headers += significance_headers(significance)
     headers.append("Seeds")
     best = {}
     for col in columns:
@@ -162,7 +163,7 @@ def table_cells(
             if col.key == reference_metric:
                 cells += [Cell(t) for t in _reference_cells(row, scale, digits)]
         if significance is not None:
-            cells.append(Cell(_significance_cell(row)))
+            cells += [Cell(t) for t in _significance_cells(row, scale, digits)]
         cells.append(Cell(str(runs_n)))
         rows.append(cells)
     notes = [

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
@@ -328,8 +329,9 @@ def _sig_multirun(root: Path) -> Path:
         "baseline": {0: 0.60, 1: 0.62, 2: 0.61},
         # written in another order than baseline: pairing must follow the seed
         "boost": {2: 0.67, 0: 0.64, 1: 0.70},
-        "ogm": {3: 0.63, 4: 0.66},  # no shared seed -> Welch
-        "mmcosine": {0: 0.65, 5: 0.61},  # one shared seed -> Welch
+        "ogm": {3: 0.63, 4: 0.66, 6: 0.64},  # no shared seed -> Welch
+        "mla": {0: 0.66, 1: 0.64, 7: 0.69},  # two shared seeds (< 3 pairs) -> Welch
+        "mmcosine": {0: 0.65, 5: 0.61},  # two runs -> no test, the cell says why
         "greedy": {0: 0.66},  # one run, one shared seed -> no test
     }
     job = 0
@@ -345,41 +347,116 @@ def test_significance_paired_and_welch_equal_scipy(tmp_path: Path) -> None:
     rep = report.write_report(root, plots=False, reference="baseline")
     s = rep["summary"].set_index("method.name")
     paired = stats.ttest_rel([0.64, 0.70, 0.67], [0.60, 0.62, 0.61])
-    welch = stats.ttest_ind([0.63, 0.66], [0.60, 0.62, 0.61], equal_var=False)
-    welch_one_shared = stats.ttest_ind([0.65, 0.61], [0.60, 0.62, 0.61], equal_var=False)
+    welch = stats.ttest_ind([0.63, 0.66, 0.64], [0.60, 0.62, 0.61], equal_var=False)
+    welch_two_shared = stats.ttest_ind([0.66, 0.64, 0.69], [0.60, 0.62, 0.61], equal_var=False)
     assert s.loc["boost", "sig_test"] == "paired t"
     assert s.loc["boost", "sig_p"] == pytest.approx(paired.pvalue, rel=1e-12)
     assert s.loc["boost", "sig_t"] == pytest.approx(paired.statistic, rel=1e-12)
     assert s.loc["ogm", "sig_test"] == "Welch t"
     assert s.loc["ogm", "sig_p"] == pytest.approx(welch.pvalue, rel=1e-12)
-    assert s.loc["mmcosine", "sig_test"] == "Welch t"
-    assert s.loc["mmcosine", "sig_p"] == pytest.approx(welch_one_shared.pvalue, rel=1e-12)
+    assert s.loc["mla", "sig_test"] == "Welch t"
+    assert s.loc["mla", "sig_p"] == pytest.approx(welch_two_shared.pvalue, rel=1e-12)
     assert s.loc["baseline", "sig_test"] == "reference"
-    assert s.loc["greedy", "sig_test"] == "" and pd.isna(s.loc["greedy", "sig_p"])
+    for method in ("mmcosine", "greedy"):  # fewer than 3 values: no p-value
+        assert s.loc[method, "sig_test"] == "" and pd.isna(s.loc[method, "sig_p"])
     tbl = rep["report"]
     col = tbl.headers.index("p vs baseline (Acc)")
     cells = {row[0].text: row[col].text for row in tbl.rows}
     assert cells["boost"] == f"{report.format_p(paired.pvalue)} (paired t, n=3)"
-    assert cells["ogm"] == f"{report.format_p(welch.pvalue)} (Welch t, n=2 vs 3)"
-    assert cells["baseline"] == "reference" and cells["greedy"] == "–"
+    assert cells["ogm"] == f"{report.format_p(welch.pvalue)} (Welch t, n=3 vs 3)"
+    assert cells["baseline"] == "reference"
+    # the cell says why there is no test
+    assert cells["mmcosine"] == "n=2 vs 3: no test (needs n >= 3)"
+    assert cells["greedy"] == "n=1 vs 3: no test (needs n >= 3)"
     assert "ttest_rel" in rep["note"] and "equal_var=False" in rep["note"]
+    assert "Holm" in rep["note"] and "d_z" in rep["note"]
     csv = pd.read_csv(root / "report.csv").set_index("method.name")
     assert csv.loc["boost", "sig_p"] == pytest.approx(paired.pvalue)
+
+
+def test_significance_interval_effect_size_and_holm(tmp_path: Path) -> None:
+    root = _sig_multirun(tmp_path / "sig")
+    rep = report.write_report(root, plots=False, reference="baseline")
+    s = rep["summary"].set_index("method.name")
+    base = np.array([0.60, 0.62, 0.61])
+    # paired (boost, seeds 0, 1, 2): the differences' mean, t interval and d_z
+    d = np.array([0.64, 0.70, 0.67]) - base
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert s.loc["boost", "sig_diff"] == pytest.approx(d.mean(), rel=1e-12)
+    assert s.loc["boost", "sig_ci_low"] == pytest.approx(d.mean() - half, rel=1e-9)
+    assert s.loc["boost", "sig_ci_high"] == pytest.approx(d.mean() + half, rel=1e-9)
+    assert s.loc["boost", "sig_effect"] == pytest.approx(d.mean() / d.std(ddof=1), rel=1e-12)
+    assert s.loc["boost", "sig_effect_name"] == "d_z"
+    # Welch (ogm): Welch-Satterthwaite interval and Cohen's d with the pooled std
+    ogm = np.array([0.63, 0.66, 0.64])
+    va, vb = ogm.var(ddof=1) / 3, base.var(ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    half = stats.t.ppf(0.975, df) * np.sqrt(va + vb)
+    diff = ogm.mean() - base.mean()
+    assert s.loc["ogm", "sig_ci_low"] == pytest.approx(diff - half, rel=1e-9)
+    assert s.loc["ogm", "sig_ci_high"] == pytest.approx(diff + half, rel=1e-9)
+    pooled = np.sqrt((ogm.var(ddof=1) + base.var(ddof=1)) / 2)
+    assert s.loc["ogm", "sig_effect"] == pytest.approx(diff / pooled, rel=1e-12)
+    assert s.loc["ogm", "sig_effect_name"] == "d"
+    # Holm over the three tested rows: sorted p times (3, 2, 1), running max, capped at 1
+    tested = ["boost", "ogm", "mla"]
+    p = {m: s.loc[m, "sig_p"] for m in tested}
+    order = sorted(tested, key=p.get)
+    expected, running = {}, 0.0
+    for k, m in enumerate(order):
+        running = max(running, min(1.0, (3 - k) * p[m]))
+        expected[m] = running
+    for m in tested:
+        assert s.loc[m, "sig_p_holm"] == pytest.approx(expected[m], rel=1e-12)
+    assert expected[order[0]] == pytest.approx(3 * p[order[0]])  # not the raw p
+    assert pd.isna(s.loc["mmcosine", "sig_p_holm"]) and pd.isna(s.loc["baseline", "sig_p_holm"])
+    # the table: Holm p, Δ [95 % CI] in pp, effect size
+    tbl = rep["report"]
+    row = next(r for r in tbl.rows if r[0].text == "boost")
+    cell = {h: c.text for h, c in zip(tbl.headers, row)}
+    assert cell["Holm p"] == report.format_p(expected["boost"])
+    lo, hi = 100 * s.loc["boost", "sig_ci_low"], 100 * s.loc["boost", "sig_ci_high"]
+    assert cell["Δ (95 % CI, pp)"] == f"{100 * d.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    assert cell["Effect size"] == f"d_z = {d.mean() / d.std(ddof=1):.2f}"
+
+
+def test_holm_and_t_interval() -> None:
+    assert report.holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx(
+        [0.03, 0.06, float("nan"), 0.06], nan_ok=True
+    )
+    assert report.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    low, high = report.t_interval([1.0, 2.0, 3.0])
+    half = stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3)
+    assert (low, high) == pytest.approx((2.0 - half, 2.0 + half))
+    assert all(np.isnan(report.t_interval([1.0])))
 
 
 def test_significance_reference_within_the_same_dataset(tmp_path: Path) -> None:
     root = tmp_path / "two"
     job = 0
-    for dataset, base, boost in (("a", (0.5, 0.52), (0.6, 0.63)), ("b", (0.8, 0.83), (0.7, 0.7))):
+    data = {
+        "a": ((0.5, 0.52, 0.51), (0.6, 0.63, 0.64)),
+        "b": ((0.8, 0.83, 0.81), (0.7, 0.7, 0.72)),
+        "c": ((0.5, 0.52), (0.6, 0.63)),  # two seeds: no p-value
+    }
+    for dataset, (base, boost) in data.items():
         for method, accs in (("baseline", base), ("boost", boost)):
             for seed, acc in enumerate(accs):
                 _fake_run(root, str(job), method, seed, acc, dataset=dataset)
                 job += 1
-    s = report.table(report.collect(root), ["dataset.name", "method.name"]).summary
-    s = s.set_index(["dataset.name", "method.name"])
-    for dataset, base, boost in (("a", [0.5, 0.52], [0.6, 0.63]), ("b", [0.8, 0.83], [0.7, 0.7])):
+    tbl = report.table(report.collect(root), ["dataset.name", "method.name"])
+    s = tbl.summary.set_index(["dataset.name", "method.name"])
+    for dataset in ("a", "b"):
+        base, boost = data[dataset]
         expected = stats.ttest_rel(boost, base).pvalue
         assert s.loc[(dataset, "boost"), "sig_p"] == pytest.approx(expected, rel=1e-12)
+        # one comparison per dataset: Holm leaves it as it is
+        assert s.loc[(dataset, "boost"), "sig_p_holm"] == pytest.approx(expected, rel=1e-12)
+    assert pd.isna(s.loc[("c", "boost"), "sig_p"])
+    col = tbl.headers.index("p vs baseline (Acc)")
+    cells = {(r[0].text, r[1].text): r[col].text for r in tbl.rows}
+    assert cells[("c", "boost")] == "n=2: no test (needs n >= 3)"
+    assert "n=2: no test" in tbl.markdown()
 
 
 def test_significance_off_or_without_reference_runs(

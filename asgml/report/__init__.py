@@ -88,10 +88,16 @@ from asgml.report.collect import (
 )
 from asgml.report.figures import (
     BAND_MIN_N,
+    COLUMN_WIDTH_IN,
     FIGURE_DPI,
     FIGURE_FORMATS,
+    IMBALANCE_COLUMN,
+    PAGE_WIDTH_IN,
+    STYLES,
     FigureSpec,
+    add_curve_imbalance,
     curve_stats,
+    figure_size,
     figure_specs,
     group_label,
     group_styles,
@@ -101,6 +107,10 @@ from asgml.report.figures import (
     method_colors,
     plot,
     plot_curves,
+    plot_dots,
+    plot_sweep,
+    save_figures,
+    swept_keys,
 )
 from asgml.report.outputs import ReportTable, table, write_outputs, write_report
 from asgml.report.reference import REFERENCE_FLAG_STD, add_reference, pooled_std
@@ -130,6 +140,16 @@ from asgml.report.tables import (
 )
 
 __all__ = [
+    "swept_keys",
+    "save_figures",
+    "plot_sweep",
+    "plot_dots",
+    "figure_size",
+    "add_curve_imbalance",
+    "STYLES",
+    "COLUMN_WIDTH_IN",
+    "PAGE_WIDTH_IN",
+    "IMBALANCE_COLUMN",
     "untested_reason",
     "t_interval",
     "holm",

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from asgml.report.collect import _check_keys, collect, default_group_by
-from asgml.report.figures import _save_figures, load_curves, make_figures
+from asgml.report.figures import load_curves, make_figures, save_figures
 from asgml.report.reference import REFERENCE_FLAG_STD, add_reference
 from asgml.report.significance import MIN_TEST_N, add_significance
 from asgml.report.tables import (
@@ -168,8 +168,10 @@ def write_report(
     reference: str | None = "baseline",
     metric: str = "test/acc",
     progress: bool | None = None,
+    style: str = "paper",
 ) -> dict[str, Any]:
-    """Collect ``root``, write the table files and figures to ``out_dir`` (default ``root``).
+    """Collect ``root``, write the table files and figures to ``out_dir`` (default ``root``);
+    ``style``: the figures' style (``paper`` or ``screen``, :data:`~asgml.report.figures.STYLES`).
 
     Returns ``{"table": markdown, "latex": tabular, "note": text, "report": ReportTable,
     "summary": frame, "runs": frame, "files": [paths], "skipped": [notes],
@@ -182,7 +184,8 @@ def write_report(
     skipped: list[str] = []
     if plots:
         curves = load_curves(runs["run_dir"], progress)
-        figures, skipped = _save_figures(make_figures(runs, curves, tbl.group_by), out)
+        figs = make_figures(runs, curves, tbl.group_by, metric, style)
+        figures, skipped = save_figures(figs, out, style=style)
         files += figures
     return {
         "table": tbl.markdown(),

@@ -11,9 +11,13 @@ mean ± std over seeds, and writes into the multirun directory (or ``--out``):
   ``<metric>_std``, ``<metric>_n``, ``n``, the test of each row: ``sig_test``, ``sig_p``, ...)
   and ``runs.csv`` (one row per job);
 * figures, each as PNG and PDF at 300 dpi: ``val_acc`` (fused and unimodal validation
-  accuracy per epoch), ``probe_acc`` (per-modality probe accuracy over steps), ``boost_scale``
-  and ``ogm_coeff``, read from each job's ``csv/metrics.csv``. A figure whose columns no job
-  logged is skipped with a note.
+  accuracy per epoch), ``probe_acc`` (per-modality probe accuracy over steps), ``boost_scale``,
+  ``ogm_coeff``, ``modality_loss``, ``grad_norm`` and ``imbalance`` (unimodal validation
+  accuracy gap per epoch), read from each job's ``csv/metrics.csv``; ``final_acc`` (one dot
+  per seed and the mean with its 95 % t interval) and ``sweep_<key>`` for each numeric key the
+  sweep varied (:func:`swept_keys`). A figure whose columns no job logged is skipped with a
+  note. ``--style paper`` (default: 3.5 / 7 in wide, 8-pt, legend below) or ``screen``; PDFs
+  embed TrueType fonts (:data:`STYLES`).
 
 **Table.** Cells are mean ± sample std (``ddof=1``) over the runs of a group in % (pp for
 differences); the std is left out when a cell has one value. Every cell knows its own ``n``
@@ -28,13 +32,15 @@ that of the weakest modality, then mean ± std over the group. With ``--with-sha
 ``Min Shapley share (%)``: per run, the smallest modality Shapley value divided by their sum
 (50 % for two perfectly balanced modalities, ``100 / N`` for N).
 
-**Significance.** A column ``p vs <reference>`` tests ``--metric`` (default ``test/acc``) of
-each row against the reference method's row (``--reference baseline``; ``none`` turns it off;
-with several group keys the reference row is the one with equal non-``method.*`` keys, e.g.
-the same dataset). Where the two rows share at least two seeds it is a paired t-test over the
-shared seeds (``scipy.stats.ttest_rel``), otherwise Welch's t-test over all runs
-(``scipy.stats.ttest_ind(equal_var=False)``); each cell states the test and its n. Two-sided,
-no correction for multiple comparisons.
+**Significance.** Columns ``p vs <reference>``, ``Holm p``, ``Δ (95 % CI, pp)`` and ``Effect
+size`` test ``--metric`` (default ``test/acc``) of each row against the reference method's row
+(``--reference baseline``; ``none`` turns it off; with several group keys the reference row is
+the one with equal non-``method.*`` keys, e.g. the same dataset): a paired t-test over at least
+3 shared seeds (``scipy.stats.ttest_rel``), otherwise Welch's t-test
+(``scipy.stats.ttest_ind(equal_var=False)``) with at least 3 runs a side; below n = 3 the cell
+says why there is no test. Holm's correction over the rows tested against one reference row,
+the 95 % t interval of the difference, Cohen's ``d_z`` (paired) or ``d`` (Welch): see
+:mod:`asgml.report.significance` for each choice.
 
 **Reference column.** A preset may carry the published numbers it reproduces (key
 ``reference`` of ``conf/experiment/*.yaml``: ``source``, ``metric`` and ``results: {method:

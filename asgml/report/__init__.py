@@ -15,15 +15,15 @@ mean ± std over seeds, and writes into the multirun directory (or ``--out``):
   ``ogm_coeff``, ``modality_loss``, ``grad_norm`` and ``imbalance`` (unimodal validation
   accuracy gap per epoch), read from each job's ``csv/metrics.csv``; ``final_acc`` (one dot
   per seed and the mean with its 95 % t interval) and ``sweep_<key>`` for each numeric key the
-  sweep varied (:func:`swept_keys`). A figure whose columns no job logged is skipped with a
+  sweep varied (`swept_keys`). A figure whose columns no job logged is skipped with a
   note. ``--style paper`` (default: 3.5 / 7 in wide, 8-pt, legend below) or ``screen``; PDFs
-  embed TrueType fonts (:data:`STYLES`).
+  embed TrueType fonts (`STYLES`).
 
 **Table.** Cells are mean ± sample std (``ddof=1``) over the runs of a group in % (pp for
 differences); the std is left out when a cell has one value. Every cell knows its own ``n``
 (the runs that logged that column): a cell computed from fewer runs than its row's ``Seeds``
 shows ``(n=k)`` and the report logs a warning naming the column (e.g. ``--with-shapley`` where
-only some runs have an ``eval.json``). Each column has a kind (:class:`Column`): only
+only some runs have an ``eval.json``). Each column has a kind (`Column`): only
 ``score`` columns (fused accuracy, macro-F1), where higher is better, bold their best mean;
 unimodal accuracies, Shapley values and imbalance measures are never bold.
 
@@ -40,7 +40,7 @@ the one with equal non-``method.*`` keys, e.g. the same dataset): a paired t-tes
 (``scipy.stats.ttest_ind(equal_var=False)``) with at least 3 runs a side; below n = 3 the cell
 says why there is no test. Holm's correction over the rows tested against one reference row,
 the 95 % t interval of the difference, Cohen's ``d_z`` (paired) or ``d`` (Welch): see
-:mod:`asgml.report.significance` for each choice.
+`asgml.report.significance` for each choice.
 
 **Reference column.** A preset may carry the published numbers it reproduces (key
 ``reference`` of ``conf/experiment/*.yaml``: ``source``, ``metric`` and ``results: {method:
@@ -56,7 +56,7 @@ measurements and are drawn as steps (``drawstyle="steps-post"``); the OGM-GE coe
 changes every step and is drawn through its logged samples. The panels of a figure share
 their y axis; accuracy panels show the chance level ``100 / num_classes``; legend labels give
 each group's n; one legend per figure. A method has the same colour in every figure and every
-report (:func:`method_colors`).
+report (`method_colors`).
 
 **Python API** (every step is a function of data frames, so ``notebooks/analysis.ipynb`` and
 callbacks can reuse it)::
@@ -70,11 +70,11 @@ callbacks can reuse it)::
     write_report(runs_dir, out_dir)                # all of the above (the CLI)
 
 
-The package is split by concern: :mod:`~asgml.report.collect` (runs to a data frame),
-:mod:`~asgml.report.tables` (cells, Markdown, LaTeX), :mod:`~asgml.report.reference` (the
-paper column), :mod:`~asgml.report.significance`, :mod:`~asgml.report.figures`,
-:mod:`~asgml.report.outputs` (the report as data and its files), :mod:`~asgml.report.cli`
-and :mod:`~asgml.report.shapley`. It imports no training code.
+The package is split by concern: `collect` (runs to a data frame),
+`tables` (cells, Markdown, LaTeX), `reference` (the
+paper column), `significance`, `figures`,
+`outputs` (the report as data and its files), `cli`
+and `shapley`. It imports no training code.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Figures of a run or multirun directory: training curves, final results, sweeps.
 
 Every figure is drawn and saved inside a ``matplotlib.rc_context`` of its style
-(:data:`STYLES`), never by changing global ``rcParams``: ``paper`` (default) sizes a figure
-for one column (:data:`COLUMN_WIDTH_IN`, 3.5 in, one panel) or two columns
-(:data:`PAGE_WIDTH_IN`, 7 in, several panels) with 8-pt text, so it is printed at 100 %;
+(`STYLES`), never by changing global ``rcParams``: ``paper`` (default) sizes a figure
+for one column (`COLUMN_WIDTH_IN`, 3.5 in, one panel) or two columns
+(`PAGE_WIDTH_IN`, 7 in, several panels) with 8-pt text, so it is printed at 100 %;
 ``screen`` draws larger figures with the legend beside them. Both embed TrueType (Type 42)
 fonts in PDF and PS (``pdf.fonttype: 42``: IEEE/ACM checkers reject Type 3 fonts). No
 figure has a title (the caption belongs to the paper); panels are named by their short axis
@@ -173,7 +173,7 @@ def known_methods() -> list[str]:
 
 def method_colors(methods: Iterable[str] = ()) -> dict[str, str]:
     """A colour (hex) per method, the same in every figure and every report: ``baseline`` is
-    near-black, the other shipped methods (:func:`known_methods`) index a fixed palette in
+    near-black, the other shipped methods (`known_methods`) index a fixed palette in
     sorted order; any other name in ``methods`` gets the palette entry of its CRC-32."""
     shipped = [m for m in known_methods() if m not in _PINNED_COLORS]
     colors = dict(_PINNED_COLORS)
@@ -185,7 +185,7 @@ def method_colors(methods: Iterable[str] = ()) -> dict[str, str]:
 
 def group_styles(runs: pd.DataFrame, group_by: Sequence[str]) -> dict[str, dict[str, str]]:
     """``{group label: {"color", "linestyle"}}``: the colour of the group's method
-    (:func:`method_colors`), a new line style for each further group of the same method
+    (`method_colors`), a new line style for each further group of the same method
     (e.g. the values of a swept ``method.boost.alpha``)."""
     styles: dict[str, dict[str, str]] = {}
     per_method: dict[str, int] = {}
@@ -233,7 +233,7 @@ IMBALANCE_COLUMN = "imbalance/val_acc_gap"
 
 
 def add_curve_imbalance(curves: Mapping[str, pd.DataFrame], mods: Sequence[str]) -> dict:
-    """``curves`` with a column :data:`IMBALANCE_COLUMN` where at least two modalities'
+    """``curves`` with a column `IMBALANCE_COLUMN` where at least two modalities'
     ``val/acc_<m>`` are logged in a row: the largest minus the smallest (a fraction)."""
     out = {}
     for key, df in curves.items():
@@ -247,7 +247,7 @@ def add_curve_imbalance(curves: Mapping[str, pd.DataFrame], mods: Sequence[str])
 
 
 def figure_specs(mods: Sequence[str], scale_max: float | None = None) -> dict[str, FigureSpec]:
-    """The standard figures for modalities ``mods``: file stem -> :class:`FigureSpec`
+    """The standard figures for modalities ``mods``: file stem -> `FigureSpec`
     (``scale_max``: the boost scale's upper bound, ``method.boost.scale_max``)."""
     acc = {"scale": 100.0, "valid_range": (0.0, 100.0), "chance": True}
     return {
@@ -323,10 +323,10 @@ def plot_curves(
     style: str = "paper",
 ) -> Any:
     """A row of panels (shared y), one line per group: the mean over its runs, a ±1 std band
-    where at least :data:`BAND_MIN_N` runs contribute (clipped to ``spec.valid_range``), the
+    where at least `BAND_MIN_N` runs contribute (clipped to ``spec.valid_range``), the
     chance line ``100 / num_classes`` on accuracy panels, one legend with each group's n,
-    integer ticks on the x axis, no figure title; sized by :func:`figure_size` in ``style``
-    (drawn inside its rc context: save it inside the same, as :func:`plot` does).
+    integer ticks on the x axis, no figure title; sized by `figure_size` in ``style``
+    (drawn inside its rc context: save it inside the same, as `plot` does).
 
     Returns the matplotlib figure, or ``None`` when no run logged any panel's column.
     """
@@ -408,8 +408,8 @@ def plot_dots(
     style: str = "paper",
 ) -> Any:
     """The final ``metric`` per group: one dot per run (seed) and the mean with its
-    :data:`~asgml.report.significance.CONFIDENCE` t interval
-    (:func:`~asgml.report.significance.t_interval`; the mean alone for one run).
+    `CONFIDENCE` t interval
+    (`t_interval`; the mean alone for one run).
 
     Returns the figure, or ``None`` when no run has ``metric``.
     """
@@ -463,7 +463,7 @@ def swept_keys(runs: pd.DataFrame) -> list[str]:
 
 def plot_sweep(runs: pd.DataFrame, key: str, metric: str = "test/acc", style: str = "paper") -> Any:
     """``metric`` against the swept ``key``, one line per method: the mean over the runs at
-    each value with its :data:`~asgml.report.significance.CONFIDENCE` t interval as error
+    each value with its `CONFIDENCE` t interval as error
     bars; a method without ``key`` (e.g. the baseline) is a horizontal dashed line at its
     mean. Returns the figure, or ``None`` when no run has both ``key`` and ``metric``."""
     if metric not in runs.columns or key not in runs.columns:
@@ -523,9 +523,9 @@ def make_figures(
     style: str = "paper",
 ) -> dict[str, Any]:
     """``{stem: figure or None}`` (None: nothing logged for it): the curves of
-    :func:`figure_specs`, the dot plot ``final_<metric>`` (:func:`plot_dots`) and one sweep plot
-    ``sweep_<key>`` per swept numeric key (:func:`swept_keys`, :func:`plot_sweep`). Drawn in
-    ``style``'s rc context (:data:`STYLES`); save them in it too (:func:`save_figures`)."""
+    `figure_specs`, the dot plot ``final_<metric>`` (`plot_dots`) and one sweep plot
+    ``sweep_<key>`` per swept numeric key (`swept_keys`, `plot_sweep`). Drawn in
+    ``style``'s rc context (`STYLES`); save them in it too (`save_figures`)."""
     _check_style(style)
     mods = modalities(runs)
     specs = figure_specs(mods, _unique_number(runs, "method.boost.scale_max", "max"))
@@ -585,9 +585,9 @@ def plot(
     metric: str = "test/acc",
     style: str = "paper",
 ) -> list[Path]:
-    """Write the standard figures of ``runs`` (:func:`make_figures`) into ``out_dir`` in
+    """Write the standard figures of ``runs`` (`make_figures`) into ``out_dir`` in
     each of ``formats``; returns the written paths. ``curves`` defaults to
-    :func:`load_curves` of the runs; figures nothing was logged for are skipped (logged)."""
+    `load_curves` of the runs; figures nothing was logged for are skipped (logged)."""
     keys = list(group_by) if group_by else default_group_by(runs)
     if curves is None:
         curves = load_curves(runs["run_dir"])

@@ -1,4 +1,4 @@
-"""The report as data (:class:`ReportTable`) and the files it writes."""
+"""The report as data (`ReportTable`) and the files it writes."""
 
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- report
 @dataclass
 class ReportTable:
-    """The report's table and everything needed to write it (:func:`table`).
+    """The report's table and everything needed to write it (`table`).
 
     Args:
         headers: column headers (units included).
-        rows: one list of :class:`Cell` per group.
-        summary: the numbers (:func:`summarize`, :func:`add_reference` and
-            :func:`add_significance` columns), fractions.
+        rows: one list of `Cell` per group.
+        summary: the numbers (`summarize`, `add_reference` and
+            `add_significance` columns), fractions.
         group_by: the group keys (the first columns).
         columns: the value columns.
         note: what the table shows (mean ± std, tests, paper), as Markdown text.
@@ -72,11 +72,11 @@ def table(
     metric: str = "test/acc",
     source: str | None = None,
 ) -> ReportTable:
-    """The report table of ``runs`` (:func:`collect`).
+    """The report table of ``runs`` (`collect`).
 
     Args:
         runs: one row per job.
-        group_by: dotted config keys (default :func:`default_group_by`).
+        group_by: dotted config keys (default `default_group_by`).
         with_shapley: add Shapley columns (from each run's ``eval.json``).
         reference: the method each row is tested against (``None``: no test; a method no
             run has: no test, logged).
@@ -171,7 +171,7 @@ def write_report(
     style: str = "paper",
 ) -> dict[str, Any]:
     """Collect ``root``, write the table files and figures to ``out_dir`` (default ``root``);
-    ``style``: the figures' style (``paper`` or ``screen``, :data:`~asgml.report.figures.STYLES`).
+    ``style``: the figures' style (``paper`` or ``screen``, `STYLES`).
 
     Returns ``{"table": markdown, "latex": tabular, "note": text, "report": ReportTable,
     "summary": frame, "runs": frame, "files": [paths], "skipped": [notes],

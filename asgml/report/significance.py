@@ -3,7 +3,7 @@
 Choices, each one stated in the report's note and in the docs (``docs/workflow.md``):
 
 * **Test.** A two-sided t-test of the row's metric against the reference row's. Where the two
-  rows share at least :data:`MIN_TEST_N` seeds (and neither repeats a seed) it is the
+  rows share at least `MIN_TEST_N` seeds (and neither repeats a seed) it is the
   **paired** t-test over the shared seeds (``scipy.stats.ttest_rel``): the seed fixes the
   initialisation and the data order, so the per-seed differences remove that variance.
   Otherwise it is **Welch's** t-test over all runs (``scipy.stats.ttest_ind(equal_var=False)``),
@@ -13,7 +13,7 @@ Choices, each one stated in the report's note and in the docs (``docs/workflow.m
   errors); the cell then says why instead, e.g. ``n=2: no test (needs n >= 3)``.
 * **95 % confidence interval** of the difference row - reference (``scipy.stats``'
   ``TtestResult.confidence_interval(0.95)``: Student t with ``n - 1`` degrees of freedom for
-  the paired test, Welch-Satterthwaite degrees of freedom for Welch's); :func:`t_interval`
+  the paired test, Welch-Satterthwaite degrees of freedom for Welch's); `t_interval`
   gives the same for one group's mean (the dot plot's error bars).
 * **Effect size.** Paired: Cohen's ``d_z`` = mean of the differences / their sample std.
   Welch: Cohen's ``d`` = difference of the means / pooled sample std
@@ -61,7 +61,7 @@ class SignificanceResult:
         p: the two-sided p-value.
         n: the number of pairs (paired) or ``(n_row, n_reference)`` (Welch).
         diff: the mean difference row - reference (paired: the mean of the differences).
-        ci: the :data:`CONFIDENCE` interval of ``diff`` (t distribution).
+        ci: the `CONFIDENCE` interval of ``diff`` (t distribution).
         effect: Cohen's ``d_z`` (paired) or ``d`` (Welch); NaN when the spread is zero.
         effect_name: ``"d_z"`` or ``"d"``.
     """
@@ -101,7 +101,7 @@ def _paired(a: pd.Series, b: pd.Series, shared: list[Any]) -> bool:
 
 
 def untested_reason(values: pd.Series, reference: pd.Series) -> str:
-    """Why :func:`compare` gives no test for these values: ``"n=2: no test (needs n >= 3)"``
+    """Why `compare` gives no test for these values: ``"n=2: no test (needs n >= 3)"``
     (too few values), ``"no spread: t undefined"`` or ``""`` when a test applies."""
     a, b, shared = _sizes(values, reference)
     if _paired(a, b, shared) or (len(a) >= MIN_TEST_N and len(b) >= MIN_TEST_N):
@@ -119,9 +119,9 @@ def _cohen_d(a: np.ndarray, b: np.ndarray) -> float:
 def compare(values: pd.Series, reference: pd.Series) -> SignificanceResult | None:
     """Test ``values`` against ``reference`` (both indexed by seed; NaN dropped).
 
-    Paired t-test over the seeds both have when there are at least :data:`MIN_TEST_N` and
-    neither repeats a seed; otherwise Welch's t-test, which needs :data:`MIN_TEST_N` values on
-    each side. Returns ``None`` when neither applies (:func:`untested_reason` says why) or
+    Paired t-test over the seeds both have when there are at least `MIN_TEST_N` and
+    neither repeats a seed; otherwise Welch's t-test, which needs `MIN_TEST_N` values on
+    each side. Returns ``None`` when neither applies (`untested_reason` says why) or
     scipy's result is not finite (no spread: identical values, or paired differences that are
     all equal, where the t statistic is undefined).
     """
@@ -198,7 +198,7 @@ def add_significance(
     reference: str,
     metric: str = "test/acc",
 ) -> pd.DataFrame:
-    """The :data:`SIGNIFICANCE_COLUMNS` of :func:`compare` for each row of :func:`summarize`
+    """The `SIGNIFICANCE_COLUMNS` of `compare` for each row of `summarize`
     output against the row of ``method.name == reference`` with the same non-``method.*``
     group keys: ``sig_test`` (``"reference"`` on that row; empty where there is no such single
     row or no test applies), ``sig_p``, ``sig_p_holm`` (Holm over the rows tested against the
@@ -276,7 +276,7 @@ def significance_headers(header: str, unit: str = "pp") -> list[str]:
 
 
 def _significance_cells(row: Mapping[str, Any], scale: float = 100.0, digits: int = 2) -> list[str]:
-    """The cells of :func:`significance_headers` for one :func:`add_significance` row."""
+    """The cells of `significance_headers` for one `add_significance` row."""
     test = row.get("sig_test")
     if test == "reference":
         return ["reference", "–", "–", "–"]

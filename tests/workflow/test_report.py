@@ -693,6 +693,7 @@ def test_report_pdfs_embed_no_type3_font(tmp_path: Path) -> None:
     the uncompressed PDF name no /Type3 font."""
     root = _alpha_sweep(tmp_path / "sweep")
     out = tmp_path / "out"
+    before = matplotlib.rcParams["pdf.fonttype"]
     with matplotlib.rc_context({"pdf.compression": 0}):  # plain-text objects to read
         assert report.main([str(root), "--out", str(out)]) == 0
     pdfs = sorted(out.glob("*.pdf"))
@@ -704,7 +705,7 @@ def test_report_pdfs_embed_no_type3_font(tmp_path: Path) -> None:
         assert "Type3" not in subtypes, pdf.name
         assert {"Type0", "CIDFontType2"} <= subtypes or "TrueType" in subtypes, (pdf.name, subtypes)
     # global state untouched: the rc context ends with the report
-    assert matplotlib.rcParams["pdf.fonttype"] == 3
+    assert matplotlib.rcParams["pdf.fonttype"] == before
 
 
 def test_paper_sizes_no_title_integer_epoch_ticks(multirun: Path) -> None:
@@ -733,7 +734,7 @@ def test_paper_sizes_no_title_integer_epoch_ticks(multirun: Path) -> None:
     screen["val_acc"].canvas.draw()
     legend_box = screen["val_acc"].legends[0].get_window_extent()
     assert legend_box.x0 >= max(ax.get_window_extent().x1 for ax in screen["val_acc"].axes)
-    assert matplotlib.rcParams["font.size"] == 10
+    assert matplotlib.rcParams["font.size"] == matplotlib.rcParamsDefault["font.size"]
     with pytest.raises(ValueError, match="figure style 'poster'"):
         report.make_figures(runs, curves, ["method.name"], style="poster")
 

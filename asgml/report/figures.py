@@ -28,7 +28,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from asgml.report.collect import _override_key, _progress, default_group_by, modalities
+from asgml.report.collect import (
+    _NOT_GROUP_KEYS,
+    _override_key,
+    _progress,
+    default_group_by,
+    modalities,
+)
 from asgml.report.significance import t_interval
 
 log = logging.getLogger(__name__)
@@ -445,13 +451,14 @@ def plot_dots(
 
 def swept_keys(runs: pd.DataFrame) -> list[str]:
     """The numeric config keys a sweep varied: keys of the runs' Hydra overrides (e.g.
-    ``method.boost.alpha=0.5``) with at least two distinct numeric values; config groups
-    (``method=boost``), ``seed`` and ``dataset.*``/``hydra.*`` keys are not sweeps of a value."""
+    ``method.boost.alpha=0.5``, ``dataset.frames=1``) with at least two distinct numeric
+    values; config groups (``method=boost``), ``seed``, paths and ``hydra.*`` keys are not
+    sweeps of a value."""
     keys: list[str] = []
     for ov in runs.get("overrides", pd.Series(dtype=str)).dropna():
         for o in json.loads(ov):
             key = _override_key(o)
-            if key in keys or key == "seed" or key.startswith(("hydra.", "dataset.")):
+            if key in keys or key in _NOT_GROUP_KEYS or key.startswith("hydra."):
                 continue
             if key not in runs.columns or f"{key}.name" in runs.columns:
                 continue

@@ -34,11 +34,11 @@ $$
 c_m = \frac{\sum_{\text{classes}} \operatorname{mean}_{\text{batch}} |z_m|}
            {\sum_k \sum_{\text{classes}} \operatorname{mean}_{\text{batch}} |z_k|}, \qquad
 \tilde H_m = \operatorname{mean}_{\text{batch}}
-  \Bigl(-\sum_{\text{classes}} p_m \log(p_m + 10^{-16})\Bigr), \qquad
-H_m = \max\Bigl(\frac{\tilde H_m}{\sum_k \tilde H_k},\ 0.3\Bigr)
+  \Bigl(-\sum_{\text{classes}} p_m \log(p_m + 10^{-16})\Bigr)
 $$
 
 $$
+H_m = \max\Bigl(\frac{\tilde H_m}{\sum_k \tilde H_k},\ 0.3\Bigr), \qquad
 a_m = \frac{1 / H_m}{\sum_k 1 / H_k}, \qquad
 w = \operatorname{softmax}\bigl(T\,[\,c_v a_a,\ c_a a_v\,]\bigr)
 $$

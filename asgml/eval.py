@@ -2,7 +2,7 @@
 ``asgml-eval``).
 
 Re-tests a checkpoint with each modality's Shapley value; the logic is
-:mod:`asgml.run.evaluate`, imported after Hydra has parsed the command line.
+`asgml.run.evaluate`, imported after Hydra has parsed the command line.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 
 Uses the training config (``conf/train.yaml``, through ``conf/prepare.yaml``), so the cache
 is built for exactly the preprocessing a ``python -m asgml.train`` run with the same
-overrides will ask for; that run then finds and uses it (see :mod:`asgml.data.cache`).
+overrides will ask for; that run then finds and uses it (see `asgml.data.cache`).
 Each split shows a progress bar per clip (with ETA) unless
 ``trainer.enable_progress_bar=false``. ``+overwrite=true`` rebuilds a complete cache.
 ``dataset.datamodule.num_workers`` sets the decode workers.
@@ -37,7 +37,7 @@ CACHE_ACTIONS = ("build", "list", "clean")
 
 
 def prepare(cfg: DictConfig) -> Path:
-    """Build the run's datamodule (:func:`asgml.run.build.build_datamodule`, as
+    """Build the run's datamodule (`asgml.run.build.build_datamodule`, as
     ``asgml.train`` does) and write its cache; returns the cache dir."""
     from asgml.run.build import build_datamodule  # lazy: keeps `--help` free of torch (CLI speed)
 

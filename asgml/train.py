@@ -1,7 +1,7 @@
 """Hydra entry point: ``python -m asgml.train [overrides]`` (also ``asgml-train``).
 
 ``--help`` lists the config groups and the composed config; ``-sc install=bash`` prints
-the shell-completion script. The run itself is :func:`asgml.run.training.run`: it (with torch,
+the shell-completion script. The run itself is `asgml.run.training.run`: it (with torch,
 Lightning and the data stack) is imported only after Hydra has parsed the command line,
 so ``--help``, ``--cfg job`` and completion answer in about a second.
 """

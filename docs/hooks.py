@@ -12,7 +12,14 @@
   file of the package, so the API reference lists a new module without an edit.
 * A nav entry whose value is a folder (``methods/``) expands to that folder's
   ``index.md`` followed by its other pages in name order, each titled by its first
-  heading, so a page added to ``docs/methods/`` is linked without editing ``mkdocs.yml``.
+  heading without code marks (``# AGM (`method=agm`)`` -> ``AGM``; ``# `asgml.core``` ->
+  ``asgml.core``; ``# CREMA-D (`dataset=cremad`, `dataset=cremad_3f`)`` -> ``CREMA-D
+  (dataset=cremad, dataset=cremad_3f)``), so a page added to ``docs/methods/`` is linked without editing
+  ``mkdocs.yml``.
+* MathJax is served from the site itself, so formulas render offline: the files of the
+  pip package ``django-static-mathjax`` (MathJax 3.2.2, the ``docs`` extra; it needs no
+  Django) listed in :data:`MATHJAX_FILES` are added to the site under ``javascripts/mathjax/``
+  (``mkdocs.yml`` loads ``javascripts/mathjax/tex-mml-chtml.js``; no CDN).
 
 The functions below are plain Python so the tests can import this file without mkdocs.
 """
@@ -215,10 +222,58 @@ def render_api(markdown: str, root: Path = ROOT) -> str:
 
 # --------------------------------------------------------------------------- nav
 def _title(page: Path) -> str:
+    """A page's nav title: its first heading without a trailing ``(`method=x`)`` and without
+    backticks (a nav entry is plain text: Markdown code marks would show literally)."""
     for line in page.read_text().splitlines():
         if line.startswith("# "):
-            return re.sub(r"\s*\(`[^`]*`\)\s*$", "", line[2:].strip()) or page.stem
+            title = re.sub(r"\s*\(`[^`]*`\)\s*$", "", line[2:].strip())
+            return title.replace("`", "").strip() or page.stem
     return page.stem
+
+
+# --------------------------------------------------------------------------- MathJax
+# what the site needs of MathJax's es5 build: the combined TeX + MathML component, its CHTML
+# fonts, the TeX extensions it autoloads (\boldsymbol, \text, ...) and the menu's helpers
+MATHJAX_FILES = (
+    "tex-mml-chtml.js",
+    "output/chtml/fonts/woff-v2",
+    "input/tex/extensions",
+    "ui",
+)
+MATHJAX_SITE_DIR = "javascripts/mathjax"
+
+
+def mathjax_root() -> Path:
+    """MathJax's ``es5`` folder in the installed ``django-static-mathjax`` package.
+
+    Raises:
+        PluginError: when the package is not installed.
+    """
+    from importlib.util import find_spec
+
+    spec = find_spec("mathjax")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        root = Path(loc) / "static" / "mathjax" / "es5"
+        if (root / "tex-mml-chtml.js").is_file():
+            return root
+    raise PluginError(
+        "the docs serve MathJax from the site: install it with `pip install -e .[docs]` "
+        "(package django-static-mathjax; looked for static/mathjax/es5/tex-mml-chtml.js in "
+        f"{locations or 'no installed package named mathjax'})"
+    )
+
+
+def mathjax_files(root: Path | None = None) -> dict[str, Path]:
+    """``{site path: source file}`` of every MathJax file the site ships."""
+    root = root or mathjax_root()
+    out: dict[str, Path] = {}
+    for entry in MATHJAX_FILES:
+        path = root / entry
+        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for p in paths:
+            out[f"{MATHJAX_SITE_DIR}/{p.relative_to(root).as_posix()}"] = p
+    return out
 
 
 def expand_folder(folder: str, docs_dir: Path) -> list[Any]:
@@ -266,3 +321,11 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         return render_api(render_hparams(markdown))
     except Exception as e:  # name the page whose marker failed
         raise PluginError(f"{page.file.src_path}: asgml:hparams: {e}") from e
+
+
+def on_files(files: Any, config: Any) -> Any:
+    from mkdocs.structure.files import File
+
+    for uri, path in mathjax_files().items():
+        files.append(File.generated(config, uri, abs_src_path=str(path)))
+    return files

@@ -317,3 +317,107 @@ def test_extending_example_method_runs(tmp_path: Path, monkeypatch: pytest.Monke
     OmegaConf.set_struct(cfg, False)
     cfg.method = OmegaConf.create(conf)
     assert run(cfg)["metrics"], "the run wrote no metrics"
+
+
+# ------------------------------------------------------------ rendering: roles, nav, math
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+roles = _load_tool("docstring_roles")
+
+
+def test_no_sphinx_role_in_the_package_docstrings() -> None:
+    """mkdocstrings renders Markdown docstrings: a Sphinx role would print as raw text."""
+    found = roles.find_roles(ROOT / "asgml")
+    assert not found, "run `python tools/docstring_roles.py --fix`:\n" + "\n".join(
+        f"{p.relative_to(ROOT)}:{line}: {role}" for p, line, role in found[:20]
+    )
+
+
+def test_role_conversion() -> None:
+    text = (
+        "see :class:`Foo`, :func:`~asgml.report.figures.plot`, :py:meth:`a.b`,\n"
+        ":meth:`Module.step\n    <asgml.core.module.Module.step>` and ``:class:`` as text"
+    )
+    assert roles.convert(text) == (
+        "see `Foo`, `plot`, `a.b`,\n`Module.step` and ``:class:`` as text"
+    )
+
+
+def test_nav_titles_are_plain_text(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.md").write_text("# AGM (`method=agm`)\n")
+    (tmp_path / "d" / "b.md").write_text("# CREMA-D (`dataset=cremad`, `dataset=cremad_3f`)\n")
+    (tmp_path / "d" / "c.md").write_text("# `asgml.core`\n")
+    titles = [next(iter(e)) for e in hooks.expand_folder("d", tmp_path)]
+    assert titles == ["AGM", "CREMA-D (dataset=cremad, dataset=cremad_3f)", "asgml.core"]
+    for folder in ("methods", "datasets", "reproduce", "api"):  # the real folders
+        for entry in hooks.expand_folder(f"{folder}/", ROOT / "docs"):
+            assert "`" not in next(iter(entry)), entry
+
+
+def test_math_is_served_by_the_site_not_a_cdn() -> None:
+    import yaml
+
+    conf = yaml.safe_load((ROOT / "mkdocs.yml").read_text().replace("!!python", "#"))
+    scripts = conf["extra_javascript"]
+    assert not [s for s in scripts if "://" in str(s)], scripts
+    assert f"{hooks.MATHJAX_SITE_DIR}/tex-mml-chtml.js" in scripts
+    pytest.importorskip("mathjax", reason="the docs extra (django-static-mathjax) is not installed")
+    files = hooks.mathjax_files()
+    assert f"{hooks.MATHJAX_SITE_DIR}/tex-mml-chtml.js" in files
+    fonts = [u for u in files if u.startswith(f"{hooks.MATHJAX_SITE_DIR}/output/chtml/fonts/")]
+    assert any(u.endswith("MathJax_Main-Regular.woff") for u in fonts), fonts[:5]
+    assert all(p.is_file() for p in files.values())
+
+
+def _method_page_sources(name: str) -> list[str]:
+    """A method page's text and the docstrings' modules it renders (``::: asgml.methods.x``)."""
+    page = (ROOT / "docs" / "methods" / f"{name}.md").read_text()
+    modules = re.findall(r"^::: (asgml\.methods\.\w+)", page, re.M)
+    return [page] + [(ROOT / (m.replace(".", "/") + ".py")).read_text() for m in modules]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_page_writes_its_formulas_in_latex(name: str) -> None:
+    """Every method page shows LaTeX (MathJax) formulas, from the page or its module's
+    docstring; the eight that wrote pseudo-code blocks now have display formulas."""
+    sources = _method_page_sources(name)
+    assert any(re.search(r"\$\$|\$[^$\s][^$\n]*\$", s) for s in sources), name
+    if name in {"agm", "arl", "cggm", "inforeg", "miles", "mmpareto", "ogm", "staleness"}:
+        assert any("$$" in s for s in sources), name
+
+
+@pytest.mark.slow
+def test_built_site_renders_offline(tmp_path: Path) -> None:
+    """`mkdocs build --strict` passes; the site carries MathJax itself, prints no raw Sphinx
+    role, no backtick in the navigation, and `cremad_3f` keeps its underscore."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed")
+    pytest.importorskip("mathjax", reason="the docs extra (django-static-mathjax) is not installed")
+    site = tmp_path / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (site / "javascripts" / "mathjax" / "tex-mml-chtml.js").stat().st_size > 100_000
+    home = (site / "index.html").read_text()
+    assert 'src="javascripts/mathjax/tex-mml-chtml.js"' in home
+    assert "cremad_3f" in home
+    raw = re.compile(r":(class|func|attr|meth|mod|data|exc|obj):(<code>|`)")
+    for page in site.rglob("*.html"):
+        text = page.read_text()
+        assert not raw.search(text), page.relative_to(site)
+        assert "unpkg.com" not in text and "cdn.jsdelivr" not in text, page.relative_to(site)
+        nav = re.findall(r'class="md-ellipsis">\s*([^<]*?)\s*<', text)
+        assert not [t for t in nav if "`" in t], (page.relative_to(site), nav)
+    # a method page's formula reaches the browser as MathJax input (arithmatex)
+    ogm = (site / "methods" / "ogm" / "index.html").read_text()
+    assert 'class="arithmatex"' in ogm

@@ -1,45 +1,45 @@
 """The extension point every balancing method builds on.
 
-A method is a Lightning :class:`~lightning.pytorch.callbacks.Callback`. Besides the
+A method is a Lightning `Callback`. Besides the
 ordinary Lightning hooks (``on_train_epoch_end`` for epoch-level schedules, ...) a
-:class:`BalancingCallback` implements hooks that :class:`~asgml.core.module.MultimodalModule`
+`BalancingCallback` implements hooks that `MultimodalModule`
 calls inside a step, in callback order:
 
-* :meth:`~BalancingCallback.on_step_plan` before any encoder runs and
-  :meth:`~BalancingCallback.on_step_features` before the fusion layer: methods that change
+* `on_step_plan` before any encoder runs and
+  `on_step_features` before the fusion layer: methods that change
   the structure of a step (which modalities are forwarded or updated, feature masks, sample
-  subsets) set a :class:`~asgml.core.step_plan.StepPlan` there;
-* :meth:`~BalancingCallback.on_train_losses` after the forward pass, before the backward
-  pass, with the step's :class:`~asgml.core.types.StepOutput`: add, reweight or replace terms of
+  subsets) set a `StepPlan` there;
+* `on_train_losses` after the forward pass, before the backward
+  pass, with the step's `StepOutput`: add, reweight or replace terms of
   ``out.losses``, register tensor hooks on ``out.features``, or run extra passes (e.g.
   masked-modality passes);
-* :meth:`~BalancingCallback.on_train_gradients` after backward, before the optimizer
+* `on_train_gradients` after backward, before the optimizer
   step: read and edit the (DDP-averaged) gradients. It is reached through Lightning's own
   ``on_after_backward`` (which ``manual_backward`` fires, in callback order): this base
   class implements ``on_after_backward`` and hands it the running step's output, so a
   reader looking for the gradient edit where Lightning puts it finds it there;
-* :meth:`~BalancingCallback.on_eval_logits` at validation and test time: replace the fused
+* `on_eval_logits` at validation and test time: replace the fused
   logits (a method's test-time fusion);
-* :meth:`~BalancingCallback.on_train_set_plan` at the start of every training epoch: return
-  a :class:`~asgml.core.train_set_plan.TrainSetPlan` (resampled entries with per-sample modality
+* `on_train_set_plan` at the start of every training epoch: return
+  a `TrainSetPlan` (resampled entries with per-sample modality
   masks) that the epoch trains on instead of the plain train split.
 
 The step output is valid for the duration of the training hooks; the module holds it
 (``module.step_output``) only while its backward pass runs.
 
 Which hooks are Lightning's: ``on_after_backward`` and every ``on_*`` hook of
-:class:`lightning.pytorch.Callback` (``setup``, ``on_train_epoch_start``, ...,
-``state_dict``). asgml's own, called by :class:`~asgml.core.module.MultimodalModule`:
+`lightning.pytorch.Callback` (``setup``, ``on_train_epoch_start``, ...,
+``state_dict``). asgml's own, called by `MultimodalModule`:
 ``on_step_plan``, ``on_step_features``, ``on_train_losses``, ``on_train_gradients`` (through
 ``on_after_backward``), ``on_eval_logits`` and ``on_train_set_plan`` (called by the
 datamodule). All take ``(trainer, module, ...)`` in that order.
 
-What every method repeats lives here: :meth:`BalancingCallback.epoch_window` (the epochs a
-method acts in), :attr:`BalancingCallback.state_attrs` (declarative checkpoint state) and
-:meth:`BalancingCallback.check_option` (a range check whose error names the key only:
+What every method repeats lives here: `BalancingCallback.epoch_window` (the epochs a
+method acts in), `BalancingCallback.state_attrs` (declarative checkpoint state) and
+`BalancingCallback.check_option` (a range check whose error names the key only:
 ``asgml.run.build`` adds the ``method.<name>.`` prefix). The shared plumbing (unscaled
 gradients under any precision, skipped steps, DDP reductions, deferred checkpoint state) is
-in :mod:`asgml.core.toolkit`.
+in `asgml.core.toolkit`.
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ class BalancingCallback(L.Callback):
     """Base class of the balancing methods.
 
     Subclasses keep every piece of state that changes during training in
-    :meth:`state_dict` / :meth:`load_state_dict` so a resumed run continues exactly, and
+    `state_dict` / `load_state_dict` so a resumed run continues exactly, and
     mark every hook they implement with ``@override``.
 
     A method whose ``setup`` changes the module (adds its own head or gate network, replaces
-    encoders) sets :attr:`changes_model`: ``asgml.eval`` then calls
+    encoders) sets `changes_model`: ``asgml.eval`` then calls
     ``setup(None, module, "test")`` and ``load_state_dict`` (the checkpoint's callback state)
-    before it loads the weights, and scores with :meth:`on_eval_logits`. Such a ``setup``
+    before it loads the weights, and scores with `on_eval_logits`. Such a ``setup``
     must work without a trainer.
     """
 
@@ -89,7 +89,7 @@ class BalancingCallback(L.Callback):
     @override
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Lightning's hook after backward: hands the running training step's output to
-        :meth:`on_train_gradients`. A backward that is not the module's training step (none
+        `on_train_gradients`. A backward that is not the module's training step (none
         is set) is left alone. A subclass that overrides this calls ``super()`` first."""
         out = getattr(pl_module, "step_output", None)
         if out is not None:
@@ -120,10 +120,10 @@ class BalancingCallback(L.Callback):
         self, trainer: L.Trainer, module: L.LightningModule, out: StepOutput
     ) -> None:
         """Read or edit the parameters' ``.grad`` after backward, before the optimizer step
-        (called from :meth:`on_after_backward`).
+        (called from `on_after_backward`).
 
         Under ``16-mixed`` they carry the loss scale (see
-        :func:`asgml.core.toolkit.loss_scale`); ``out.loss`` is the summed loss."""
+        `asgml.core.toolkit.loss_scale`); ``out.loss`` is the summed loss."""
 
     def on_step_plan(
         self,
@@ -132,7 +132,7 @@ class BalancingCallback(L.Callback):
         plan: StepPlan,
         batch: Any,
     ) -> None:
-        """Edit this step's :class:`~asgml.core.step_plan.StepPlan` before any encoder runs
+        """Edit this step's `StepPlan` before any encoder runs
         (which modalities are forwarded, which encoders update)."""
 
     def on_step_features(
@@ -166,7 +166,7 @@ class BalancingCallback(L.Callback):
         """This epoch's train set (called from the datamodule's ``train_dataloader()`` at the
         start of each epoch, ``trainer.current_epoch`` already the new epoch); ``None``
         (default): the plain train split. A callback that returns plans calls
-        :func:`~asgml.core.train_set_plan.require_reloaded_train_loader` in ``setup``."""
+        `require_reloaded_train_loader` in ``setup``."""
         return None
 
     @staticmethod

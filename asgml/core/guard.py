@@ -1,6 +1,6 @@
 """The non-finite guard of a training step: a skipped (or refused) step when the loss or the
 gradients are ``inf``/``nan``, a stop after too many in a row, and a check of the weights at
-every epoch end. :class:`~asgml.core.module.MultimodalModule` inherits it; its options are the
+every epoch end. `MultimodalModule` inherits it; its options are the
 module's ``nonfinite``, ``nonfinite_check_every`` and ``max_consecutive_nonfinite``."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class NonFiniteTrainingError(FloatingPointError):
 
 
 class NonFiniteGuard:
-    """Mixin of :class:`~asgml.core.module.MultimodalModule` (a ``LightningModule``): the
+    """Mixin of `MultimodalModule` (a ``LightningModule``): the
     attributes it reads (``nonfinite``, ``nonfinite_check_every``,
     ``max_consecutive_nonfinite``, the counters) are set in the module's ``__init__``."""
 
@@ -106,7 +106,7 @@ class NonFiniteGuard:
         return all_finite([t for _, t in self._weights()])
 
     def check_weights_finite(self) -> None:
-        """Raise :class:`NonFiniteTrainingError` if a parameter or a BatchNorm statistic holds
+        """Raise `NonFiniteTrainingError` if a parameter or a BatchNorm statistic holds
         ``inf``/``nan`` (one host sync)."""
         if bool(self.weights_finite()):
             return

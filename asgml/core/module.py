@@ -42,12 +42,12 @@ class MultimodalModule(NonFiniteGuard, L.LightningModule):
     method callbacks add in ``on_train_losses``.
 
     Optimization is manual (``automatic_optimization = False``): every step calls, in
-    callback order, each :class:`~asgml.core.base.BalancingCallback`'s
+    callback order, each `BalancingCallback`'s
     ``on_train_losses`` (before backward) and ``on_train_gradients`` (between
     ``manual_backward`` and ``optimizer.step()``), passing the step's
-    :class:`~asgml.core.types.StepOutput`.
+    `StepOutput`.
     The optimizer has one parameter group per encoder (``name = "encoder.<m>"``) and one
-    for the rest (``"head"``); :meth:`encoder_param_groups` finds a modality's groups, so
+    for the rest (``"head"``); `encoder_param_groups` finds a modality's groups, so
     epoch-level methods can set per-modality learning rates.
 
     Args:
@@ -72,7 +72,7 @@ class MultimodalModule(NonFiniteGuard, L.LightningModule):
             applied as computed; at the checked step a non-finite value in the window is
             reported (``raise``: ``FloatingPointError``; ``skip``: a warning), and only the
             checked step itself is skipped. ``1`` (default) checks and skips every step.
-        max_consecutive_nonfinite: stop training with :class:`~asgml.core.guard.NonFiniteTrainingError` after
+        max_consecutive_nonfinite: stop training with `NonFiniteTrainingError` after
             this many consecutive skipped (non-finite) steps; ``None`` never stops. Counted
             at the checked steps (without a GradScaler). Independently, the weights are
             checked at every epoch end (one host sync) and a non-finite weight stops the run.
@@ -297,11 +297,11 @@ class MultimodalModule(NonFiniteGuard, L.LightningModule):
         plan: StepPlan,
         batch: Mapping[str, Any] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-        """:meth:`forward` as ``plan`` says; identical to it for a default plan.
+        """`forward` as ``plan`` says; identical to it for a default plan.
 
         Calls every callback's ``on_step_features`` between the encoders and the fusion
         layer, then zeroes the modalities a train-set plan marks absent in ``batch``
-        (:func:`~asgml.core.train_set_plan.apply_present_mask`). Unimodal logits come from the
+        (`apply_present_mask`). Unimodal logits come from the
         unscaled features of forwarded modalities."""
         feats = self.encode(inputs, lengths, plan.forward, plan.no_grad)
         for cb in self._balancing_callbacks():

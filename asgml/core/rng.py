@@ -32,7 +32,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured (CUDA states only on as many devices)."""
+    """Restore what `rng_state` captured (CUDA states only on as many devices)."""
     torch.set_rng_state(state["torch"])
     npst = state.get("numpy")
     if npst is not None:

@@ -1,24 +1,24 @@
-"""Step plans: how one training step of :class:`~asgml.core.module.MultimodalModule` runs.
+"""Step plans: how one training step of `MultimodalModule` runs.
 
 Methods that change the *structure* of a step -- forward one modality only, update some
 encoders and not others, drop or mask a modality's features before the fusion layer, train
-on a subset of the batch -- describe it in a :class:`StepPlan` instead of editing the module.
+on a subset of the batch -- describe it in a `StepPlan` instead of editing the module.
 The module builds a fresh default plan (everything forwarded, everything updated, nothing
 masked) at the start of every training step and hands it to each
-:class:`~asgml.core.base.BalancingCallback` twice:
+`BalancingCallback` twice:
 
 1. ``on_step_plan(trainer, module, plan, batch)`` before any encoder runs: set
-   :attr:`StepPlan.forward`, :attr:`StepPlan.no_grad`, :attr:`StepPlan.step`,
-   :attr:`StepPlan.step_head`;
+   `StepPlan.forward`, `StepPlan.no_grad`, `StepPlan.step`,
+   `StepPlan.step_head`;
 2. ``on_step_features(trainer, module, plan, features, batch)`` after the encoders ran and before
-   the fusion layer: set :attr:`StepPlan.fusion_scale` and :attr:`StepPlan.sample_mask`
+   the fusion layer: set `StepPlan.fusion_scale` and `StepPlan.sample_mask`
    from the features of this very batch.
 
 Extra passes (a second forward through some encoders, a loss on another view) stay in
-``on_train_losses``, where the published :class:`~asgml.core.types.StepOutput` and the module's
+``on_train_losses``, where the published `StepOutput` and the module's
 ``encode`` / ``heads`` are at hand. A default plan leaves the step bit-for-bit as it was.
 Methods that change which *data* an epoch trains on (resampled entries, per-sample modality
-masks) return a :class:`~asgml.core.train_set_plan.TrainSetPlan` instead.
+masks) return a `TrainSetPlan` instead.
 
 Under DDP every field must be equal on all ranks except the per-sample ones
 (``fusion_scale`` rows, ``sample_mask``): a callback that decides from rank-local data

@@ -1,27 +1,27 @@
 """The method toolkit: the plumbing every balancing method shares.
 
-A method reads and edits gradients in :meth:`BalancingCallback.on_train_gradients
-<asgml.core.base.BalancingCallback.on_train_gradients>`, between ``manual_backward`` and
-the optimizer step. What it sees there depends on the run, and these helpers hide that:
+A method reads and edits gradients in `BalancingCallback.on_train_gradients`, between
+``manual_backward`` and the optimizer step. What it sees there depends on the run, and these
+helpers hide that:
 
 * **Precision.** Under ``16-mixed`` the gradients carry the GradScaler's loss scale ``S``
   until the optimizer step unscales them (Lightning unscales inside ``optimizer.step``, so a
-  callback cannot unscale earlier). :func:`grad_norm`, :func:`grad_amax`, :func:`unscaled`
-  and :func:`clip_grad_norm_` give true (unscaled) values under every precision plugin
-  (``32-true``, ``bf16-mixed``, ``16-mixed``); :func:`loss_scale` gives ``S`` for a term a
+  callback cannot unscale earlier). `grad_norm`, `grad_amax`, `unscaled`
+  and `clip_grad_norm_` give true (unscaled) values under every precision plugin
+  (``32-true``, ``bf16-mixed``, ``16-mixed``); `loss_scale` gives ``S`` for a term a
   method adds to the gradients (multiply it by ``S``).
-* **Skipped steps.** :func:`step_finite` says whether the step will be applied: the module
+* **Skipped steps.** `step_finite` says whether the step will be applied: the module
   skips a step with a non-finite loss or gradient (``model.nonfinite=skip``) and the
   GradScaler skips an overflowing one; both key on the same test. A statistic a method
-  accumulates must not take values from such a step; :class:`NonFiniteCounter` counts the
+  accumulates must not take values from such a step; `NonFiniteCounter` counts the
   steps left out and reports them once per epoch.
 * **Several processes.** The gradients are DDP-averaged (identical on every rank), but
   anything a method derives from the rank's own batch (scores, accuracies, a per-loss
-  gradient) differs per rank. Reduce it with :func:`sum_over_ranks` / :func:`mean_over_ranks`
-  (or gather with :func:`gather_ranks`) *before* it touches the gradients, so every rank
+  gradient) differs per rank. Reduce it with `sum_over_ranks` / `mean_over_ranks`
+  (or gather with `gather_ranks`) *before* it touches the gradients, so every rank
   applies the same edit and the replicas stay identical.
-* **Epoch windows, checkpoint state.** :class:`EpochWindow` is the inclusive 0-based window
-  of epochs a method is active in; :class:`DeferredState` holds a loaded callback state until
+* **Epoch windows, checkpoint state.** `EpochWindow` is the inclusive 0-based window
+  of epochs a method is active in; `DeferredState` holds a loaded callback state until
   ``on_fit_start``, when the module is on its device.
 
 The module's modality list is ``module.modalities`` (read it, do not copy it), its encoder
@@ -73,7 +73,7 @@ def select_parameters(encoder: nn.Module, which: str) -> list[nn.Parameter]:
 
 def module_parameters(module: nn.Module) -> Sequence[nn.Parameter]:
     """All parameters of ``module``: the module's cached list when it keeps one
-    (:meth:`MultimodalModule.parameter_list <asgml.core.module.MultimodalModule.parameter_list>`),
+    (`MultimodalModule.parameter_list`),
     so a per-step hook does not walk the module tree every step."""
     cached = getattr(module, "parameter_list", None)
     return cached() if callable(cached) else list(module.parameters())
@@ -279,8 +279,8 @@ class NonFiniteCounter:
     """Counts the steps a method left out (non-finite gradients, losses or features) on the
     device, without a host sync per step, and reports them once per epoch.
 
-    ``add`` a 0-d bool (or bool) per step; call :meth:`end_epoch` at ``on_train_epoch_end``;
-    save :attr:`total` in the callback's ``state_dict``."""
+    ``add`` a 0-d bool (or bool) per step; call `end_epoch` at ``on_train_epoch_end``;
+    save `total` in the callback's ``state_dict``."""
 
     def __init__(self, owner: str, what: str) -> None:
         self.owner = owner

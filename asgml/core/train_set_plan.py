@@ -1,16 +1,16 @@
 """Train-set plans: which samples an epoch trains on, and which modalities each one keeps.
 
-A :class:`~asgml.core.step_plan.StepPlan` changes one training step. Methods that change the
+A `StepPlan` changes one training step. Methods that change the
 *data* of an epoch -- resample the training set, add copies of some samples in which only one
-modality is present -- return a :class:`TrainSetPlan` instead, from the
-:class:`~asgml.core.base.BalancingCallback` hook ``on_train_set_plan``:
+modality is present -- return a `TrainSetPlan` instead, from the
+`BalancingCallback` hook ``on_train_set_plan``:
 
 1. at the start of every training epoch, the datamodule's ``train_dataloader()`` (any
-   :class:`~asgml.data.base.SplitDataModule`) asks each callback through
-   :func:`request_train_set_plan`; at most one may answer with a plan (``None``: no plan,
+   `SplitDataModule`) asks each callback through
+   `request_train_set_plan`; at most one may answer with a plan (``None``: no plan,
    the plain train split);
-2. the datamodule wraps its train split in a :class:`PlannedDataset`: entry ``j`` is item
-   ``indices[j]`` of the split plus a ``present`` row (key :data:`PRESENT_KEY`, one 0/1 float
+2. the datamodule wraps its train split in a `PlannedDataset`: entry ``j`` is item
+   ``indices[j]`` of the split plus a ``present`` row (key `PRESENT_KEY`, one 0/1 float
    per modality);
 3. the module zeroes, for every sample, the features of the modalities its ``present`` row
    marks absent where they enter the fusion layer (through ``StepPlan.fusion_scale``): the
@@ -18,10 +18,10 @@ modality is present -- return a :class:`TrainSetPlan` instead, from the
    The published features and the unimodal logits stay unmasked.
 
 The train loader is rebuilt every epoch: a callback that plans calls
-:func:`require_reloaded_train_loader` in its ``setup`` (it sets Lightning's
+`require_reloaded_train_loader` in its ``setup`` (it sets Lightning's
 ``reload_dataloaders_every_n_epochs=1``). Under DDP every rank must return the same plan
 (decide from all-reduced numbers); Lightning's ``DistributedSampler`` then shards the planned
-set. A plan belongs in the callback's ``state_dict`` (:meth:`TrainSetPlan.state_dict`), so
+set. A plan belongs in the callback's ``state_dict`` (`TrainSetPlan.state_dict`), so
 a run resumed inside an epoch trains on the same entries.
 """
 
@@ -104,8 +104,8 @@ class TrainSetPlan:
 
 
 class PlannedDataset(Dataset):
-    """The base train split as a :class:`TrainSetPlan` orders it: item ``j`` is
-    ``base[indices[j]]`` with ``present[j]`` under :data:`PRESENT_KEY` (a float row)."""
+    """The base train split as a `TrainSetPlan` orders it: item ``j`` is
+    ``base[indices[j]]`` with ``present[j]`` under `PRESENT_KEY` (a float row)."""
 
     def __init__(self, base: Dataset, plan: TrainSetPlan) -> None:
         plan.validate(len(base))  # type: ignore[arg-type]
@@ -162,7 +162,7 @@ def require_reloaded_train_loader(trainer: Any, who: str) -> None:
 
 def apply_present_mask(plan: Any, batch: Any) -> None:
     """Multiply each modality's ``plan.fusion_scale`` by the batch's ``present`` column
-    (a no-op for batches without :data:`PRESENT_KEY`)."""
+    (a no-op for batches without `PRESENT_KEY`)."""
     if not isinstance(batch, Mapping) or PRESENT_KEY not in batch:
         return
     present = batch[PRESENT_KEY]

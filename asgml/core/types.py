@@ -12,7 +12,7 @@ from torch import Tensor
 @dataclass
 class StepOutput:
     """Everything one training step produced, passed by the module to every
-    :class:`~asgml.core.base.BalancingCallback` hook of that step (``on_train_losses``,
+    `BalancingCallback` hook of that step (``on_train_losses``,
     then ``on_train_gradients``) so callbacks never re-run the model. It lives for one
     ``training_step``; the module keeps no reference to it.
 
@@ -28,7 +28,7 @@ class StepOutput:
             hooks edit this dict in place.
         step: ``trainer.global_step`` when the step started (0-based).
         loss: the summed training loss (detached), set before backward.
-        finite: cached by :func:`asgml.core.toolkit.step_finite` (``None`` until asked).
+        finite: cached by `asgml.core.toolkit.step_finite` (``None`` until asked).
     """
 
     features: dict[str, Tensor]
@@ -46,7 +46,7 @@ class StepOutput:
 @dataclass
 class Utilization:
     """Per-modality utilization scores (e.g. probe accuracy) measured by a monitor
-    (:attr:`asgml.methods.probe.ProbeMonitor.utilization`).
+    (`asgml.methods.probe.ProbeMonitor.utilization`).
 
     ``version`` increases by one at every new measurement so readers can tell a fresh
     measurement from a cached one.
@@ -60,7 +60,7 @@ class Utilization:
 @runtime_checkable
 class UtilizationSource(Protocol):
     """A callback that publishes per-modality utilization scores (the probe monitor,
-    :class:`asgml.methods.probe.ProbeMonitor`); a method that reads them (the boost) finds
+    `asgml.methods.probe.ProbeMonitor`); a method that reads them (the boost) finds
     its source among ``trainer.callbacks`` by this contract, not by importing another method.
     """
 
@@ -72,9 +72,9 @@ class UtilizationSource(Protocol):
 
 @runtime_checkable
 class MultimodalDataModule(Protocol):
-    """What :func:`asgml.run.build.build` needs from a datamodule, besides the
-    ``LightningDataModule`` hooks. Every datamodule of :mod:`asgml.data` conforms (through
-    :class:`asgml.data.base.SplitDataModule`); a new dataset's datamodule must too.
+    """What `asgml.run.build.build` needs from a datamodule, besides the
+    ``LightningDataModule`` hooks. Every datamodule of `asgml.data` conforms (through
+    `asgml.data.base.SplitDataModule`); a new dataset's datamodule must too.
 
     Attributes:
         modalities: the batch keys of the modalities it provides, in order; they must

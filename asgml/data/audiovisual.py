@@ -1,12 +1,12 @@
 """Shared machinery of the audio-visual datamodules (CREMA-D, AVE, Kinetics-Sounds).
 
-* :class:`Clip` -- one listed sample (name, label, audio file, sorted frame files).
-* :func:`frame_indices` -- the frames a clip contributes: evenly spaced (OGM-GE's AVE / KS
+* `Clip` -- one listed sample (name, label, audio file, sorted frame files).
+* `frame_indices` -- the frames a clip contributes: evenly spaced (OGM-GE's AVE / KS
   loader, ``t = int(n / T) * i``, https://github.com/GeWu-Lab/OGM-GE_CVPR2022 @ 343dc1d
   ``dataset/dataset.py:95-106``), the first ``T`` listed frames (OGM-GE's CREMA-D loader,
   ``dataset/CramedDataset.py:83-90``, reading ``Image-{T:02d}-FPS``) or one random frame per
   segment at train.
-* :func:`decode_frame` / :class:`FrameTransform` -- JPEG -> uint8 ``(H, W, 3)``, then the
+* `decode_frame` / `FrameTransform` -- JPEG -> uint8 ``(H, W, 3)``, then the
   OGM-GE transforms (train ``RandomResizedCrop`` + flip, test ``Resize``; ImageNet
   normalisation; ``CramedDataset.py:68-80``) with ``torchvision.transforms.v2`` on the
   tensor, so the on-the-fly and the cached paths give identical results. Two pipelines:
@@ -17,9 +17,9 @@
   - ``decode_size: null`` (or a size): the frame is first squashed to a square
     ``round(S * 256 / 224)`` (or the given size) copy and the transforms act on that -- the
     library's earlier behaviour, cheaper to cache; crops then see a distorted aspect ratio.
-* :class:`AudioVisualDataModule` -- official train/test lists, a seeded stratified validation
+* `AudioVisualDataModule` -- official train/test lists, a seeded stratified validation
   split carved from train (the test list stays untouched), missing-file counting, and the
-  on-disk cache of :mod:`asgml.data.cache`.
+  on-disk cache of `asgml.data.cache`.
 """
 
 from __future__ import annotations
@@ -288,8 +288,8 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
     """Common base of the audio-visual datamodules.
 
     Subclasses set ``NAME``, ``LAYOUT``, ``num_classes`` and implement
-    :meth:`read_split` (official list -> clips), :meth:`load_audio` (file -> 2-D float32
-    array) and :meth:`audio_config` (preprocessing settings, part of the cache hash).
+    `read_split` (official list -> clips), `load_audio` (file -> 2-D float32
+    array) and `audio_config` (preprocessing settings, part of the cache hash).
 
     Args:
         data_dir: dataset root (see ``LAYOUT``).
@@ -504,7 +504,7 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
     def verify_files(self) -> list[str]:
         """Decode every listed audio file and every frame file once (``num_workers``
         processes) and, if a cache for this config exists, re-hash it
-        (:func:`asgml.data.cache.verify_cache`). Returns one line per bad file: unreadable,
+        (`asgml.data.cache.verify_cache`). Returns one line per bad file: unreadable,
         truncated, non-finite, of another audio shape, missing on disk."""
         problems: list[str] = []
         for split in ("train", "test"):

@@ -16,7 +16,7 @@ https://github.com/GeWu-Lab/OGM-GE_CVPR2022) and in the shipped KS split format
     audio/<name>.npy            (1024, 128) kaldi fbank, normalised ``(x + 4.503877) / 10.283``
     visual/<name>/*.jpg         1-fps frames
 
-Frames: ``frames`` (default 3) chosen by :func:`asgml.data.audiovisual.frame_indices`; for 10
+Frames: ``frames`` (default 3) chosen by `asgml.data.audiovisual.frame_indices`; for 10
 frames and T = 3 these are the 1st, 4th and 7th in name order, i.e. OGM-GE's
 ``frame_00001/4/7.jpg``. Audio: ``(1, F, T)`` float32 as stored.
 """
@@ -135,7 +135,7 @@ class AVEKSDataModule(AudioVisualDataModule):
     """AVE (28 events) / Kinetics-Sounds (31 actions): ``{"audio": (1, F, T), "visual":
     (3, T, S, S), "label"}`` batches.
 
-    Args (besides :class:`~asgml.data.audiovisual.AudioVisualDataModule`'s):
+    Args (besides `AudioVisualDataModule`'s):
         name: dataset name used in messages (``ave`` / ``ks``).
         num_classes: class count; checked against ``stat.txt`` for ``class_name``.
         split_format: ``class_name`` (``stat.txt`` + ``<class>,<name>``) or ``ks``.

@@ -2,18 +2,18 @@
 
 The training loader is exactly resumable, also mid-epoch and with worker processes:
 
-* :class:`EpochSampler` shuffles from ``(seed, epoch)`` alone and hands each index out as an
+* `EpochSampler` shuffles from ``(seed, epoch)`` alone and hands each index out as an
   ``(epoch, index)`` key;
-* :class:`SeededItems` draws every training item with torch's CPU generator seeded from
+* `SeededItems` draws every training item with torch's CPU generator seeded from
   ``(seed, epoch, index)`` (and put back afterwards), so an item's random augmentation
   depends on nothing else: not on the worker that loads it, the number of workers, or how
   many items a persistent worker loaded before (a resumed run restarts its workers, whose
   random streams an uninterrupted run would have continued);
-* :class:`ResumableLoader` tells Lightning (``state_dict``) which epoch it is in and how many
+* `ResumableLoader` tells Lightning (``state_dict``) which epoch it is in and how many
   batches it has handed out; a run resumed from a mid-epoch checkpoint skips them.
 
 Item randomness must therefore come from torch's global (CPU) generator, as torchvision's
-transforms and :func:`asgml.data.audiovisual.frame_indices` do; ``random`` and
+transforms and `asgml.data.audiovisual.frame_indices` do; ``random`` and
 ``numpy.random`` are not re-seeded per item.
 """
 
@@ -68,7 +68,7 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 class SeededItems(Dataset):
     """``dataset`` whose items, asked for as ``(epoch, index)``, are drawn with torch's CPU
-    generator seeded by :func:`item_seed`; the generator's state is put back afterwards, so
+    generator seeded by `item_seed`; the generator's state is put back afterwards, so
     loading in the main process (``num_workers=0``) leaves the global random stream alone.
     A plain ``index`` reads ``dataset[index]`` as is."""
 
@@ -95,7 +95,7 @@ class SeededItems(Dataset):
 class EpochSampler(DistributedSampler):
     """Shuffles from ``(seed, epoch)`` (torch's ``DistributedSampler``: one rank's share of
     a permutation seeded with ``seed + epoch``; ``num_replicas=1`` by default) and yields
-    ``(epoch, index)`` keys for :class:`SeededItems`. :meth:`resume_at` skips the samples of
+    ``(epoch, index)`` keys for `SeededItems`. `resume_at` skips the samples of
     an epoch that a resumed run already trained on."""
 
     def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
@@ -119,7 +119,7 @@ class EpochSampler(DistributedSampler):
 
 
 class ResumableLoader(DataLoader):
-    """A training ``DataLoader`` over an :class:`EpochSampler` whose position Lightning saves
+    """A training ``DataLoader`` over an `EpochSampler` whose position Lightning saves
     in checkpoints (``state_dict``: the epoch and the batches handed out in it) and restores
     before iterating again (``load_state_dict``), so a run resumed mid-epoch continues with
     the next batch of the same epoch."""
@@ -157,10 +157,10 @@ class SplitDataModule(L.LightningDataModule):
 
     Subclasses set ``batch_size``, ``num_workers`` and ``pin_memory`` and expose
     ``modalities`` and ``num_classes`` right after ``__init__`` (the
-    :class:`asgml.core.types.MultimodalDataModule` protocol). Training batches are
+    `asgml.core.types.MultimodalDataModule` protocol). Training batches are
     shuffled and the last incomplete one is dropped (when there is more than one batch).
-    The training loader is a :class:`ResumableLoader` seeded from ``loader_seed`` (the run's
-    ``seed``, set by :func:`asgml.run.training.run`; else Lightning's ``PL_GLOBAL_SEED``, else 0).
+    The training loader is a `ResumableLoader` seeded from ``loader_seed`` (the run's
+    ``seed``, set by `asgml.run.training.run`; else Lightning's ``PL_GLOBAL_SEED``, else 0).
     """
 
     loader_seed: int | None = None
@@ -217,7 +217,7 @@ class SplitDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """The shuffled train split, or this epoch's train-set plan over it when a method
-        callback returns one (:mod:`asgml.core.train_set_plan`)."""
+        callback returns one (`asgml.core.train_set_plan`)."""
         plan = request_train_set_plan(self.trainer, self)
         if plan is None:
             return self._loader("train", True)

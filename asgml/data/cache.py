@@ -22,9 +22,9 @@ Content checks. Opening a cache compares each array file's size with ``meta.json
 truncated copy is refused with a "rebuild" hint instead of numpy's ``mmap length`` error)
 and each source file's size and mtime with ``sources.json`` (a source of another size is a
 changed source; one with only a new mtime is re-hashed): a changed source makes the cache
-stale. :func:`verify_cache` (``python -m asgml.prepare verify=true``) re-hashes every source
+stale. `verify_cache` (``python -m asgml.prepare verify=true``) re-hashes every source
 and array file, which also finds a swapped frame of the same size or a zeroed array.
-:func:`list_caches` / :func:`clean_caches` (``cache=list`` / ``cache=clean``) list and
+`list_caches` / `clean_caches` (``cache=list`` / ``cache=clean``) list and
 remove stale and partial caches.
 """
 
@@ -79,7 +79,7 @@ def prepare_command(dm: Any, extra: str = "") -> str:
 
 
 class ClipFiles(Protocol):
-    """A listed clip as the cache sees it (:class:`asgml.data.audiovisual.Clip`)."""
+    """A listed clip as the cache sees it (`asgml.data.audiovisual.Clip`)."""
 
     name: str
     label: int
@@ -89,7 +89,7 @@ class ClipFiles(Protocol):
 
 class CacheSource(Protocol):
     """What the cache reads from its datamodule
-    (:class:`asgml.data.audiovisual.AudioVisualDataModule`). The frame choice and the frame
+    (`asgml.data.audiovisual.AudioVisualDataModule`). The frame choice and the frame
     decoding are the datamodule's, so this module does not import the datamodule's."""
 
     NAME: str
@@ -164,7 +164,7 @@ class _DecodeSet(Dataset):
 
 def open_array(path: Path) -> np.ndarray:
     """A cache array as a read-only memmap; a truncated or corrupt file is a
-    :class:`CacheError` naming it."""
+    `CacheError` naming it."""
     try:
         return np.load(path, mmap_mode="r")
     except (OSError, ValueError) as e:
@@ -204,7 +204,7 @@ class AVCacheSplit:
 
 
 class AVCache:
-    """Builds and opens caches for an :class:`~asgml.data.audiovisual.AudioVisualDataModule`."""
+    """Builds and opens caches for an `AudioVisualDataModule`."""
 
     @staticmethod
     def build(dm: CacheSource, overwrite: bool = False, progress_bar: bool = False) -> Path:

@@ -66,7 +66,7 @@ def wav_truncation(path: str | Path) -> tuple[int, int] | None:
 def load_waveform(path: str | Path) -> np.ndarray:
     """OGM-GE: 22,050 Hz mono, repeated to 3 s (``np.tile(x, 3)[:66150]`` -- identical for
     clips of >= 1 s, cyclic repetition for shorter ones), clipped to [-1, 1]. A truncated
-    wav (:func:`wav_truncation`) is an error naming the file."""
+    wav (`wav_truncation`) is an error naming the file."""
     cut = wav_truncation(path) if str(path).lower().endswith(".wav") else None
     if cut is not None:
         raise OSError(
@@ -119,7 +119,7 @@ class CremadDataModule(AudioVisualDataModule):
     """CREMA-D (6 emotions, audio + visual): ``{"audio": (1, 257, 188), "visual":
     (3, T, S, S), "label"}`` batches.
 
-    Args (besides :class:`~asgml.data.audiovisual.AudioVisualDataModule`'s):
+    Args (besides `AudioVisualDataModule`'s):
         audio: ``stft`` (OGM-GE, 257 bins) or ``mel`` (``n_mels`` bins).
         n_mels: mel bins for ``audio=mel``.
         audio_dir, visual_dir: sub-directories of the wavs and of the frame folders.

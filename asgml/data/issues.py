@@ -2,7 +2,7 @@
 
 Every datamodule check that does not stop the run (clips missing on disk, a clip listed
 twice, a clip in both train and test, an MMSA length outside the sequence, ...) goes through
-:meth:`DataIssues.record`: one warning in the run log (``asgml.data`` logger, i.e. the
+`DataIssues.record`: one warning in the run log (``asgml.data`` logger, i.e. the
 run's ``train.log``) and an entry ``{split: {kind: {"count", "examples"}}}`` that
 ``asgml.train`` writes to ``metrics.json`` as ``data_issues``.
 """

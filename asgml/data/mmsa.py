@@ -12,7 +12,7 @@ A pickle (``MOSI/Processed/unaligned_50.pkl``, ``MOSEI/Processed/unaligned_50.pk
   ``raw_text``, ``id``, ``annotations`` and the deprecated ``classification_labels``.
 
 As MMSA, ``-inf`` in ``audio`` is set to 0. Feature dims and lengths come from the file;
-:meth:`MMSADataModule.encoder_overrides` hands the dims to the MLP encoders.
+`MMSADataModule.encoder_overrides` hands the dims to the MLP encoders.
 
 Labels from ``regression_labels`` ``y`` (``num_classes``):
 
@@ -319,7 +319,7 @@ class MMSADataModule(SplitDataModule):
     @override
     def encoder_overrides(self) -> dict[str, dict[str, Any]]:
         """``{modality: {"input_dim": D}}``, merged into ``cfg.model.encoders`` by
-        :func:`asgml.run.build.build_model`."""
+        `asgml.run.build.build_model`."""
         return {m: {"input_dim": d} for m, d in self.feature_dims().items()}
 
     def setup(self, stage: str | None = None) -> None:

@@ -2,10 +2,10 @@
 
 ``pickle.load`` calls whatever a file names (``os.system`` through ``__reduce__``, for
 example), so a downloaded MMSA or AVE pickle could run code of its author's choosing.
-:func:`safe_load` reads them with a :class:`pickle.Unpickler` whose ``find_class`` admits
+`safe_load` reads them with a `pickle.Unpickler` whose ``find_class`` admits
 only the types those formats contain: builtin containers, strings and numbers, and numpy
 arrays, dtypes and scalars (under the ``numpy.core`` names of numpy 1 and the ``numpy._core``
-names of numpy 2). Any other global is refused with :class:`UnsafePickleError`, which names
+names of numpy 2). Any other global is refused with `UnsafePickleError`, which names
 the file and the global.
 """
 
@@ -41,7 +41,7 @@ SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 
 
 class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle names a global outside :data:`SAFE_GLOBALS`; nothing of it was run."""
+    """A pickle names a global outside `SAFE_GLOBALS`; nothing of it was run."""
 
 
 def _is_numpy_type(module: str, name: str) -> bool:
@@ -53,7 +53,7 @@ def _is_numpy_type(module: str, name: str) -> bool:
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only :data:`SAFE_GLOBALS` (plus ``extra``) and numpy's
+    """An unpickler that resolves only `SAFE_GLOBALS` (plus ``extra``) and numpy's
     scalar and dtype types."""
 
     def __init__(
@@ -77,11 +77,11 @@ class SafeUnpickler(pickle.Unpickler):
 
 
 def safe_load(path: str | os.PathLike, extra: Iterable[tuple[str, str]] = ()) -> Any:
-    """Unpickle the file at ``path`` with :class:`SafeUnpickler`."""
+    """Unpickle the file at ``path`` with `SafeUnpickler`."""
     with open(path, "rb") as f:
         return SafeUnpickler(f, str(path), extra).load()
 
 
 def safe_loads(data: bytes, source: str = "<bytes>") -> Any:
-    """Unpickle ``data`` with :class:`SafeUnpickler`."""
+    """Unpickle ``data`` with `SafeUnpickler`."""
     return SafeUnpickler(io.BytesIO(data), source).load()

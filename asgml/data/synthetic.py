@@ -33,7 +33,7 @@ data that this oracle reaches the caps and the joint optimum to within 2.5 point
 Defaults (``conf/dataset/synthetic.yaml``, $K = 4$): audio $q = 0.75$, cap
 $0.75 + 0.25/4 = 81.25\%$; visual $q = 0.6$, cap $0.6 + 0.4/4 = 70\%$; text $q = 0.7$, cap
 $77.5\%$; audio + visual $1 - 0.75 \cdot 0.25 \cdot 0.4 = 92.5\%$; audio + visual + text
-$1 - 0.75 \cdot 0.25 \cdot 0.4 \cdot 0.3 = 97.75\%$. :func:`bayes_accuracy` computes these.
+$1 - 0.75 \cdot 0.25 \cdot 0.4 \cdot 0.3 = 97.75\%$. `bayes_accuracy` computes these.
 
 Why imbalance hurts. Audio is strong (per-element strength 0.6, a coarse band pattern,
 ``grain`` 4) and its encoder learns it within about two epochs; visual is weak (0.15, a

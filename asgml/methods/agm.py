@@ -1,4 +1,4 @@
-"""AGM: Adaptive Gradient Modulation with Shapley-style unimodal logits.
+r"""AGM: Adaptive Gradient Modulation with Shapley-style unimodal logits.
 
 Paper: Li et al., "Boosting Multi-modal Model Performance with Adaptive Gradient
 Modulation", ICCV 2023.
@@ -31,6 +31,29 @@ Per step (official code):
   **1-based** epochs (``for epoch in range(1, EPOCHS + 1)``): Lightning's 0-based epoch ``e``
   is modulated iff ``modulation_starts <= e + 1 <= modulation_ends``, so the default
   ``[0, 20]`` modulates the first 20 epochs, as official.
+
+In formulas (two modalities for the Shapley logits; $T = f(\text{all})$, $f(a)$ the fused
+network with only $a$ present, $\alpha$ = ``alpha``, $\kappa$ the cap 10 or 7):
+
+$$
+m_a = \tfrac{1}{2}\bigl(T - f(v) + f(a)\bigr), \qquad
+m_v = \tfrac{1}{2}\bigl(T - f(a) + f(v)\bigr), \qquad
+\mathcal{L} = \mathrm{CE}\Bigl(\sum_m m_m,\ y\Bigr)
+$$
+
+$$
+s_m = \operatorname{mean}_{\text{batch}}
+  \bigl(-\log \max(\operatorname{softmax}(m_m)_y,\ 10^{-8})\bigr), \qquad
+r_m = \exp\Bigl(\frac{N}{N-1}\Bigl(\frac{1}{N}\sum_k s_k - s_m\Bigr)\Bigr)
+$$
+
+$$
+c_m = \exp\bigl(\alpha \min(\bar r_m - r_m,\ \kappa)\bigr), \qquad
+\frac{\partial \mathcal{L}}{\partial m_m} \leftarrow c_m \frac{\partial \mathcal{L}}{\partial m_m}
+$$
+
+with $\bar r_m$ the same as $r_m$ computed from $\bar s$ (the cumulative mean of $s$ over the
+previous iterations).
 
 Deviations from the official code:
 

@@ -1,4 +1,4 @@
-"""ARL: asymmetric representation learning ("Improving Multimodal Learning via Imbalanced
+r"""ARL: asymmetric representation learning ("Improving Multimodal Learning via Imbalanced
 Learning").
 
 Paper: Wei et al., "Improving Multimodal Learning via Imbalanced Learning", ICCV 2025.
@@ -21,6 +21,30 @@ Per step (official code):
   of ``softmax(z_m)`` (``+1e-16`` in the log), normalised to sum 1 and clamped at >= 0.3;
   ``a_m = (1/H_m) / sum_k (1/H_k)``; ``w = softmax(T * [c_v a_a, c_a a_v])`` (``T`` 8).
 * ``clip_grad_norm_(all, 40)`` after backward.
+
+In formulas ($e$ the 0-based epoch, $p_m = \operatorname{softmax}(z_m)$, $T$ = 8, two
+modalities $a$, $v$):
+
+$$
+\mathcal{L} = \mathrm{CE}(z, y) + g \sum_m \mathrm{CE}(z_m, y), \qquad
+g = \begin{cases} \gamma & e > \text{start} \\ 1 & \text{otherwise} \end{cases}
+$$
+
+$$
+c_m = \frac{\sum_{\text{classes}} \operatorname{mean}_{\text{batch}} |z_m|}
+           {\sum_k \sum_{\text{classes}} \operatorname{mean}_{\text{batch}} |z_k|}, \qquad
+\tilde H_m = \operatorname{mean}_{\text{batch}}
+  \Bigl(-\sum_{\text{classes}} p_m \log(p_m + 10^{-16})\Bigr)
+$$
+
+$$
+H_m = \max\Bigl(\frac{\tilde H_m}{\sum_k \tilde H_k},\ 0.3\Bigr), \qquad
+a_m = \frac{1 / H_m}{\sum_k 1 / H_k}, \qquad
+w = \operatorname{softmax}\bigl(T\,[\,c_v a_a,\ c_a a_v\,]\bigr)
+$$
+
+and, for $e > \text{start}$, the gradient into encoder $m$'s output is multiplied by
+$1 + w_m$.
 
 Official bug kept behind a switch: in the released ``main_arl_variance.py`` (commit 358af4f)
 the computed ``weight`` is only printed; ``audio_weight``/``visual_weight`` stay 0.5, so both

@@ -1,8 +1,8 @@
 r"""ASGML v2 continuous boost of weak modalities (docs/asgml_v2_design.md sections 3.2 and 7.1).
 
-From the utilization scores $s_m$ measured by :class:`asgml.methods.probe.ProbeMonitor` (the
+From the utilization scores $s_m$ measured by `asgml.methods.probe.ProbeMonitor` (the
 boost finds the monitor among the trainer's callbacks at ``on_fit_start`` and reads its
-:attr:`~asgml.methods.probe.ProbeMonitor.utilization`),
+`utilization`),
 
 $$
 w_m = 1 - \frac{s_m - \min_k s_k}{\max_k s_k - \min_k s_k}, \qquad

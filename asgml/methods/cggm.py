@@ -1,4 +1,4 @@
-"""CGGM: Classifier-Guided Gradient Modulation.
+r"""CGGM: Classifier-Guided Gradient Modulation.
 
 Paper: Guo et al., "Classifier-guided Gradient Modulation for
 Enhanced Multimodal Learning", NeurIPS 2024.
@@ -9,7 +9,7 @@ One training step, as the official code does it:
 
 1. ``loss = task_loss + lamda * L_gm`` with ``L_gm`` from the *previous* step; backward.
 2. One classifier per modality, fed the *detached* encoder features and trained by its own
-   optimizer (here: a :class:`~asgml.models.probes.ProbeBank` of linear probes, Adam,
+   optimizer (here: a `ProbeBank` of linear probes, Adam,
    ``cls_lr``), is run on the batch; its summed CE is backpropagated into the classifiers.
 3. ``acc_i`` = classifier i's batch accuracy (before its update); ``d_i = acc_i(t) - acc_i(t-1)``
    (``acc_i(-1) = 0``).
@@ -21,6 +21,21 @@ One training step, as the official code does it:
    differentiable in ``W_fus`` only (the classifier's share is zeroed before its own step).
 6. Every gradient of encoder i is multiplied by ``rou * coeff_i``.
 7. The classifier optimizer steps; ``clip_grad_norm_(model, clip)``; the model optimizer steps.
+
+In formulas ($M$ modalities, $\lambda$ = ``lamda``, $\rho$ = ``rou``, $\theta_i$ the parameters
+of encoder $i$):
+
+$$
+d_i = \mathrm{acc}_i(t) - \mathrm{acc}_i(t-1), \qquad
+\mathrm{coeff}_i = \frac{\sum_j d_j - d_i}{\sum_j d_j + 10^{-8}}
+$$
+
+$$
+\mathcal{L}_{gm} = \frac{1}{M}\Bigl(\sum_i |\mathrm{coeff}_i|
+  - \sum_i \mathrm{coeff}_i \cos(W_i, W_{fus})\Bigr), \qquad
+\mathcal{L} = \mathcal{L}_{task} + \lambda\, \mathcal{L}_{gm}^{(t-1)}, \qquad
+\nabla_{\theta_i} \leftarrow \rho\, \mathrm{coeff}_i\, \nabla_{\theta_i}
+$$
 
 Official settings (``run/*_run.py``): MOSI/IEMOCAP ``rou`` 1.3, ``lamda`` 0.2, ``cls_lr``
 5e-4, ``clip`` 0.8, model and classifiers trained with Adam (lr 1e-3 / 5e-4), 30 epochs;

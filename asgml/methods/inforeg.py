@@ -1,4 +1,4 @@
-"""InfoReg: Adaptive Unimodal Regulation for Balanced Multimodal Information Acquisition.
+r"""InfoReg: Adaptive Unimodal Regulation for Balanced Multimodal Information Acquisition.
 
 Paper: Huang et al., "Adaptive Unimodal Regulation for Balanced Multimodal
 Information Acquisition", CVPR 2025.
@@ -21,6 +21,28 @@ information-sufficient modality of the paper, visual the information-insufficien
   ``grad += beta_m * (theta - theta_epoch_start)`` for every parameter of encoder m (the
   gradient of a proximal term pulling the leading encoder back to where the epoch began).
   The FIM is accumulated from the gradients *after* this term is added, as in ``main.py``.
+
+In formulas (official, two modalities; $g$ the gradient of a Conv/Linear weight of the audio
+encoder, $\mathrm{tr}$ the list of traces, $\mathbb{1}[\cdot]$ 1 if true else 0):
+
+$$
+\mathrm{tr}_e = \sum_{\text{layers}} \operatorname{mean}\Bigl(\sum_{\text{steps of } e} g^2\Bigr),
+\qquad
+k = \frac{\overline{\mathrm{tr}}_{[-10:]} - \overline{\mathrm{tr}}_{[-11:-1]}}
+         {\overline{\mathrm{tr}}_{[-10:]}}, \qquad
+\text{PLW} \iff k > 0.05
+$$
+
+$$
+s_m = \sum_{\text{batch}} \operatorname{softmax}(z_m)_y, \qquad
+\beta_a = 0.95\, e^{\tanh(s_a - s_v)}\, \mathbb{1}[s_a > s_v], \qquad
+\beta_v = 0.1\, e^{\tanh(s_v - s_a)}\, \mathbb{1}[s_v > s_a]
+$$
+
+$$
+\nabla_\theta \leftarrow \nabla_\theta + \beta_m\,(\theta - \theta_{\text{epoch start}})
+\quad \text{for every parameter } \theta \text{ of encoder } m \text{ (inside the PLW)}
+$$
 
 Roles, not positions: the official constants and window belong to the modalities' roles
 (audio = information-sufficient, the ``dominant`` here), never to the order the modalities
@@ -122,7 +144,7 @@ def inforeg_scores(
 def global_scores(
     trainer: Any, unimodal_logits: Mapping[str, Tensor], labels: Tensor, reduction: str = "sum"
 ) -> dict[str, Tensor]:
-    """:func:`inforeg_scores` of the global batch under DDP (one all-reduce of the per-rank
+    """`inforeg_scores` of the global batch under DDP (one all-reduce of the per-rank
     sums and the batch size; the local batch on one process)."""
     mods = list(unimodal_logits)
     local = inforeg_scores(unimodal_logits, labels, "sum")

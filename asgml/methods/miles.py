@@ -1,17 +1,29 @@
-"""MILES: epoch-level per-encoder learning-rate balancing from modality utilisation.
+r"""MILES: epoch-level per-encoder learning-rate balancing from modality utilisation.
 
 Paper: "MILES: Modality-Informed Learning Rate Scheduler for Balancing Multimodal
 Learning", IJCNN 2025 (arXiv 2510.17394). No official code has been released; this is an
 implementation of the paper's Algorithm 1 as summarised in a third-party
 re-implementation, with every choice written down below.
 
-Algorithm (2 modalities A, B), once per epoch after validation:
+Algorithm (2 modalities A, B), once per epoch after validation ($M$ the metric, $y_{AB}$ the
+fused prediction, $y_A$, $y_B$ the unimodal ones, $\tau$ = ``tau``, $\mu$ = ``mu``):
 
-    u_A = (M(y_AB) - M(y_B)) / M(y_AB)        u_B = (M(y_AB) - M(y_A)) / M(y_AB)
-    delta = |u_A - u_B|
-    if delta > tau: lr of the dominant encoder (larger u) = mu * base lr for the next epoch
-    else:           every encoder uses the base lr
-    (if every u < 0 nothing changes)
+$$
+u_A = \frac{M(y_{AB}) - M(y_B)}{M(y_{AB})}, \qquad
+u_B = \frac{M(y_{AB}) - M(y_A)}{M(y_{AB})}, \qquad
+\delta = |u_A - u_B|
+$$
+
+$$
+\mathrm{lr}_{\text{dominant}} =
+\begin{cases}
+\mu\, \mathrm{lr}_{\text{base}} & \text{if } \delta > \tau \\
+\mathrm{lr}_{\text{base}} & \text{otherwise}
+\end{cases}
+$$
+
+for the next epoch, the dominant encoder being the one with the larger $u$; the other
+encoders keep the base lr, and if every $u < 0$ nothing changes.
 
 Deviations from the official code: no official code has been released, so these are the
 choices made where the paper is silent:
@@ -34,7 +46,7 @@ choices made where the paper is silent:
   re-implementation does.
 
 Needs the module's per-encoder optimizer groups, found through
-:meth:`asgml.core.module.MultimodalModule.encoder_param_groups`.
+`asgml.core.module.MultimodalModule.encoder_param_groups`.
 """
 
 from __future__ import annotations

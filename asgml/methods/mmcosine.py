@@ -19,7 +19,7 @@ up, so each modality's logit is bounded by ``s`` and the weak modality keeps a s
 fused prediction. The unimodal logits used for evaluation are the ``z_m`` (as the official
 ``valid``).
 
-The math lives in :class:`asgml.models.fusion.MMCosineFusion` (``model.fusion=mmcosine``,
+The math lives in `asgml.models.fusion.MMCosineFusion` (``model.fusion=mmcosine``,
 set by ``method.model_defaults.fusion``); this callback sets ``s``, refuses models whose unimodal
 logits would not be the cosine terms, and logs the mean target-class logit of every
 modality, ``mmcosine/logit_<m>`` (the official ``data/logit_a`` / ``data/logit_v``).
@@ -51,7 +51,7 @@ def target_logit(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 class MMCosine(BalancingCallback):
-    """Sets the cosine scale ``s`` of an :class:`~asgml.models.fusion.MMCosineFusion` head.
+    """Sets the cosine scale ``s`` of an `MMCosineFusion` head.
 
     Args:
         scaling: ``s`` (official ``--scaling``, default 10).

@@ -1,4 +1,4 @@
-"""MMPareto: Pareto-integrated multimodal and unimodal gradients.
+r"""MMPareto: Pareto-integrated multimodal and unimodal gradients.
 
 Paper: Wei, Hu, "MMPareto: Boosting Multimodal Learning with Innocent Unimodal Assistance",
 ICML 2024.
@@ -16,6 +16,28 @@ Per step, for every encoder m (official: audio and visual):
    ``d = ||g_sum|| / ||g_new||`` and ``g = gamma * max(d, 1) * g_new`` (``gamma`` 1.5), where
    ``g_sum`` is the gradient of the summed loss.
 5. Heads keep the plain summed gradient.
+
+In formulas ($g_{mm}$, $g_{uni}$ over encoder $m$'s parameters,
+$v_{11} = \langle g_{mm}, g_{mm} \rangle$, $v_{12} = \langle g_{mm}, g_{uni} \rangle$,
+$v_{22} = \langle g_{uni}, g_{uni} \rangle$, $\gamma$ = ``gamma`` = 1.5):
+
+$$
+k = \begin{cases}
+(0.5,\ 0.5) & \text{if } \cos(g_{mm}, g_{uni}) > 0 \\
+(\gamma^*,\ 1 - \gamma^*) & \text{otherwise}
+\end{cases}, \qquad
+\gamma^* = \begin{cases}
+0.999 & \text{if } v_{12} \ge v_{11} \\
+0.001 & \text{if } v_{12} \ge v_{22} \\
+\dfrac{v_{22} - v_{12}}{v_{11} + v_{22} - 2 v_{12}} & \text{otherwise}
+\end{cases}
+$$
+
+$$
+g_{new} = 2\,(k_0\, g_{mm} + k_1\, g_{uni}), \qquad
+d = \frac{\lVert g_{sum} \rVert}{\lVert g_{new} \rVert}, \qquad
+g = \gamma \max(d, 1)\, g_{new} \quad \text{(per parameter tensor)}
+$$
 
 Implementation: the summed loss is backpropagated once by the module (``g_sum``); ``g_mm``
 comes from one extra ``autograd.grad`` of the fused loss (retaining the graph);

@@ -1,4 +1,4 @@
-"""OGM-GE: On-the-fly Gradient Modulation with Generalization Enhancement.
+r"""OGM-GE: On-the-fly Gradient Modulation with Generalization Enhancement.
 
 Paper: Peng, Wei, Deng, Wang, Hu, "Balanced Multimodal Learning via On-the-fly Gradient
 Modulation", CVPR 2022 (arXiv 2203.15332).
@@ -7,12 +7,21 @@ Official code: https://github.com/GeWu-Lab/OGM-GE_CVPR2022 (``main.py``, ``train
 Two modes:
 
 ``official`` (exactly 2 modalities; the first in config order plays OGM-GE's *audio*, the
-second its *visual*), as ``main.py`` is today:
+second its *visual*), as ``main.py`` is today, with $z_m$ the unimodal logits of modality
+$m$, $\alpha$ = ``alpha`` and $k_m$ the coefficient (``coeff_m``):
 
-    score_m  = sum_i softmax(unimodal_logits_m)[i, y_i]        (summed over the batch)
-    ratio_v  = score_v / score_a ;  ratio_a = 1 / ratio_v
-    if ratio_v > 1: coeff_v = 1 - tanh(alpha * relu(ratio_v)), coeff_a = 1
-    else:           coeff_a = 1 - tanh(alpha * relu(ratio_a)), coeff_v = 1
+$$
+s_m = \sum_{i \in \text{batch}} \operatorname{softmax}(z_m)_{i,\,y_i}, \qquad
+\rho_v = \frac{s_v}{s_a}, \qquad \rho_a = \frac{1}{\rho_v}
+$$
+
+$$
+(k_a,\ k_v) =
+\begin{cases}
+\bigl(1,\ 1 - \tanh(\alpha\,\mathrm{relu}(\rho_v))\bigr) & \text{if } \rho_v > 1 \\
+\bigl(1 - \tanh(\alpha\,\mathrm{relu}(\rho_a)),\ 1\bigr) & \text{otherwise}
+\end{cases}
+$$
 
 Only 4-D (conv weight) gradients of each encoder are modulated (selected by module type,
 not by name-splitting, which in the official code only works under DataParallel). With
@@ -21,7 +30,14 @@ not by name-splitting, which in the official code only works under DataParallel)
 
 ``generalized`` (any N >= 2, docs/asgml_v2_design.md section 10.1; deviation from the official code):
 ``ratio_m = score_m / mean_{k != m} score_k`` and ``coeff_m = 1 - tanh(alpha * relu(ratio_m - 1))``
-for every modality (so only modalities above the mean of the others are damped, and the
+for every modality,
+
+$$
+\rho_m = \frac{s_m}{\frac{1}{N-1}\sum_{k \ne m} s_k}, \qquad
+k_m = 1 - \tanh\bigl(\alpha\,\mathrm{relu}(\rho_m - 1)\bigr)
+$$
+
+(so only modalities above the mean of the others are damped, and the
 coefficient is continuous at ratio 1). For N = 2 this is the pre-2022 formula. Which
 parameters: ``conv`` (4-D only), ``weights`` (every conv/linear weight: MLP encoders are
 modulated; default) or ``all`` (biases and norm parameters too). ``weights`` is the default
@@ -31,7 +47,16 @@ maintainers advise in issue #22).
 
 GE (``mode=OGM_GE``): after scaling, Gaussian noise ``N(0, std(g_original) + 1e-8)`` (one std
 per tensor, from the un-modulated gradient) is added to every modulated tensor of *every*
-modality, including those with coefficient 1. ``mode=OGM`` scales only. Modulation runs
+modality, including those with coefficient 1: for each modulated gradient tensor $g$ of
+modality $m$,
+
+$$
+g \leftarrow k_m\, g + \epsilon, \qquad
+\epsilon \sim \mathcal{N}\bigl(0,\ \sigma^2\bigr), \qquad
+\sigma = \operatorname{std}(g) + 10^{-8}
+$$
+
+with $\operatorname{std}(g)$ taken before the scaling. ``mode=OGM`` scales only. Modulation runs
 while ``modulation_starts <= epoch <= modulation_ends`` (0-based, inclusive).
 The noise is drawn per tensor in order (``noise_draw=per_tensor``, the official numbers
 under the same seed) or with one ``randn`` per modality into a flat buffer
@@ -67,7 +92,7 @@ DDP: the scores are sums over each rank's local batch; they are all-reduced (sum
 the coefficients are computed, so every rank applies the same coefficients to the (already
 averaged) gradients. The GE noise draws from the global torch RNG, which is seeded alike on
 every rank and consumed alike, so the noise is the same on every rank too; checkpoints save
-that RNG state (:class:`asgml.core.module.MultimodalModule`) so a resumed run draws the same noise.
+that RNG state (`asgml.core.module.MultimodalModule`) so a resumed run draws the same noise.
 """
 
 from __future__ import annotations
@@ -152,10 +177,10 @@ def modulate_(
     """``g <- g * coeff (+ N(0, std(g) + 1e-8 * loss_scale))`` in place, fused over tensors.
 
     ``noise_draw``: ``per_tensor`` (the official draw sequence) or ``flat`` (one draw per
-    call, see :func:`ge_noise`).
+    call, see `ge_noise`).
 
     ``enabled`` (a 0-d bool tensor is fine: no host sync) turns the whole edit off.
-    ``stds``: the un-modulated gradients' :func:`grad_stds`, if already computed."""
+    ``stds``: the un-modulated gradients' `grad_stds`, if already computed."""
     if not grads:
         return
     grads = list(grads)

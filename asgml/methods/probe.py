@@ -5,7 +5,7 @@ the step, the monitor trains one probe per modality with its **own** optimizer f
 ``probe_train_steps`` steps on the first half of the batch and measures its accuracy on
 the second half (``split_batch=true``; with ``split_batch=false`` it trains and measures
 on the whole batch, the "v1" ablation). The accuracies are the modalities' utilization
-scores, exposed as :attr:`ProbeMonitor.utilization` (:class:`asgml.core.types.Utilization`), which
+scores, exposed as `ProbeMonitor.utilization` (`asgml.core.types.Utilization`), which
 the boost callback reads. The monitor never touches the model's parameters or gradients.
 
 Paper: ASGML v2, "Probe-guided weak-modality boosting" (this library's design document, ``docs/asgml_v2_design.md``).

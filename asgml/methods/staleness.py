@@ -1,12 +1,18 @@
-"""ASGML v1: staleness / update-frequency scheduling (docs/asgml_v2_design.md sections 1.3 and Appendix A).
+r"""ASGML v1: staleness / update-frequency scheduling (docs/asgml_v2_design.md sections 1.3 and Appendix A).
 
 The "original ASGML" row of the paper. No official code: the design document is the only
-source. A dual signal measures each modality's learning speed,
+source. A dual signal measures each modality's learning speed ($G_m$: mean encoder-gradient
+L2 norm over the window; $D_m$: relative descent of the unimodal CE loss; $\beta$ = ``beta``),
 
-    grad_ratio_m  = G_m / mean_k G_k       (G_m: mean encoder-gradient L2 norm over the window)
-    loss_ratio_m  = D_m / mean_k D_k       (D_m: relative descent of the unimodal CE loss)
-    speed_m       = beta * grad_ratio_m + (1 - beta) * loss_ratio_m
-    tau_m         = clamp(tau_base * speed_m, 1, tau_max)
+$$
+\text{grad\_ratio}_m = \frac{G_m}{\frac{1}{N}\sum_k G_k}, \qquad
+\text{loss\_ratio}_m = \frac{D_m}{\frac{1}{N}\sum_k D_k}
+$$
+
+$$
+\text{speed}_m = \beta\, \text{grad\_ratio}_m + (1 - \beta)\, \text{loss\_ratio}_m, \qquad
+\tau_m = \operatorname{clamp}\bigl(\tau_{base}\, \text{speed}_m,\ 1,\ \tau_{max}\bigr)
+$$
 
 and modality m's encoder is updated only on steps where ``step % round(tau_m) == 0``; on
 the other steps its gradients are zeroed (``skip=zero``, the default; SGD's

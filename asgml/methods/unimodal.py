@@ -2,7 +2,7 @@ r"""Unimodal baseline: one modality's encoder trained alone with its own linear 
 
 The imbalance diagnostic BalanceBenchmark reports next to every method
 (GeWu-Lab/BalanceBenchmark @ 4c1482f ``balancemm/trainer/unimodal_trainer.py``), and the
-teachers of UMT (:mod:`asgml.methods.umt`). ``method=unimodal method.modality=audio``
+teachers of UMT (`asgml.methods.umt`). ``method=unimodal method.modality=audio``
 trains
 
 $$

@@ -51,7 +51,7 @@ the official ``gap_a > gap_v`` test keeps visual).
 
 Schedule: epochs ``0 .. warmup - 1`` train on the plain set; the official values after each
 epoch $e \ge$ ``warmup`` $- 1$ and trains epoch $e + 1$ on the result, which is what valuing at
-the start of epoch $e + 1$ computes. The data-side mechanism is :mod:`asgml.core.train_set_plan`.
+the start of epoch $e + 1$ computes. The data-side mechanism is `asgml.core.train_set_plan`.
 
 Deviations: (1) the valuation pass reads evaluation transforms (the official values the
 train split with its training augmentation: random crops and frames); on data without

@@ -2,13 +2,13 @@
 
 All encoders map one modality's batch to a ``(B, feature_dim)`` feature tensor.
 
-* :class:`ResNet18Encoder` -- torchvision's ResNet-18 trained from scratch, as in
+* `ResNet18Encoder` -- torchvision's ResNet-18 trained from scratch, as in
   OGM-GE (Peng et al., CVPR 2022, https://github.com/GeWu-Lab/OGM-GE_CVPR2022,
   ``models/backbone.py``): 1 input channel for spectrograms, 3 for frames. With
   ``temporal=True`` the input ``(B, C, T, H, W)`` has its T frames folded into the
   batch, runs through the 2-D network and is mean-pooled over time and space
   (OGM-GE's ``adaptive_avg_pool3d``).
-* :class:`MLPEncoder` -- pre-extracted sequence features ``(B, L, D)`` (MMSA
+* `MLPEncoder` -- pre-extracted sequence features ``(B, L, D)`` (MMSA
   pickles): masked mean-pool over time, then Linear-ReLU-Dropout-Linear-ReLU
   (docs/asgml_v2_design.md section 7.2).
 """

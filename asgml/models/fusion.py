@@ -14,7 +14,7 @@ also *derive* per-modality (unimodal) logits from their own weights, exactly as 
 
 Every ``nn.Linear`` of a head is initialised as OGM-GE's ``utils.weight_init``
 (``utils/utils.py:15-18`` at commit 343dc1d, applied to the whole model in ``main.py:239``):
-Xavier-normal weights, zero bias. See :func:`init_linear_ogm`.
+Xavier-normal weights, zero bias. See `init_linear_ogm`.
 
 FiLM and gated fusion (two modalities, as in OGM-GE) have no such decomposition;
 they need separate unimodal heads (``model.unimodal_heads=true``).
@@ -223,7 +223,7 @@ FUSIONS: dict[str, type[Fusion]] = {
 def build_fusion(
     name: str, feature_dims: Mapping[str, int], num_classes: int, hidden_dim: int = 512
 ) -> Fusion:
-    """The fusion head ``name``, initialised as OGM-GE (:func:`init_linear_ogm`).
+    """The fusion head ``name``, initialised as OGM-GE (`init_linear_ogm`).
     ``hidden_dim`` is the hidden width of ``concat_mlp`` and ``gated``."""
     if name not in FUSIONS:
         raise ValueError(f"model.fusion must be one of {sorted(FUSIONS)}, got {name!r}")

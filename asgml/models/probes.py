@@ -1,6 +1,6 @@
 """Per-modality probes on detached encoder features (docs/asgml_v2_design.md section 3.1).
 
-A :class:`ProbeBank` holds one small classifier per modality. It is trained with its own
+A `ProbeBank` holds one small classifier per modality. It is trained with its own
 optimizer on *detached* features, so it never sends gradients into the encoders. It is
 used by the ASGML probe monitor (``asgml.methods.probe``) and can be reused by other
 methods that need per-modality classifiers (e.g. CGGM).

@@ -11,15 +11,19 @@ mean ± std over seeds, and writes into the multirun directory (or ``--out``):
   ``<metric>_std``, ``<metric>_n``, ``n``, the test of each row: ``sig_test``, ``sig_p``, ...)
   and ``runs.csv`` (one row per job);
 * figures, each as PNG and PDF at 300 dpi: ``val_acc`` (fused and unimodal validation
-  accuracy per epoch), ``probe_acc`` (per-modality probe accuracy over steps), ``boost_scale``
-  and ``ogm_coeff``, read from each job's ``csv/metrics.csv``. A figure whose columns no job
-  logged is skipped with a note.
+  accuracy per epoch), ``probe_acc`` (per-modality probe accuracy over steps), ``boost_scale``,
+  ``ogm_coeff``, ``modality_loss``, ``grad_norm`` and ``imbalance`` (unimodal validation
+  accuracy gap per epoch), read from each job's ``csv/metrics.csv``; ``final_acc`` (one dot
+  per seed and the mean with its 95 % t interval) and ``sweep_<key>`` for each numeric key the
+  sweep varied (`swept_keys`). A figure whose columns no job logged is skipped with a
+  note. ``--style paper`` (default: 3.5 / 7 in wide, 8-pt, legend below) or ``screen``; PDFs
+  embed TrueType fonts (`STYLES`).
 
 **Table.** Cells are mean ± sample std (``ddof=1``) over the runs of a group in % (pp for
 differences); the std is left out when a cell has one value. Every cell knows its own ``n``
 (the runs that logged that column): a cell computed from fewer runs than its row's ``Seeds``
 shows ``(n=k)`` and the report logs a warning naming the column (e.g. ``--with-shapley`` where
-only some runs have an ``eval.json``). Each column has a kind (:class:`Column`): only
+only some runs have an ``eval.json``). Each column has a kind (`Column`): only
 ``score`` columns (fused accuracy, macro-F1), where higher is better, bold their best mean;
 unimodal accuracies, Shapley values and imbalance measures are never bold.
 
@@ -28,13 +32,15 @@ that of the weakest modality, then mean ± std over the group. With ``--with-sha
 ``Min Shapley share (%)``: per run, the smallest modality Shapley value divided by their sum
 (50 % for two perfectly balanced modalities, ``100 / N`` for N).
 
-**Significance.** A column ``p vs <reference>`` tests ``--metric`` (default ``test/acc``) of
-each row against the reference method's row (``--reference baseline``; ``none`` turns it off;
-with several group keys the reference row is the one with equal non-``method.*`` keys, e.g.
-the same dataset). Where the two rows share at least two seeds it is a paired t-test over the
-shared seeds (``scipy.stats.ttest_rel``), otherwise Welch's t-test over all runs
-(``scipy.stats.ttest_ind(equal_var=False)``); each cell states the test and its n. Two-sided,
-no correction for multiple comparisons.
+**Significance.** Columns ``p vs <reference>``, ``Holm p``, ``Δ (95 % CI, pp)`` and ``Effect
+size`` test ``--metric`` (default ``test/acc``) of each row against the reference method's row
+(``--reference baseline``; ``none`` turns it off; with several group keys the reference row is
+the one with equal non-``method.*`` keys, e.g. the same dataset): a paired t-test over at least
+3 shared seeds (``scipy.stats.ttest_rel``), otherwise Welch's t-test
+(``scipy.stats.ttest_ind(equal_var=False)``) with at least 3 runs a side; below n = 3 the cell
+says why there is no test. Holm's correction over the rows tested against one reference row,
+the 95 % t interval of the difference, Cohen's ``d_z`` (paired) or ``d`` (Welch): see
+`asgml.report.significance` for each choice.
 
 **Reference column.** A preset may carry the published numbers it reproduces (key
 ``reference`` of ``conf/experiment/*.yaml``: ``source``, ``metric`` and ``results: {method:
@@ -50,7 +56,7 @@ measurements and are drawn as steps (``drawstyle="steps-post"``); the OGM-GE coe
 changes every step and is drawn through its logged samples. The panels of a figure share
 their y axis; accuracy panels show the chance level ``100 / num_classes``; legend labels give
 each group's n; one legend per figure. A method has the same colour in every figure and every
-report (:func:`method_colors`).
+report (`method_colors`).
 
 **Python API** (every step is a function of data frames, so ``notebooks/analysis.ipynb`` and
 callbacks can reuse it)::
@@ -64,11 +70,11 @@ callbacks can reuse it)::
     write_report(runs_dir, out_dir)                # all of the above (the CLI)
 
 
-The package is split by concern: :mod:`~asgml.report.collect` (runs to a data frame),
-:mod:`~asgml.report.tables` (cells, Markdown, LaTeX), :mod:`~asgml.report.reference` (the
-paper column), :mod:`~asgml.report.significance`, :mod:`~asgml.report.figures`,
-:mod:`~asgml.report.outputs` (the report as data and its files), :mod:`~asgml.report.cli`
-and :mod:`~asgml.report.shapley`. It imports no training code.
+The package is split by concern: `collect` (runs to a data frame),
+`tables` (cells, Markdown, LaTeX), `reference` (the
+paper column), `significance`, `figures`,
+`outputs` (the report as data and its files), `cli`
+and `shapley`. It imports no training code.
 """
 
 from __future__ import annotations
@@ -88,10 +94,16 @@ from asgml.report.collect import (
 )
 from asgml.report.figures import (
     BAND_MIN_N,
+    COLUMN_WIDTH_IN,
     FIGURE_DPI,
     FIGURE_FORMATS,
+    IMBALANCE_COLUMN,
+    PAGE_WIDTH_IN,
+    STYLES,
     FigureSpec,
+    add_curve_imbalance,
     curve_stats,
+    figure_size,
     figure_specs,
     group_label,
     group_styles,
@@ -101,10 +113,24 @@ from asgml.report.figures import (
     method_colors,
     plot,
     plot_curves,
+    plot_dots,
+    plot_sweep,
+    save_figures,
+    swept_keys,
 )
 from asgml.report.outputs import ReportTable, table, write_outputs, write_report
 from asgml.report.reference import REFERENCE_FLAG_STD, add_reference, pooled_std
-from asgml.report.significance import SignificanceResult, add_significance, compare, format_p
+from asgml.report.significance import (
+    CONFIDENCE,
+    MIN_TEST_N,
+    SignificanceResult,
+    add_significance,
+    compare,
+    format_p,
+    holm,
+    t_interval,
+    untested_reason,
+)
 from asgml.report.tables import (
     COLUMN_KINDS,
     HIGHER_IS_BETTER,
@@ -120,6 +146,21 @@ from asgml.report.tables import (
 )
 
 __all__ = [
+    "swept_keys",
+    "save_figures",
+    "plot_sweep",
+    "plot_dots",
+    "figure_size",
+    "add_curve_imbalance",
+    "STYLES",
+    "COLUMN_WIDTH_IN",
+    "PAGE_WIDTH_IN",
+    "IMBALANCE_COLUMN",
+    "untested_reason",
+    "t_interval",
+    "holm",
+    "MIN_TEST_N",
+    "CONFIDENCE",
     "BAND_MIN_N",
     "COLUMN_KINDS",
     "Cell",

@@ -1,4 +1,4 @@
-"""``python -m asgml.report <runs dir>``: see :func:`asgml.report.cli.main`."""
+"""``python -m asgml.report <runs dir>``: see `asgml.report.cli.main`."""
 
 import sys
 

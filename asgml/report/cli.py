@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metric", default="test/acc", help="metric of the significance test (default test/acc)"
     )
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument(
+        "--style",
+        choices=("paper", "screen"),
+        default="paper",
+        help="figures for a paper (3.5 / 7 in wide, 8-pt text; default) or a screen (larger)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: run_dir)")
     return p
 
@@ -55,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plots=not args.no_plots,
         reference=None if args.reference.lower() == "none" else args.reference,
         metric=args.metric,
+        style=args.style,
     )
     print(rep["table"])
     print()

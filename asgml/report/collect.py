@@ -32,7 +32,7 @@ _T = TypeVar("_T")
 
 def _progress(items: Sequence[_T], desc: str, progress: bool | None) -> Iterator[_T]:
     """``items`` behind a tqdm bar on stderr: ``progress=None`` shows it when stderr is a
-    terminal and there are at least :data:`PROGRESS_MIN_RUNS` items."""
+    terminal and there are at least `PROGRESS_MIN_RUNS` items."""
     show = (
         progress
         if progress is not None
@@ -109,8 +109,8 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 
 def load_runs(root: str | Path, progress: bool | None = None) -> pd.DataFrame:
     """Every job under ``root`` (a run or multirun directory), one row each, with the
-    derived :func:`add_imbalance` columns. ``progress``: a progress bar on stderr (``None``:
-    on a terminal from :data:`PROGRESS_MIN_RUNS` runs on)."""
+    derived `add_imbalance` columns. ``progress``: a progress bar on stderr (``None``:
+    on a terminal from `PROGRESS_MIN_RUNS` runs on)."""
     dirs = find_run_dirs(root)
     if not dirs:
         raise FileNotFoundError(f"no metrics.json under {root}")
@@ -119,7 +119,7 @@ def load_runs(root: str | Path, progress: bool | None = None) -> pd.DataFrame:
 
 
 def collect(runs_dir: str | Path, progress: bool | None = None) -> pd.DataFrame:
-    """The runs of a run or multirun directory (:func:`load_runs`): the report's first step."""
+    """The runs of a run or multirun directory (`load_runs`): the report's first step."""
     return load_runs(runs_dir, progress)
 
 
@@ -194,7 +194,7 @@ def _check_keys(runs: pd.DataFrame, keys: Sequence[str]) -> None:
 
 def _grouped(runs: pd.DataFrame, group_by: Sequence[str]) -> Any:
     """``runs`` grouped by printable values of ``group_by`` in first-seen order (the order of
-    :func:`summarize`'s rows)."""
+    `summarize`'s rows)."""
     _check_keys(runs, group_by)
     keyed = runs.copy()
     for k in group_by:  # group on printable values (lists/None stay groupable)

@@ -1,8 +1,20 @@
-"""Training curves: per-epoch and per-step figures of a run or multirun directory."""
+"""Figures of a run or multirun directory: training curves, final results, sweeps.
+
+Every figure is drawn and saved inside a ``matplotlib.rc_context`` of its style
+(`STYLES`), never by changing global ``rcParams``: ``paper`` (default) sizes a figure
+for one column (`COLUMN_WIDTH_IN`, 3.5 in, one panel) or two columns
+(`PAGE_WIDTH_IN`, 7 in, several panels) with 8-pt text, so it is printed at 100 %;
+``screen`` draws larger figures with the legend beside them. Both embed TrueType (Type 42)
+fonts in PDF and PS (``pdf.fonttype: 42``: IEEE/ACM checkers reject Type 3 fonts). No
+figure has a title (the caption belongs to the paper); panels are named by their short axis
+title (``fused``, ``audio``, ...). Epoch and step axes have integer ticks.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,9 +24,18 @@ from typing import Any
 
 import matplotlib
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from asgml.report.collect import _progress, default_group_by, modalities
+from asgml.report.collect import (
+    _NOT_GROUP_KEYS,
+    _override_key,
+    _progress,
+    default_group_by,
+    modalities,
+)
+from asgml.report.significance import t_interval
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +54,18 @@ def load_curves(
 
 
 def group_label(row: Mapping[str, Any], group_by: Sequence[str]) -> str:
-    """Legend label of a run's group: ``boost`` or ``method=boost, method.boost.alpha=0.5``."""
+    """Legend label of a run's group, short enough for a paper: ``boost``, or with several
+    keys ``boost, alpha=0.5`` (a ``*.name`` key by its value, any other by its last part;
+    a key the run's config lacks, e.g. ``method.boost.alpha`` of the baseline, left out)."""
     if len(group_by) == 1:
         return str(row[group_by[0]])
-    return ", ".join(f"{k.removesuffix('.name')}={row[k]}" for k in group_by)
+    parts = []
+    for k in group_by:
+        v = row[k]
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        parts.append(str(v) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}")
+    return ", ".join(parts)
 
 
 def curve_stats(
@@ -87,6 +116,59 @@ _LINESTYLES = ("-", "--", ":", "-.")
 BAND_MIN_N = 3
 
 
+COLUMN_WIDTH_IN = 3.5  # one column of a two-column paper (IEEE, ACM, CVPR, NeurIPS: 3.25-3.5)
+PAGE_WIDTH_IN = 7.0  # both columns (a figure* in LaTeX)
+
+_TRUETYPE = {"pdf.fonttype": 42, "ps.fonttype": 42}
+
+STYLES: dict[str, dict[str, Any]] = {
+    "paper": {
+        **_TRUETYPE,
+        "font.size": 8,
+        "axes.titlesize": 8,
+        "axes.labelsize": 8,
+        "legend.fontsize": 7,
+        "xtick.labelsize": 7,
+        "ytick.labelsize": 7,
+        "lines.linewidth": 1.2,
+        "lines.markersize": 3,
+        "axes.linewidth": 0.6,
+        "savefig.bbox": "standard",
+    },
+    "screen": {**_TRUETYPE, "font.size": 10},
+}
+"""The rc parameters of each ``--style``; every figure is drawn and saved inside
+``matplotlib.rc_context(STYLES[style])``."""
+
+
+def _check_style(style: str) -> None:
+    if style not in STYLES:
+        raise ValueError(f"figure style {style!r}: expected one of {sorted(STYLES)}")
+
+
+def figure_size(n_panels: int, style: str = "paper") -> tuple[float, float]:
+    """``(width, height)`` in inches: ``paper``: one column (3.5 in) for one panel, two
+    columns (7 in) for more; ``screen``: 3.6 in per panel plus room for a legend beside."""
+    _check_style(style)
+    if style == "paper":
+        return (COLUMN_WIDTH_IN, 2.6) if n_panels <= 1 else (PAGE_WIDTH_IN, 2.6)
+    return (3.6 * n_panels + 2.2, 3.2)
+
+
+def _legend(fig: Any, handles: Mapping[str, Any], style: str) -> None:
+    """One legend per figure: below the panels (paper: the full width is taken) or on the
+    right (screen)."""
+    if style == "paper":
+        ncols = max(1, min(len(handles), 3 if fig.get_figwidth() <= COLUMN_WIDTH_IN else 5))
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=ncols)
+    else:
+        fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize="small")
+
+
+def _integer_ticks(ax: Any) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def known_methods() -> list[str]:
     """The method names this library ships (``conf/method/*.yaml``), sorted."""
     folder = package_files("asgml.conf").joinpath("method")
@@ -97,7 +179,7 @@ def known_methods() -> list[str]:
 
 def method_colors(methods: Iterable[str] = ()) -> dict[str, str]:
     """A colour (hex) per method, the same in every figure and every report: ``baseline`` is
-    near-black, the other shipped methods (:func:`known_methods`) index a fixed palette in
+    near-black, the other shipped methods (`known_methods`) index a fixed palette in
     sorted order; any other name in ``methods`` gets the palette entry of its CRC-32."""
     shipped = [m for m in known_methods() if m not in _PINNED_COLORS]
     colors = dict(_PINNED_COLORS)
@@ -109,7 +191,7 @@ def method_colors(methods: Iterable[str] = ()) -> dict[str, str]:
 
 def group_styles(runs: pd.DataFrame, group_by: Sequence[str]) -> dict[str, dict[str, str]]:
     """``{group label: {"color", "linestyle"}}``: the colour of the group's method
-    (:func:`method_colors`), a new line style for each further group of the same method
+    (`method_colors`), a new line style for each further group of the same method
     (e.g. the values of a swept ``method.boost.alpha``)."""
     styles: dict[str, dict[str, str]] = {}
     per_method: dict[str, int] = {}
@@ -134,7 +216,7 @@ class FigureSpec:
         panels: ``(column of csv/metrics.csv, panel title)`` pairs.
         x: the x column (``epoch`` or ``step``).
         ylabel: the y axis label, unit included.
-        title: the figure title.
+        title: what the figure shows (for captions and alt text; never drawn).
         scale: multiplies the values (100: fractions to %).
         valid_range: ``(low, high)`` of the quantity after ``scale`` (None: unbounded);
             std bands are clipped to it.
@@ -152,8 +234,26 @@ class FigureSpec:
     chance: bool = False
 
 
+# the derived per-epoch imbalance column (add_curve_imbalance)
+IMBALANCE_COLUMN = "imbalance/val_acc_gap"
+
+
+def add_curve_imbalance(curves: Mapping[str, pd.DataFrame], mods: Sequence[str]) -> dict:
+    """``curves`` with a column `IMBALANCE_COLUMN` where at least two modalities'
+    ``val/acc_<m>`` are logged in a row: the largest minus the smallest (a fraction)."""
+    out = {}
+    for key, df in curves.items():
+        cols = [f"val/acc_{m}" for m in mods if f"val/acc_{m}" in df.columns]
+        if len(cols) >= 2:
+            acc = df[cols].apply(pd.to_numeric, errors="coerce")
+            gap = (acc.max(axis=1) - acc.min(axis=1)).where(acc.notna().sum(axis=1) >= 2)
+            df = df.assign(**{IMBALANCE_COLUMN: gap})
+        out[key] = df
+    return out
+
+
 def figure_specs(mods: Sequence[str], scale_max: float | None = None) -> dict[str, FigureSpec]:
-    """The standard figures for modalities ``mods``: file stem -> :class:`FigureSpec`
+    """The standard figures for modalities ``mods``: file stem -> `FigureSpec`
     (``scale_max``: the boost scale's upper bound, ``method.boost.scale_max``)."""
     acc = {"scale": 100.0, "valid_range": (0.0, 100.0), "chance": True}
     return {
@@ -186,6 +286,28 @@ def figure_specs(mods: Sequence[str], scale_max: float | None = None) -> dict[st
             "OGM-GE coefficient over training steps (logged samples)",
             valid_range=(0.0, 1.0),
         ),
+        "modality_loss": FigureSpec(
+            tuple((f"train/loss_{m}", m) for m in mods),
+            "epoch",
+            "training loss",
+            "Per-modality training loss per epoch (epoch mean)",
+            valid_range=(0.0, None),
+        ),
+        "grad_norm": FigureSpec(
+            tuple((f"train/grad_norm_{m}", m) for m in mods),
+            "step",
+            "encoder gradient norm",
+            "Per-modality encoder gradient norm (L2) over training steps",
+            valid_range=(0.0, None),
+        ),
+        "imbalance": FigureSpec(
+            ((IMBALANCE_COLUMN, "unimodal gap"),),
+            "epoch",
+            "val. accuracy gap (pp)",
+            "Imbalance per epoch: strongest minus weakest unimodal validation accuracy",
+            scale=100.0,
+            valid_range=(0.0, 100.0),
+        ),
     }
 
 
@@ -204,10 +326,13 @@ def plot_curves(
     group_by: Sequence[str],
     spec: FigureSpec,
     num_classes: int | None = None,
+    style: str = "paper",
 ) -> Any:
     """A row of panels (shared y), one line per group: the mean over its runs, a ±1 std band
-    where at least :data:`BAND_MIN_N` runs contribute (clipped to ``spec.valid_range``), the
-    chance line ``100 / num_classes`` on accuracy panels, one legend with each group's n.
+    where at least `BAND_MIN_N` runs contribute (clipped to ``spec.valid_range``), the
+    chance line ``100 / num_classes`` on accuracy panels, one legend with each group's n,
+    integer ticks on the x axis, no figure title; sized by `figure_size` in ``style``
+    (drawn inside its rc context: save it inside the same, as `plot` does).
 
     Returns the matplotlib figure, or ``None`` when no run logged any panel's column.
     """
@@ -223,7 +348,7 @@ def plot_curves(
     fig, axes = plt.subplots(
         1,
         len(stats_),
-        figsize=(3.6 * len(stats_) + 2.2, 3.2),
+        figsize=figure_size(len(stats_), style),
         squeeze=False,
         sharey=True,
         layout="constrained",
@@ -232,7 +357,7 @@ def plot_curves(
     drawstyle = "steps-post" if spec.steps else "default"
     for ax, (name, per_group) in zip(axes[0], stats_):
         for label, st in per_group.items():
-            style = styles.get(label, {})
+            line_style = styles.get(label, {})
             mean = spec.scale * st["mean"]
             marker = "o" if len(st) <= 25 else None  # short curves: show the points
             ax.plot(
@@ -242,7 +367,7 @@ def plot_curves(
                 marker=marker,
                 markersize=3,
                 drawstyle=drawstyle,
-                **style,
+                **line_style,
             )
             banded = (st["n"] >= BAND_MIN_N).to_numpy()
             if banded.any():
@@ -254,7 +379,7 @@ def plot_curves(
                     where=banded,
                     step="post" if spec.steps else None,
                     alpha=0.2,
-                    color=style.get("color"),
+                    color=line_style.get("color"),
                     linewidth=0,
                 )
         if spec.chance and num_classes:
@@ -262,29 +387,168 @@ def plot_curves(
             ax.axhline(
                 chance, color="0.45", linestyle=":", linewidth=1, label=f"chance ({chance:.3g} %)"
             )
-        ax.set_title(name)
+        if len(spec.panels) > 1:  # a one-panel figure is named by its y label
+            ax.set_title(name)
         ax.set_xlabel(spec.x)
+        _integer_ticks(ax)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(spec.ylabel)
     handles: dict[str, Any] = {}
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize="small")
-    fig.suptitle(spec.title)
+    _legend(fig, handles, style)
+    return fig
+
+
+def _metric_label(metric: str) -> str:
+    stage, _, name = metric.partition("/")
+    words = {"acc": "accuracy", "f1": "macro-F1"}
+    return f"{stage} {words.get(name, name)} (%)" if name else metric
+
+
+def plot_dots(
+    runs: pd.DataFrame,
+    group_by: Sequence[str],
+    metric: str = "test/acc",
+    style: str = "paper",
+) -> Any:
+    """The final ``metric`` per group: one dot per run (seed) and the mean with its
+    `CONFIDENCE` t interval
+    (`t_interval`; the mean alone for one run).
+
+    Returns the figure, or ``None`` when no run has ``metric``.
+    """
+    if metric not in runs.columns or pd.to_numeric(runs[metric], errors="coerce").isna().all():
+        return None
+    styles = group_styles(runs, group_by)
+    groups: dict[str, list[float]] = {}
+    for _, row in runs.iterrows():
+        value = pd.to_numeric(pd.Series([row[metric]]), errors="coerce").iloc[0]
+        if pd.notna(value):
+            groups.setdefault(group_label(row, group_by), []).append(100.0 * float(value))
+    width = figure_size(1 if len(groups) <= 6 else 2, style)
+    fig, ax = plt.subplots(figsize=width, layout="constrained")
+    for i, (label, values) in enumerate(groups.items()):
+        color = styles.get(label, {}).get("color")
+        n = len(values)
+        offsets = np.linspace(-0.15, 0.15, n) if n > 1 else np.zeros(1)
+        ax.scatter(i + offsets, values, s=12, color=color, alpha=0.7, linewidths=0, zorder=3)
+        mean = float(np.mean(values))
+        low, high = t_interval(values)
+        yerr = None if np.isnan(low) else [[mean - low], [high - mean]]
+        ax.errorbar(
+            [i + 0.3], [mean], yerr=yerr, fmt="_", color=color, capsize=3, markersize=10, zorder=4
+        )
+    ax.set_xticks(range(len(groups)), [f"{k}\n(n={len(v)})" for k, v in groups.items()])
+    if any(len(k) > 10 for k in groups):
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylabel(_metric_label(metric))
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def swept_keys(runs: pd.DataFrame) -> list[str]:
+    """The numeric config keys a sweep varied: keys of the runs' Hydra overrides (e.g.
+    ``method.boost.alpha=0.5``, ``dataset.frames=1``) with at least two distinct numeric
+    values; config groups (``method=boost``), ``seed``, paths and ``hydra.*`` keys are not
+    sweeps of a value."""
+    keys: list[str] = []
+    for ov in runs.get("overrides", pd.Series(dtype=str)).dropna():
+        for o in json.loads(ov):
+            key = _override_key(o)
+            if key in keys or key in _NOT_GROUP_KEYS or key.startswith("hydra."):
+                continue
+            if key not in runs.columns or f"{key}.name" in runs.columns:
+                continue
+            values = pd.to_numeric(runs[key], errors="coerce")
+            if values.notna().any() and values.dropna().nunique() >= 2:
+                keys.append(key)
+    return keys
+
+
+def plot_sweep(runs: pd.DataFrame, key: str, metric: str = "test/acc", style: str = "paper") -> Any:
+    """``metric`` against the swept ``key``, one line per method: the mean over the runs at
+    each value with its `CONFIDENCE` t interval as error
+    bars; a method without ``key`` (e.g. the baseline) is a horizontal dashed line at its
+    mean. Returns the figure, or ``None`` when no run has both ``key`` and ``metric``."""
+    if metric not in runs.columns or key not in runs.columns:
+        return None
+    frame = pd.DataFrame(
+        {
+            "method": runs["method.name"].astype(str) if "method.name" in runs else "all",
+            "x": pd.to_numeric(runs[key], errors="coerce"),
+            "y": 100.0 * pd.to_numeric(runs[metric], errors="coerce"),
+        }
+    ).dropna(subset=["y"])
+    swept = frame.dropna(subset=["x"])
+    if swept.empty:
+        return None
+    colors = method_colors(frame["method"])
+    fig, ax = plt.subplots(figsize=figure_size(1, style), layout="constrained")
+    for method, g in swept.groupby("method", sort=False):
+        per_x = g.groupby("x")["y"]
+        xs = np.array(sorted(per_x.groups))
+        means = per_x.mean().loc[xs].to_numpy()
+        ci = [t_interval(per_x.get_group(x).to_list()) for x in xs]
+        err = np.array([[m - lo, hi - m] for m, (lo, hi) in zip(means, ci)]).T
+        err = np.nan_to_num(err)
+        n = int(per_x.count().min())
+        ax.errorbar(
+            xs,
+            means,
+            yerr=err,
+            marker="o",
+            capsize=2,
+            color=colors[method],
+            label=f"{method} (n={n} per value)",
+        )
+    for method, g in frame[frame["x"].isna()].groupby("method", sort=False):
+        ax.axhline(
+            g["y"].mean(),
+            color=colors[method],
+            linestyle="--",
+            linewidth=1,
+            label=f"{method} (n={len(g)})",
+        )
+    values = sorted(swept["x"].unique())
+    ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.set_xlabel(key)
+    ax.set_ylabel(_metric_label(metric))
+    ax.grid(alpha=0.3)
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    _legend(fig, handles, style)
     return fig
 
 
 def make_figures(
-    runs: pd.DataFrame, curves: Mapping[str, pd.DataFrame], group_by: Sequence[str]
+    runs: pd.DataFrame,
+    curves: Mapping[str, pd.DataFrame],
+    group_by: Sequence[str],
+    metric: str = "test/acc",
+    style: str = "paper",
 ) -> dict[str, Any]:
-    """``{stem: figure or None}`` for every standard figure (None: nothing logged for it)."""
-    specs = figure_specs(modalities(runs), _unique_number(runs, "method.boost.scale_max", "max"))
+    """``{stem: figure or None}`` (None: nothing logged for it): the curves of
+    `figure_specs`, the dot plot ``final_<metric>`` (`plot_dots`) and one sweep plot
+    ``sweep_<key>`` per swept numeric key (`swept_keys`, `plot_sweep`). Drawn in
+    ``style``'s rc context (`STYLES`); save them in it too (`save_figures`)."""
+    _check_style(style)
+    mods = modalities(runs)
+    specs = figure_specs(mods, _unique_number(runs, "method.boost.scale_max", "max"))
     num_classes = _unique_number(runs, "dataset.num_classes")
-    return {
-        stem: plot_curves(runs, curves, group_by, spec, int(num_classes) if num_classes else None)
-        for stem, spec in specs.items()
-    }
+    curves = add_curve_imbalance(curves, mods)
+    with plt.rc_context(STYLES[style]):
+        figures = {
+            stem: plot_curves(
+                runs, curves, group_by, spec, int(num_classes) if num_classes else None, style
+            )
+            for stem, spec in specs.items()
+        }
+        figures[f"final_{metric.split('/')[-1]}"] = plot_dots(runs, group_by, metric, style)
+        for key in swept_keys(runs):
+            figures[f"sweep_{key.replace('.', '_')}"] = plot_sweep(runs, key, metric, style)
+    return figures
 
 
 FIGURE_FORMATS = ("png", "pdf")
@@ -293,24 +557,28 @@ FIGURE_FORMATS = ("png", "pdf")
 FIGURE_DPI = 300
 
 
-def _save_figures(
+def save_figures(
     figures: Mapping[str, Any],
     out_dir: Path,
     formats: Sequence[str] = FIGURE_FORMATS,
     dpi: int = FIGURE_DPI,
+    style: str = "paper",
 ) -> tuple[list[Path], list[str]]:
-    """Save and close every figure; returns the written paths and a note per skipped one."""
+    """Save (inside ``style``'s rc context: TrueType fonts) and close every figure; returns
+    the written paths and a note per skipped one."""
+    _check_style(style)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = [], []
-    for stem, fig in figures.items():
-        if fig is None:
-            skipped.append(f"{stem} skipped: no run logged its columns")
-            continue
-        for fmt in formats:
-            path = out_dir / f"{stem}.{fmt}"
-            fig.savefig(path, dpi=dpi)
-            written.append(path)
-        plt.close(fig)
+    with plt.rc_context(STYLES[style]):
+        for stem, fig in figures.items():
+            if fig is None:
+                skipped.append(f"{stem} skipped: no run logged its columns")
+                continue
+            for fmt in formats:
+                path = out_dir / f"{stem}.{fmt}"
+                fig.savefig(path, dpi=dpi)
+                written.append(path)
+            plt.close(fig)
     return written, skipped
 
 
@@ -321,14 +589,17 @@ def plot(
     curves: Mapping[str, pd.DataFrame] | None = None,
     formats: Sequence[str] = FIGURE_FORMATS,
     dpi: int = FIGURE_DPI,
+    metric: str = "test/acc",
+    style: str = "paper",
 ) -> list[Path]:
-    """Write the standard figures of ``runs`` (:func:`make_figures`) into ``out_dir`` in
+    """Write the standard figures of ``runs`` (`make_figures`) into ``out_dir`` in
     each of ``formats``; returns the written paths. ``curves`` defaults to
-    :func:`load_curves` of the runs; figures nothing was logged for are skipped (logged)."""
+    `load_curves` of the runs; figures nothing was logged for are skipped (logged)."""
     keys = list(group_by) if group_by else default_group_by(runs)
     if curves is None:
         curves = load_curves(runs["run_dir"])
-    written, skipped = _save_figures(make_figures(runs, curves, keys), Path(out_dir), formats, dpi)
+    figures = make_figures(runs, curves, keys, metric, style)
+    written, skipped = save_figures(figures, Path(out_dir), formats, dpi, style)
     for note in skipped:
         log.info("%s", note)
     return written

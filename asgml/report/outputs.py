@@ -1,4 +1,4 @@
-"""The report as data (:class:`ReportTable`) and the files it writes."""
+"""The report as data (`ReportTable`) and the files it writes."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 import pandas as pd
 
 from asgml.report.collect import _check_keys, collect, default_group_by
-from asgml.report.figures import _save_figures, load_curves, make_figures
+from asgml.report.figures import load_curves, make_figures, save_figures
 from asgml.report.reference import REFERENCE_FLAG_STD, add_reference
-from asgml.report.significance import add_significance
+from asgml.report.significance import MIN_TEST_N, add_significance
 from asgml.report.tables import (
     Cell,
     Column,
@@ -30,13 +30,13 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- report
 @dataclass
 class ReportTable:
-    """The report's table and everything needed to write it (:func:`table`).
+    """The report's table and everything needed to write it (`table`).
 
     Args:
         headers: column headers (units included).
-        rows: one list of :class:`Cell` per group.
-        summary: the numbers (:func:`summarize`, :func:`add_reference` and
-            :func:`add_significance` columns), fractions.
+        rows: one list of `Cell` per group.
+        summary: the numbers (`summarize`, `add_reference` and
+            `add_significance` columns), fractions.
         group_by: the group keys (the first columns).
         columns: the value columns.
         note: what the table shows (mean ± std, tests, paper), as Markdown text.
@@ -72,11 +72,11 @@ def table(
     metric: str = "test/acc",
     source: str | None = None,
 ) -> ReportTable:
-    """The report table of ``runs`` (:func:`collect`).
+    """The report table of ``runs`` (`collect`).
 
     Args:
         runs: one row per job.
-        group_by: dotted config keys (default :func:`default_group_by`).
+        group_by: dotted config keys (default `default_group_by`).
         with_shapley: add Shapley columns (from each run's ``eval.json``).
         reference: the method each row is tested against (``None``: no test; a method no
             run has: no test, logged).
@@ -119,9 +119,13 @@ def table(
     if sig_header is not None:
         note += (
             f"\n{sig_header}: two-sided t-test of {metric} against the {reference} row; "
-            "paired t (scipy.stats.ttest_rel) over shared seeds when >= 2 are shared, "
-            "otherwise Welch t (scipy.stats.ttest_ind, equal_var=False); "
-            "no multiple-comparison correction."
+            f"paired t (scipy.stats.ttest_rel) over shared seeds when >= {MIN_TEST_N} are "
+            "shared, otherwise Welch t (scipy.stats.ttest_ind, equal_var=False); no test "
+            f"with fewer than {MIN_TEST_N} values a side (the cell says n). "
+            "Holm p: Holm-adjusted over the rows tested against the same reference row. "
+            "Δ: row - reference with its 95 % t interval (pp). "
+            "Effect size: Cohen's d_z (paired: mean / std of the differences) "
+            "or d (Welch: difference / pooled std)."
         )
     if ref_metric is not None:
         flagged = int(summary["paper_flag"].sum())
@@ -164,8 +168,10 @@ def write_report(
     reference: str | None = "baseline",
     metric: str = "test/acc",
     progress: bool | None = None,
+    style: str = "paper",
 ) -> dict[str, Any]:
-    """Collect ``root``, write the table files and figures to ``out_dir`` (default ``root``).
+    """Collect ``root``, write the table files and figures to ``out_dir`` (default ``root``);
+    ``style``: the figures' style (``paper`` or ``screen``, `STYLES`).
 
     Returns ``{"table": markdown, "latex": tabular, "note": text, "report": ReportTable,
     "summary": frame, "runs": frame, "files": [paths], "skipped": [notes],
@@ -178,7 +184,8 @@ def write_report(
     skipped: list[str] = []
     if plots:
         curves = load_curves(runs["run_dir"], progress)
-        figures, skipped = _save_figures(make_figures(runs, curves, tbl.group_by), out)
+        figs = make_figures(runs, curves, tbl.group_by, metric, style)
+        figures, skipped = save_figures(figs, out, style=style)
         files += figures
     return {
         "table": tbl.markdown(),

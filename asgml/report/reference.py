@@ -29,7 +29,7 @@ def pooled_std(std_measured: float | None, std_paper: float | None) -> float | N
 def add_reference(
     summary: pd.DataFrame, runs: pd.DataFrame, group_by: Sequence[str]
 ) -> tuple[pd.DataFrame, str | None, str | None]:
-    """Attach the preset's reference numbers to :func:`summarize` output.
+    """Attach the preset's reference numbers to `summarize` output.
 
     Returns ``(summary + paper_mean, paper_std, paper_diff_std, paper_flag; metric;
     source)`` (fractions, as the measured columns), or ``(summary, None, None)`` when the

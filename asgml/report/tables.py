@@ -12,7 +12,7 @@ import pandas as pd
 
 from asgml.report.collect import _grouped, _is_nan, modalities
 from asgml.report.reference import _reference_cells
-from asgml.report.significance import _significance_cell
+from asgml.report.significance import _significance_cells, significance_headers
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Column:
     Args:
         key: the column of the runs frame (``test/acc``, ``eval/shapley_audio``, ...).
         header: the table header, unit included (``Acc (%)``, ``Shapley audio (pp)``).
-        kind: one of :data:`COLUMN_KINDS`; only :data:`HIGHER_IS_BETTER` kinds are bold.
+        kind: one of `COLUMN_KINDS`; only `HIGHER_IS_BETTER` kinds are bold.
     """
 
     key: str
@@ -122,13 +122,14 @@ def table_cells(
     reference_metric: str | None = None,
     significance: str | None = None,
 ) -> tuple[list[str], list[list[Cell]], list[str]]:
-    """Headers, rows of :class:`Cell` and warnings of a :func:`summarize` output.
+    """Headers, rows of `Cell` and warnings of a `summarize` output.
 
     Values are multiplied by ``scale`` (percent). A ``score`` column's highest mean is bold.
     A cell from fewer runs than its row's ``Seeds`` shows ``(n=k)``, and each such column
-    gives one warning. With ``reference_metric`` (and :func:`add_reference` columns)
+    gives one warning. With ``reference_metric`` (and `add_reference` columns)
     ``Paper (%)`` and ``Δ (std)`` follow that metric's column; with ``significance`` (the
-    header of :func:`add_significance` columns) a p-value column precedes ``Seeds``.
+    header of `add_significance` columns) the p-value, its Holm-adjusted value, the
+    difference to the reference with its 95 % interval and the effect size precede ``Seeds``.
     """
     headers = [k.split(".")[0] if k.endswith(".name") else k for k in group_by]
     for col in columns:
@@ -136,7 +137,7 @@ def table_cells(
         if col.key == reference_metric:
             headers += ["Paper (%)", "Δ (std)"]
     if significance is not None:
-        headers.append(significance)
+        headers += significance_headers(significance)
     headers.append("Seeds")
     best = {}
     for col in columns:
@@ -162,7 +163,7 @@ def table_cells(
             if col.key == reference_metric:
                 cells += [Cell(t) for t in _reference_cells(row, scale, digits)]
         if significance is not None:
-            cells.append(Cell(_significance_cell(row)))
+            cells += [Cell(t) for t in _significance_cells(row, scale, digits)]
         cells.append(Cell(str(runs_n)))
         rows.append(cells)
     notes = [
@@ -247,6 +248,6 @@ def format_table(
     digits: int = 2,
     reference_metric: str | None = None,
 ) -> str:
-    """A Markdown table of :func:`summarize` output (see :func:`table_cells`)."""
+    """A Markdown table of `summarize` output (see `table_cells`)."""
     headers, rows, _ = table_cells(summary, group_by, columns, scale, digits, reference_metric)
     return markdown_table(headers, rows)

@@ -1,14 +1,14 @@
 """The one path from a config to the objects of a run.
 
-:func:`build` turns a composed (or stored, resolved) config into
+`build` turns a composed (or stored, resolved) config into
 ``(datamodule, module, callbacks)``; ``asgml.train`` trains them, ``asgml.eval`` rebuilds a
 checkpoint's run from the config stored in it, and ``asgml.prepare`` builds the datamodule
-(:func:`build_datamodule`) to write its cache. Where each part comes from:
+(`build_datamodule`) to write its cache. Where each part comes from:
 
 * the datamodule: ``dataset.datamodule`` (it must satisfy
-  :class:`asgml.core.types.MultimodalDataModule`);
+  `asgml.core.types.MultimodalDataModule`);
 * the module: ``model``, with the encoder arguments the datamodule reads from the data
-  (:meth:`~asgml.core.types.MultimodalDataModule.encoder_overrides`, e.g. MMSA feature dims)
+  (`encoder_overrides`, e.g. MMSA feature dims)
   merged into ``model.encoders``;
 * the callbacks: the Lightning callbacks of ``callbacks``, then the method's callbacks
   (every entry of ``method`` with a ``_target_``), in config order.

@@ -1,12 +1,12 @@
 """How checkpoints are written: ``last.ckpt`` at every finished epoch (and every N steps),
 atomically, and never with non-finite weights.
 
-* :class:`LastCheckpoint` keeps ``<run>/checkpoints/last.ckpt`` at the latest state: the end
+* `LastCheckpoint` keeps ``<run>/checkpoints/last.ckpt`` at the latest state: the end
   of every training epoch and, with ``every_n_train_steps``, every N optimizer steps, and on
   SIGTERM. Lightning 2.6's ``ModelCheckpoint(save_last=True, monitor=...)`` writes ``last``
   only together with a top-k save, i.e. only when the monitored metric improved; ``best.ckpt``
   stays with the (first) ``ModelCheckpoint`` that monitors ``val/acc``.
-* :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file next to its target
+* `AtomicCheckpointIO` writes each checkpoint to a temporary file next to its target
   (same directory, hence the same filesystem), flushes it to disk and renames it over the
   target (``os.replace``, atomic on POSIX); a failed or interrupted write removes the
   temporary file and leaves the previous checkpoint intact. Lightning's own
@@ -64,7 +64,7 @@ class LastCheckpoint(ModelCheckpoint):
     Saved at every training epoch end (after validation, the LR scheduler step and every
     callback's epoch-end hook, so a resume continues with the next epoch exactly), every
     ``every_n_train_steps`` optimizer steps when that is > 0 (a mid-epoch checkpoint; the
-    train loader restores its position, see :class:`asgml.data.base.ResumableLoader`), and
+    train loader restores its position, see `asgml.data.base.ResumableLoader`), and
     when Lightning stops on SIGTERM. The file is overwritten in place (no ``-v1`` versions),
     also when a resumed run writes into the directory it resumes from.
 

@@ -1,7 +1,7 @@
 """Config helpers: start-up validation of a composed config (each error naming its key) and
-the method callbacks' configs. The resolvers are in :mod:`asgml.run.resolvers`, the
-allow-list for stored configs in :mod:`asgml.run.trust`, the start-up block in
-:mod:`asgml.run.feedback`."""
+the method callbacks' configs. The resolvers are in `asgml.run.resolvers`, the
+allow-list for stored configs in `asgml.run.trust`, the start-up block in
+`asgml.run.feedback`."""
 
 from __future__ import annotations
 

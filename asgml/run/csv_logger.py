@@ -4,7 +4,7 @@ Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts, so
 resumed into its own directory lost every row logged before the interruption. Here the
 file is kept and the new rows are appended (with the header widened when new columns
 appear). A run directory that holds another run is refused at start-up
-(:mod:`asgml.run.rundir`), so only a resumed run ever finds an existing file. Rows logged after
+(`asgml.run.rundir`), so only a resumed run ever finds an existing file. Rows logged after
 the checkpoint the run resumed from and before the interruption appear twice (the resumed
 run logs those steps again); keep the later row of a step.
 """

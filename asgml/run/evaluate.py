@@ -19,7 +19,7 @@ non-zero features).
 
 The method's test-time fusion is applied as in training (MLA's uncertainty weights, AMCo's
 star layer, Greedy's gates, ReconBoost's ensemble), to the subsets' features too: the method
-callbacks are rebuilt from the stored config (:func:`attach_methods`). A ``method=unimodal``
+callbacks are rebuilt from the stored config (`attach_methods`). A ``method=unimodal``
 checkpoint is rebuilt as its single-modality model; it reports that modality's unimodal
 metrics only.
 
@@ -81,8 +81,8 @@ def build_from_config(
     allow_targets: Sequence[str] = (),
 ) -> tuple[Any, torch.nn.Module]:
     """``(datamodule, model)`` from a resolved run config (as stored in checkpoints), built
-    by :func:`asgml.run.build.build` as the training run built them. Only trusted ``_target_``
-    classes are instantiated (:func:`asgml.run.trust.check_targets`; ``allow_targets`` adds
+    by `asgml.run.build.build` as the training run built them. Only trusted ``_target_``
+    classes are instantiated (`asgml.run.trust.check_targets`; ``allow_targets`` adds
     prefixes)."""
     run_cfg = dict(run_cfg)
     upgrade_targets(run_cfg)  # classes that moved since the checkpoint was written (moved.py)
@@ -117,12 +117,12 @@ def attach_methods(
     ``model`` as in training (before its weights are loaded).
 
     Built from the stored config's ``method`` (its ``_target_``s checked by
-    :func:`asgml.run.trust.check_targets`, ``allow_targets`` as for the model); each
-    :class:`~asgml.core.base.BalancingCallback` with ``changes_model`` gets
+    `asgml.run.trust.check_targets`, ``allow_targets`` as for the model); each
+    `BalancingCallback` with ``changes_model`` gets
     ``setup(None, model, "test")`` (MLA's head, Greedy's gates, AMCo's star layer,
     ReconBoost's learners' head, the unimodal model's single head) and its checkpoint state
     (``callback_states``, keyed as Lightning keys them). All of them score through
-    ``on_eval_logits`` in :func:`collect_logits`."""
+    ``on_eval_logits`` in `collect_logits`."""
     run_cfg = dict(run_cfg)
     upgrade_targets(run_cfg)
     cfg = OmegaConf.create(run_cfg)
@@ -177,7 +177,7 @@ def collect_logits(
 
     Returns ``{"labels", "fused", "unimodal": {m: logits}, "subsets": {coalition: logits}}``
     with the fused logits of every modality subset (absent modalities zeroed as ``mask``
-    says). ``methods``: the run's method callbacks (:func:`attach_methods`); their
+    says). ``methods``: the run's method callbacks (`attach_methods`); their
     ``on_eval_logits`` gives the fused logits, of every subset too. ``unimodal`` holds the
     modalities the model has unimodal logits for (one for a ``method=unimodal`` model).
     """
@@ -229,7 +229,7 @@ def _f1(logits: Tensor, y: Tensor, num_classes: int) -> float:
 def summarize_logits(
     outputs: Mapping[str, Any], modalities: Sequence[str], num_classes: int
 ) -> dict[str, Any]:
-    """Metrics, subset accuracies and Shapley values from :func:`collect_logits` output."""
+    """Metrics, subset accuracies and Shapley values from `collect_logits` output."""
     y = outputs["labels"]
     metrics = {
         "acc": _acc(outputs["fused"], y, num_classes),
@@ -312,7 +312,7 @@ def evaluate_checkpoint(
 
 
 def format_eval(result: Mapping[str, Any]) -> str:
-    """A short human-readable summary of an :func:`evaluate_checkpoint` result."""
+    """A short human-readable summary of an `evaluate_checkpoint` result."""
     m = result["metrics"]
     lines = [
         f"== asgml eval: {result['checkpoint']} ({result['split']}, {result['num_samples']} samples) ==",

@@ -1,13 +1,13 @@
 """What a run tells its user while it works: progress bars, the start-up block, and the one
 place where known third-party noise is filtered.
 
-* :func:`progress` wraps a loop in a ``tqdm`` bar (tqdm ships with Lightning) on stderr,
+* `progress` wraps a loop in a ``tqdm`` bar (tqdm ships with Lightning) on stderr,
   with rate and ETA; ``python -m asgml.prepare`` (per clip) and ``python -m asgml.eval``
   (per batch) use it.
-* :func:`startup_lines` is the block ``python -m asgml.train`` logs first: the run directory,
-  the loggers and the recipe (:func:`recipe_lines`).
-* :func:`quiet_known_noise` filters, by exact message, the third-party messages that say
-  nothing about the run (listed in :data:`KNOWN_NOISE` and :data:`KNOWN_NOISE_LOGS`), and
+* `startup_lines` is the block ``python -m asgml.train`` logs first: the run directory,
+  the loggers and the recipe (`recipe_lines`).
+* `quiet_known_noise` filters, by exact message, the third-party messages that say
+  nothing about the run (listed in `KNOWN_NOISE` and `KNOWN_NOISE_LOGS`), and
   removes the console handler the ``lightning`` package adds to its logger at import when
   logging is already configured (Hydra's job logging), so Lightning's messages are written
   once, to the console and the run's log file, instead of a second time to stderr.
@@ -57,7 +57,7 @@ class _DropPrefix(logging.Filter):
 
 
 def quiet_known_noise() -> None:
-    """Install the filters of :data:`KNOWN_NOISE` / :data:`KNOWN_NOISE_LOGS` (idempotent)
+    """Install the filters of `KNOWN_NOISE` / `KNOWN_NOISE_LOGS` (idempotent)
     and, when the root logger has handlers, drop the ``lightning`` logger's own stderr
     handler (Lightning's messages still reach the root handlers: console and log file)."""
     for category, message in KNOWN_NOISE:

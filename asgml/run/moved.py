@@ -3,9 +3,9 @@
 A checkpoint keeps the resolved config of the run that wrote it (``asgml_config``), with the
 ``_target_`` of every class as it was named then. When a class moves (the layout of
 ``asgml/`` into ``core``/``methods``/``run``/``report``) or is renamed, this map rewrites the
-old names where a stored config is read (:func:`asgml.run.evaluate.load_checkpoint`,
-:func:`asgml.run.resume.check_resume`), before the allow-list check
-(:mod:`asgml.run.trust`) and before anything is instantiated.
+old names where a stored config is read (`asgml.run.evaluate.load_checkpoint`,
+`asgml.run.resume.check_resume`), before the allow-list check
+(`asgml.run.trust`) and before anything is instantiated.
 """
 
 from __future__ import annotations

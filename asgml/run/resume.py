@@ -3,7 +3,7 @@
 ``ckpt_path=<run>/checkpoints/last.ckpt`` continues the run that wrote it; with other
 overrides (another dataset, modality set, model shapes, method or seed) Lightning would
 either fail on the first mismatching tensor or, worse, silently continue a different
-experiment under the new name. :func:`check_resume` compares the config stored in the
+experiment under the new name. `check_resume` compares the config stored in the
 checkpoint (``asgml_config``) and its weights' shapes with the current run before anything
 is loaded and refuses with the list of differences; ``resume_allow_mismatch=true`` turns
 the refusal into a logged warning (e.g. for fine-tuning on purpose).
@@ -98,8 +98,8 @@ def with_method_modules(model: torch.nn.Module, callbacks: Sequence[Any]) -> tor
 
 def check_resume(cfg: DictConfig, model: torch.nn.Module) -> None:
     """Refuse (``ValueError``) to resume from ``cfg.ckpt_path`` when its run differs from
-    ``cfg`` (see :func:`resume_differences`); warn instead with
-    ``cfg.resume_allow_mismatch``. Pass :func:`with_method_modules` of the model for a
+    ``cfg`` (see `resume_differences`); warn instead with
+    ``cfg.resume_allow_mismatch``. Pass `with_method_modules` of the model for a
     method that adds modules in its callbacks' ``setup``."""
     path = Path(str(cfg.ckpt_path))
     if not path.is_file():  # Lightning's "last" / "hpc" keys, or a missing file: its error

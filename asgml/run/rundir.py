@@ -6,8 +6,8 @@
 * A run directory that already holds a run is refused at start-up, unless this run resumes
   from it (``ckpt_path`` inside it, e.g. ``<run>/checkpoints/last.ckpt``, or Lightning's
   ``last`` / ``hpc``, or a SLURM requeue finding its ``hpc_ckpt_*.ckpt`` there).
-  :class:`RunDirGuard` (a Hydra callback) checks before Hydra writes ``.hydra/`` into the
-  directory; :func:`check_run_dir` is also called by :func:`asgml.run.training.run` (multirun
+  `RunDirGuard` (a Hydra callback) checks before Hydra writes ``.hydra/`` into the
+  directory; `check_run_dir` is also called by `asgml.run.training.run` (multirun
   jobs, the Python API).
 """
 
@@ -82,8 +82,8 @@ def check_run_dir(run_dir: str | os.PathLike, ckpt_path: Any, own: tuple[str, ..
 
 
 class RunDirGuard(Callback):
-    """Hydra callback: :func:`check_run_dir` on ``hydra.run.dir`` before Hydra writes into it
-    (single runs; multirun jobs are checked by :func:`asgml.run.training.run`)."""
+    """Hydra callback: `check_run_dir` on ``hydra.run.dir`` before Hydra writes into it
+    (single runs; multirun jobs are checked by `asgml.run.training.run`)."""
 
     @override
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:

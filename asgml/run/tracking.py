@@ -1,18 +1,18 @@
 """Experiment trackers: the loggers of ``conf/logger/`` and what asgml sends them.
 
-* :class:`WandbLogger`: Lightning's ``WandbLogger`` with the run's **group** built from the
-  dataset, the method and the keys a multirun sweeps (:func:`sweep_group`; the seed never,
+* `WandbLogger`: Lightning's ``WandbLogger`` with the run's **group** built from the
+  dataset, the method and the keys a multirun sweeps (`sweep_group`; the seed never,
   so the seeds of one configuration land in one group), the preset's ``tags:`` added to the
   logger's own, and without the ``anonymous`` argument Lightning always passes (wandb >= 0.19
   warns that it has no effect).
-* :func:`build_loggers`: instantiates ``cfg.logger.*``; an optional tracker whose package
+* `build_loggers`: instantiates ``cfg.logger.*``; an optional tracker whose package
   is missing (TensorBoard, MLflow) fails with the pip extra that installs it.
-* :func:`log_run_media`: at the end of a run, the run's report table (a ``wandb.Table``),
-  its figures and, optionally, each modality's Shapley value (:mod:`asgml.eval`) as wandb
-  media. :func:`log_report_to_wandb` does the same for a sweep's report
-  (:mod:`asgml.run.sweep_report`).
+* `log_run_media`: at the end of a run, the run's report table (a ``wandb.Table``),
+  its figures and, optionally, each modality's Shapley value (`asgml.eval`) as wandb
+  media. `log_report_to_wandb` does the same for a sweep's report
+  (`asgml.run.sweep_report`).
 
-The calls into :mod:`asgml.report` are in one function, :func:`report_artifacts`.
+The calls into `asgml.report` are in one function, `report_artifacts`.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def _excluded(key: str) -> bool:
 
 def sweep_group(base: str, job_overrides: Sequence[str], swept_keys: Iterable[str]) -> str:
     """``base`` plus ``-key=value,...`` for the job's overrides of ``swept_keys`` (in the
-    job's override order), leaving out :data:`GROUP_EXCLUDED_KEYS` (the seed above all)
-    and :data:`GROUP_EXCLUDED_PREFIXES`.
+    job's override order), leaving out `GROUP_EXCLUDED_KEYS` (the seed above all)
+    and `GROUP_EXCLUDED_PREFIXES`.
 
     A name longer than wandb's 128 characters is cut and ends with a hash of the whole.
     """
@@ -111,10 +111,10 @@ class WandbLogger(_LightningWandbLogger):
     Args:
         group: the group's base name (``<dataset>-<method>``).
         sweep_keys_in_group: append the swept keys of a multirun to ``group``
-            (:func:`sweep_group`); the seed is never appended.
+            (`sweep_group`); the seed is never appended.
         tags: the logger's own tags.
         preset_tags: more tags (the preset's ``tags:``), appended without duplicates.
-        media: what :func:`log_run_media` logs at the end of the run, ``{table, figures,
+        media: what `log_run_media` logs at the end of the run, ``{table, figures,
             shapley}`` (each on unless set false).
         **kwargs: passed to Lightning's ``WandbLogger`` (and on to ``wandb.init``).
     """
@@ -174,7 +174,7 @@ def report_artifacts(
     """The report of the runs under ``root``, written to ``out_dir``.
 
     Returns ``{"markdown": str, "table": DataFrame (one row per group), "figures": {stem:
-    png path}, "files": [paths], "warnings": [texts]}``. The one place this module calls :mod:`asgml.report`.
+    png path}, "files": [paths], "warnings": [texts]}``. The one place this module calls `asgml.report`.
     """
     rep = report.write_report(root, out_dir, with_shapley=with_shapley, plots=plots)
     pngs = [Path(f) for f in rep["files"] if str(f).endswith(".png")]
@@ -194,7 +194,7 @@ def log_report_to_wandb(
     table: bool = True,
     figures: bool = True,
 ) -> None:
-    """Log :func:`report_artifacts` output to an open wandb ``run``: the table as a
+    """Log `report_artifacts` output to an open wandb ``run``: the table as a
     ``wandb.Table`` (``<prefix>/table``) and each figure as a ``wandb.Image``
     (``<prefix>/<stem>``)."""
     import wandb  # optional at run time: only with a wandb logger (import cost)
@@ -212,7 +212,7 @@ def log_report_to_wandb(
 
 
 def log_shapley_to_wandb(run: Any, result: Mapping[str, Any]) -> None:
-    """Each modality's Shapley value and share (:func:`asgml.run.evaluate.evaluate_checkpoint`
+    """Each modality's Shapley value and share (`asgml.run.evaluate.evaluate_checkpoint`
     output) as a ``wandb.Table`` (``shapley/table``) and summary values."""
     import wandb  # optional at run time: only with a wandb logger (import cost)
 
@@ -227,7 +227,7 @@ def log_shapley_to_wandb(run: Any, result: Mapping[str, Any]) -> None:
 
 
 def log_run_media(loggers: Iterable[Any], out_dir: Path, best_checkpoint: str | None) -> None:
-    """At the end of a run, to every asgml :class:`WandbLogger` as its ``media`` says: the
+    """At the end of a run, to every asgml `WandbLogger` as its ``media`` says: the
     run's report (table and figures, written to ``<run dir>/report/``) and the Shapley values
     of the best checkpoint on the test split (also written to ``<run dir>/eval.json``)."""
     targets = [lg for lg in wandb_loggers(loggers) if isinstance(lg, WandbLogger)]
@@ -256,7 +256,7 @@ def log_run_media(loggers: Iterable[Any], out_dir: Path, best_checkpoint: str | 
 def log_sweep_report_to_wandb(
     wandb_cfg: Mapping[str, Any], artifacts: Mapping[str, Any], sweep_dir: Path
 ) -> None:
-    """Log a sweep's report (:func:`report_artifacts`) to one summary wandb run in the
+    """Log a sweep's report (`report_artifacts`) to one summary wandb run in the
     project, entity and mode of the sweep's wandb logger (job type ``sweep-report``)."""
     import wandb  # optional at run time: only with a wandb logger (import cost)
 

@@ -1,8 +1,8 @@
-"""One training run from a composed config: :func:`run` (what ``python -m asgml.train`` calls).
+"""One training run from a composed config: `run` (what ``python -m asgml.train`` calls).
 
 Trains, validates each epoch, tests the best checkpoint, prints a summary and writes
 ``metrics.json`` (test metrics + resolved config) in the run directory. The command-line
-entry point is :mod:`asgml.train`, kept free of torch/Lightning imports so ``--help`` and
+entry point is `asgml.train`, kept free of torch/Lightning imports so ``--help`` and
 shell completion answer at once; this module holds everything heavy.
 """
 
@@ -143,7 +143,7 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process it 
 
 def exit_on_sigterm(trainer: L.Trainer, out_dir: Path, exc: BaseException) -> None:
     """After Lightning stopped on SIGTERM (at the end of the current batch, with ``last.ckpt``
-    saved by :class:`~asgml.run.checkpointing.LastCheckpoint`): say how to resume and exit with
+    saved by `LastCheckpoint`): say how to resume and exit with
     status 143, so a scheduler or script sees the run did not finish. No ``metrics.json``
     is written (there are no final results)."""
     last = next(
@@ -162,7 +162,7 @@ def exit_on_sigterm(trainer: L.Trainer, out_dir: Path, exc: BaseException) -> No
 
 
 def use_atomic_checkpoints(trainer: L.Trainer) -> None:
-    """Write checkpoints with :class:`~asgml.run.checkpointing.AtomicCheckpointIO` (temporary file
+    """Write checkpoints with `AtomicCheckpointIO` (temporary file
     next to the target, atomic rename, no non-finite weights) unless a custom CheckpointIO
     was configured."""
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:

@@ -49,7 +49,7 @@ def check_targets(
     cfg: Any, extra_prefixes: Sequence[str] = (), source: str = "the stored config"
 ) -> None:
     """Refuse a config (e.g. one stored in a checkpoint) naming a ``_target_`` outside
-    :data:`TRUSTED_TARGET_PREFIXES` (plus ``extra_prefixes``) or one that is not a class.
+    `TRUSTED_TARGET_PREFIXES` (plus ``extra_prefixes``) or one that is not a class.
 
     Raises:
         UntrustedTargetError: naming the key path and the target.

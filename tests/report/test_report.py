@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
@@ -176,7 +177,7 @@ def test_write_report_files_and_skipped_plots(
     assert "| boost |" in printed and "sample std (ddof=1)" in printed
     for name in ("report.md", "report.csv", "report.tex", "runs.csv"):
         assert (out / name).stat().st_size > 0, name
-    for stem in ("val_acc", "probe_acc", "boost_scale"):
+    for stem in ("val_acc", "probe_acc", "boost_scale", "final_acc", "imbalance"):
         for fmt in ("png", "pdf"):
             assert (out / f"{stem}.{fmt}").stat().st_size > 0, f"{stem}.{fmt}"
         with Image.open(out / f"{stem}.png") as img:
@@ -328,8 +329,9 @@ def _sig_multirun(root: Path) -> Path:
         "baseline": {0: 0.60, 1: 0.62, 2: 0.61},
         # written in another order than baseline: pairing must follow the seed
         "boost": {2: 0.67, 0: 0.64, 1: 0.70},
-        "ogm": {3: 0.63, 4: 0.66},  # no shared seed -> Welch
-        "mmcosine": {0: 0.65, 5: 0.61},  # one shared seed -> Welch
+        "ogm": {3: 0.63, 4: 0.66, 6: 0.64},  # no shared seed -> Welch
+        "mla": {0: 0.66, 1: 0.64, 7: 0.69},  # two shared seeds (< 3 pairs) -> Welch
+        "mmcosine": {0: 0.65, 5: 0.61},  # two runs -> no test, the cell says why
         "greedy": {0: 0.66},  # one run, one shared seed -> no test
     }
     job = 0
@@ -345,41 +347,116 @@ def test_significance_paired_and_welch_equal_scipy(tmp_path: Path) -> None:
     rep = report.write_report(root, plots=False, reference="baseline")
     s = rep["summary"].set_index("method.name")
     paired = stats.ttest_rel([0.64, 0.70, 0.67], [0.60, 0.62, 0.61])
-    welch = stats.ttest_ind([0.63, 0.66], [0.60, 0.62, 0.61], equal_var=False)
-    welch_one_shared = stats.ttest_ind([0.65, 0.61], [0.60, 0.62, 0.61], equal_var=False)
+    welch = stats.ttest_ind([0.63, 0.66, 0.64], [0.60, 0.62, 0.61], equal_var=False)
+    welch_two_shared = stats.ttest_ind([0.66, 0.64, 0.69], [0.60, 0.62, 0.61], equal_var=False)
     assert s.loc["boost", "sig_test"] == "paired t"
     assert s.loc["boost", "sig_p"] == pytest.approx(paired.pvalue, rel=1e-12)
     assert s.loc["boost", "sig_t"] == pytest.approx(paired.statistic, rel=1e-12)
     assert s.loc["ogm", "sig_test"] == "Welch t"
     assert s.loc["ogm", "sig_p"] == pytest.approx(welch.pvalue, rel=1e-12)
-    assert s.loc["mmcosine", "sig_test"] == "Welch t"
-    assert s.loc["mmcosine", "sig_p"] == pytest.approx(welch_one_shared.pvalue, rel=1e-12)
+    assert s.loc["mla", "sig_test"] == "Welch t"
+    assert s.loc["mla", "sig_p"] == pytest.approx(welch_two_shared.pvalue, rel=1e-12)
     assert s.loc["baseline", "sig_test"] == "reference"
-    assert s.loc["greedy", "sig_test"] == "" and pd.isna(s.loc["greedy", "sig_p"])
+    for method in ("mmcosine", "greedy"):  # fewer than 3 values: no p-value
+        assert s.loc[method, "sig_test"] == "" and pd.isna(s.loc[method, "sig_p"])
     tbl = rep["report"]
     col = tbl.headers.index("p vs baseline (Acc)")
     cells = {row[0].text: row[col].text for row in tbl.rows}
     assert cells["boost"] == f"{report.format_p(paired.pvalue)} (paired t, n=3)"
-    assert cells["ogm"] == f"{report.format_p(welch.pvalue)} (Welch t, n=2 vs 3)"
-    assert cells["baseline"] == "reference" and cells["greedy"] == "–"
+    assert cells["ogm"] == f"{report.format_p(welch.pvalue)} (Welch t, n=3 vs 3)"
+    assert cells["baseline"] == "reference"
+    # the cell says why there is no test
+    assert cells["mmcosine"] == "n=2 vs 3: no test (needs n >= 3)"
+    assert cells["greedy"] == "n=1 vs 3: no test (needs n >= 3)"
     assert "ttest_rel" in rep["note"] and "equal_var=False" in rep["note"]
+    assert "Holm" in rep["note"] and "d_z" in rep["note"]
     csv = pd.read_csv(root / "report.csv").set_index("method.name")
     assert csv.loc["boost", "sig_p"] == pytest.approx(paired.pvalue)
+
+
+def test_significance_interval_effect_size_and_holm(tmp_path: Path) -> None:
+    root = _sig_multirun(tmp_path / "sig")
+    rep = report.write_report(root, plots=False, reference="baseline")
+    s = rep["summary"].set_index("method.name")
+    base = np.array([0.60, 0.62, 0.61])
+    # paired (boost, seeds 0, 1, 2): the differences' mean, t interval and d_z
+    d = np.array([0.64, 0.70, 0.67]) - base
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert s.loc["boost", "sig_diff"] == pytest.approx(d.mean(), rel=1e-12)
+    assert s.loc["boost", "sig_ci_low"] == pytest.approx(d.mean() - half, rel=1e-9)
+    assert s.loc["boost", "sig_ci_high"] == pytest.approx(d.mean() + half, rel=1e-9)
+    assert s.loc["boost", "sig_effect"] == pytest.approx(d.mean() / d.std(ddof=1), rel=1e-12)
+    assert s.loc["boost", "sig_effect_name"] == "d_z"
+    # Welch (ogm): Welch-Satterthwaite interval and Cohen's d with the pooled std
+    ogm = np.array([0.63, 0.66, 0.64])
+    va, vb = ogm.var(ddof=1) / 3, base.var(ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    half = stats.t.ppf(0.975, df) * np.sqrt(va + vb)
+    diff = ogm.mean() - base.mean()
+    assert s.loc["ogm", "sig_ci_low"] == pytest.approx(diff - half, rel=1e-9)
+    assert s.loc["ogm", "sig_ci_high"] == pytest.approx(diff + half, rel=1e-9)
+    pooled = np.sqrt((ogm.var(ddof=1) + base.var(ddof=1)) / 2)
+    assert s.loc["ogm", "sig_effect"] == pytest.approx(diff / pooled, rel=1e-12)
+    assert s.loc["ogm", "sig_effect_name"] == "d"
+    # Holm over the three tested rows: sorted p times (3, 2, 1), running max, capped at 1
+    tested = ["boost", "ogm", "mla"]
+    p = {m: s.loc[m, "sig_p"] for m in tested}
+    order = sorted(tested, key=p.get)
+    expected, running = {}, 0.0
+    for k, m in enumerate(order):
+        running = max(running, min(1.0, (3 - k) * p[m]))
+        expected[m] = running
+    for m in tested:
+        assert s.loc[m, "sig_p_holm"] == pytest.approx(expected[m], rel=1e-12)
+    assert expected[order[0]] == pytest.approx(3 * p[order[0]])  # not the raw p
+    assert pd.isna(s.loc["mmcosine", "sig_p_holm"]) and pd.isna(s.loc["baseline", "sig_p_holm"])
+    # the table: Holm p, Δ [95 % CI] in pp, effect size
+    tbl = rep["report"]
+    row = next(r for r in tbl.rows if r[0].text == "boost")
+    cell = {h: c.text for h, c in zip(tbl.headers, row)}
+    assert cell["Holm p"] == report.format_p(expected["boost"])
+    lo, hi = 100 * s.loc["boost", "sig_ci_low"], 100 * s.loc["boost", "sig_ci_high"]
+    assert cell["Δ (95 % CI, pp)"] == f"{100 * d.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    assert cell["Effect size"] == f"d_z = {d.mean() / d.std(ddof=1):.2f}"
+
+
+def test_holm_and_t_interval() -> None:
+    assert report.holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx(
+        [0.03, 0.06, float("nan"), 0.06], nan_ok=True
+    )
+    assert report.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    low, high = report.t_interval([1.0, 2.0, 3.0])
+    half = stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3)
+    assert (low, high) == pytest.approx((2.0 - half, 2.0 + half))
+    assert all(np.isnan(report.t_interval([1.0])))
 
 
 def test_significance_reference_within_the_same_dataset(tmp_path: Path) -> None:
     root = tmp_path / "two"
     job = 0
-    for dataset, base, boost in (("a", (0.5, 0.52), (0.6, 0.63)), ("b", (0.8, 0.83), (0.7, 0.7))):
+    data = {
+        "a": ((0.5, 0.52, 0.51), (0.6, 0.63, 0.64)),
+        "b": ((0.8, 0.83, 0.81), (0.7, 0.7, 0.72)),
+        "c": ((0.5, 0.52), (0.6, 0.63)),  # two seeds: no p-value
+    }
+    for dataset, (base, boost) in data.items():
         for method, accs in (("baseline", base), ("boost", boost)):
             for seed, acc in enumerate(accs):
                 _fake_run(root, str(job), method, seed, acc, dataset=dataset)
                 job += 1
-    s = report.table(report.collect(root), ["dataset.name", "method.name"]).summary
-    s = s.set_index(["dataset.name", "method.name"])
-    for dataset, base, boost in (("a", [0.5, 0.52], [0.6, 0.63]), ("b", [0.8, 0.83], [0.7, 0.7])):
+    tbl = report.table(report.collect(root), ["dataset.name", "method.name"])
+    s = tbl.summary.set_index(["dataset.name", "method.name"])
+    for dataset in ("a", "b"):
+        base, boost = data[dataset]
         expected = stats.ttest_rel(boost, base).pvalue
         assert s.loc[(dataset, "boost"), "sig_p"] == pytest.approx(expected, rel=1e-12)
+        # one comparison per dataset: Holm leaves it as it is
+        assert s.loc[(dataset, "boost"), "sig_p_holm"] == pytest.approx(expected, rel=1e-12)
+    assert pd.isna(s.loc[("c", "boost"), "sig_p"])
+    col = tbl.headers.index("p vs baseline (Acc)")
+    cells = {(r[0].text, r[1].text): r[col].text for r in tbl.rows}
+    assert cells[("c", "boost")] == "n=2: no test (needs n >= 3)"
+    assert "n=2: no test" in tbl.markdown()
 
 
 def test_significance_off_or_without_reference_runs(
@@ -459,6 +536,12 @@ def test_latex_output_compiles(multirun: Path, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ figures
+@pytest.fixture(autouse=True)
+def _close_figures() -> None:
+    yield
+    matplotlib.pyplot.close("all")
+
+
 def _figures(root: Path) -> dict:
     runs = report.collect(root)
     return report.make_figures(runs, report.load_curves(runs["run_dir"]), ["method.name"])
@@ -548,9 +631,8 @@ def test_method_colour_is_fixed_across_figures_and_reports(multirun: Path) -> No
 
 def test_plot_returns_written_files(multirun: Path, tmp_path: Path) -> None:
     paths = report.plot(report.collect(multirun), tmp_path / "figs")
-    assert [p.name for p in paths] == [
-        f"{s}.{f}" for s in ("val_acc", "probe_acc", "boost_scale") for f in ("png", "pdf")
-    ]
+    stems = ("val_acc", "probe_acc", "boost_scale", "imbalance", "final_acc")
+    assert [p.name for p in paths] == [f"{s}.{f}" for s in stems for f in ("png", "pdf")]
     assert all(p.stat().st_size > 0 for p in paths)
 
 
@@ -585,3 +667,118 @@ def test_compare_falls_back_to_welch_on_repeated_seeds() -> None:
     assert res.p == pytest.approx(expected.pvalue, rel=1e-12)
     assert report.compare(pd.Series([0.7], index=[5]), ref) is None  # one run: no test
     assert report.compare(ref + 0.01, ref) is None  # constant difference: no finite p
+
+
+# ------------------------------------------------------------ paper-ready figures
+def _alpha_sweep(root: Path) -> Path:
+    """baseline x 3 seeds and boost at alpha 0.5 and 1.0 x 3 seeds, swept by override."""
+    job = 0
+    for seed, acc in enumerate((0.60, 0.62, 0.61)):
+        _fake_run(root, str(job), "baseline", seed, acc)
+        job += 1
+    for alpha, accs in ((0.5, (0.64, 0.66, 0.65)), (1.0, (0.70, 0.66, 0.68))):
+        for seed, acc in enumerate(accs):
+            d = _fake_run(root, str(job), "boost", seed, acc, alpha=alpha)
+            with open(d / ".hydra" / "overrides.yaml", "a") as f:
+                f.write(f"- method.boost.alpha={alpha}\n")
+            job += 1
+    return root
+
+
+_FONT_SUBTYPE = re.compile(rb"/Subtype\s*/(Type3|TrueType|CIDFontType2|Type1|Type0)\b")
+
+
+def test_report_pdfs_embed_no_type3_font(tmp_path: Path) -> None:
+    """Every PDF the CLI writes embeds TrueType (Type 42) fonts: the font dictionaries of
+    the uncompressed PDF name no /Type3 font."""
+    root = _alpha_sweep(tmp_path / "sweep")
+    out = tmp_path / "out"
+    before = matplotlib.rcParams["pdf.fonttype"]
+    with matplotlib.rc_context({"pdf.compression": 0}):  # plain-text objects to read
+        assert report.main([str(root), "--out", str(out)]) == 0
+    pdfs = sorted(out.glob("*.pdf"))
+    assert {"final_acc.pdf", "sweep_method_boost_alpha.pdf", "val_acc.pdf"} <= {
+        p.name for p in pdfs
+    }
+    for pdf in pdfs:
+        subtypes = {m.decode() for m in _FONT_SUBTYPE.findall(pdf.read_bytes())}
+        assert "Type3" not in subtypes, pdf.name
+        assert {"Type0", "CIDFontType2"} <= subtypes or "TrueType" in subtypes, (pdf.name, subtypes)
+    # global state untouched: the rc context ends with the report
+    assert matplotlib.rcParams["pdf.fonttype"] == before
+
+
+def test_paper_sizes_no_title_integer_epoch_ticks(multirun: Path) -> None:
+    runs = report.collect(multirun)
+    curves = report.load_curves(runs["run_dir"])
+    paper = report.make_figures(runs, curves, ["method.name"])
+    val, gap, dots = paper["val_acc"], paper["imbalance"], paper["final_acc"]
+    assert tuple(val.get_size_inches()) == pytest.approx((7.0, 2.6))  # two columns
+    assert tuple(gap.get_size_inches()) == pytest.approx((3.5, 2.6))  # one column
+    assert tuple(dots.get_size_inches()) == pytest.approx((3.5, 2.6))
+    for fig in (f for f in paper.values() if f is not None):
+        assert fig._suptitle is None  # no baked title: the caption belongs to the paper
+    # a 2-epoch run: integer epoch ticks only
+    for ax in val.axes + gap.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    # the legend below the panels (the full width of the page), beside them on screen
+    val.canvas.draw()
+    legend_box = val.legends[0].get_window_extent()
+    assert legend_box.y1 <= min(ax.get_window_extent().y0 for ax in val.axes)
+    # 8-pt axis labels in the paper style, larger on screen, global rc untouched
+    assert val.axes[0].yaxis.label.get_fontsize() == 8
+    screen = report.make_figures(runs, curves, ["method.name"], style="screen")
+    assert screen["val_acc"].get_size_inches()[0] > 7.0
+    assert screen["val_acc"].axes[0].yaxis.label.get_fontsize() == 10
+    screen["val_acc"].canvas.draw()
+    legend_box = screen["val_acc"].legends[0].get_window_extent()
+    assert legend_box.x0 >= max(ax.get_window_extent().x1 for ax in screen["val_acc"].axes)
+    assert matplotlib.rcParams["font.size"] == matplotlib.rcParamsDefault["font.size"]
+    with pytest.raises(ValueError, match="figure style 'poster'"):
+        report.make_figures(runs, curves, ["method.name"], style="poster")
+
+
+def test_dot_plot_one_dot_per_seed_and_t_interval(multirun: Path) -> None:
+    runs = report.collect(multirun)
+    fig = report.plot_dots(runs, ["method.name"])
+    (ax,) = fig.axes
+    dots = [c for c in ax.collections if isinstance(c, matplotlib.collections.PathCollection)]
+    ys = sorted(y for c in dots for y in c.get_offsets()[:, 1])
+    assert ys == pytest.approx(sorted([60.0, 62.0, 64.0, 70.0, 67.0]))
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["baseline\n(n=2)", "boost\n(n=3)"]
+    # boost: mean 67 with the 95 % t interval (2 degrees of freedom) as error bar
+    half = stats.t.ppf(0.975, 2) * 3.0 / np.sqrt(3)
+    bars = [c for c in ax.collections if isinstance(c, matplotlib.collections.LineCollection)]
+    segments = [seg for c in bars for seg in c.get_segments()]
+    spans = sorted((float(seg[0][1]), float(seg[1][1])) for seg in segments)
+    assert (67.0 - half, 67.0 + half) == pytest.approx(spans[-1])
+
+
+def test_sweep_plot_over_the_swept_override(tmp_path: Path) -> None:
+    root = _alpha_sweep(tmp_path / "sweep")
+    runs = report.collect(root)
+    assert report.swept_keys(runs) == ["method.boost.alpha"]
+    figs = report.make_figures(runs, report.load_curves(runs["run_dir"]), ["method.name"])
+    (ax,) = figs["sweep_method_boost_alpha"].axes
+    assert ax.get_xlabel() == "method.boost.alpha"
+    (container,) = ax.containers  # the error-bar line of boost, labelled with its n
+    assert container.get_label() == "boost (n=3 per value)"
+    boost = container.lines[0]
+    assert list(boost.get_xdata()) == [0.5, 1.0]
+    assert list(boost.get_ydata()) == pytest.approx([65.0, 68.0])
+    base = next(line for line in ax.get_lines() if line.get_label().startswith("baseline"))
+    assert list(base.get_ydata()) == pytest.approx([61.0, 61.0])  # no alpha: a level line
+    assert matplotlib.colors.to_hex(boost.get_color()) == report.method_colors()["boost"]
+    # no sweep without a swept numeric override
+    assert report.swept_keys(report.collect(_sig_multirun(tmp_path / "sig"))) == []
+
+
+def test_imbalance_curve_is_the_unimodal_gap(multirun: Path) -> None:
+    figs = _figures(multirun)
+    (ax,) = figs["imbalance"].axes
+    line = next(line for line in ax.get_lines() if line.get_label() == "boost (n=3)")
+    # val/acc_audio 0.5 and val/acc_visual 0.3 in every epoch: a 20 pp gap
+    assert list(line.get_xdata()) == [0, 1] and list(line.get_ydata()) == pytest.approx([20, 20])
+    assert figs["modality_loss"] is None and figs["grad_norm"] is None  # not logged here

@@ -199,3 +199,51 @@ def make_mmsa(path: Path, sizes: tuple[int, int, int] = (24, 8, 8), **kw: object
     with open(path, "wb") as f:
         pickle.dump(data, f, protocol=4)
     return path
+
+
+def flow_value(k: int, axis: str) -> int:
+    """Grey level of flow frame ``k`` (0-based) of the ``u`` or ``v`` stream."""
+    return 10 + 10 * k + (5 if axis == "v" else 0)
+
+
+def make_ucf101(
+    root: Path,
+    classes: Sequence[str] = ("ApplyEyeMakeup", "Archery", "YoYo"),
+    n_train_per_class: int = 3,
+    n_test_per_class: int = 1,
+    rgb_frames: int = 6,
+    flow_frames: int = 9,
+    frame_hw: tuple[int, int] = (24, 32),
+) -> Path:
+    """UCF-101 in BalanceBenchmark's layout: ``ucfTrainTestlist/{classInd,trainlist01,
+    testlist01}.txt`` as the official release writes them, ``rgb/<video>/frame_0000k.jpg``
+    (k = 1..6, solid ``frame_value``) and ``flow/{u,v}/<video>/frame00kkkk.jpg`` greyscale
+    (solid ``flow_value``)."""
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True, exist_ok=True)
+    # classInd.txt lists all 101 classes (``classes`` and fillers), 1-based, CRLF as the
+    # official release; not in Python-sorted order (YoYo first) on purpose
+    ordered = [classes[-1], *classes[:-1]]
+    fillers = [f"Filler{i:03d}" for i in range(101 - len(ordered))]
+    (lists / "classInd.txt").write_text(
+        "".join(f"{i} {c}\r\n" for i, c in enumerate([*ordered, *fillers], start=1))
+    )
+    k = 0
+    for split, n in (("train", n_train_per_class), ("test", n_test_per_class)):
+        rows = []
+        for ci, cls in enumerate(ordered, start=1):
+            for _ in range(n):
+                video = f"v_{cls}_g{k + 1:02d}_c01"
+                write_frames(root / "rgb" / video, rgb_frames, frame_hw, "frame_{:05d}.jpg")
+                for p in sorted((root / "rgb" / video).iterdir(), reverse=True):
+                    p.rename(p.with_name(f"frame_{int(p.stem.split('_')[1]) + 1:05d}.jpg"))
+                for axis in ("u", "v"):
+                    d = root / "flow" / axis / video
+                    d.mkdir(parents=True, exist_ok=True)
+                    for j in range(flow_frames):
+                        arr = np.full(frame_hw, flow_value(j, axis), dtype=np.uint8)
+                        Image.fromarray(arr).save(d / f"frame{j + 1:06d}.jpg", quality=95)
+                rows.append(f"{cls}/{video}.avi" + (f" {ci}" if split == "train" else ""))
+                k += 1
+        (lists / f"{split}list01.txt").write_text("\r\n".join(rows) + "\r\n")
+    return root

@@ -262,10 +262,17 @@ class UCF101DataModule(SplitDataModule):
         rgb_span: only the first ``rgb_span`` RGB frames are sampled (BalanceBenchmark
             reads ``frame_00001`` .. ``frame_00006``); null: all of them.
         flow_flip: ``tsn`` or ``independent`` (BalanceBenchmark); see the module docstring.
-        class_file, train_file, test_file: split files (the official release's split 1).
-        rgb_dir, flow_u_dir, flow_v_dir: frame folders.
-        val_fraction, seed: the seeded, stratified validation split carved from train.
-        batch_size, num_workers, pin_memory: loaders.
+        class_file: the class list (``classInd.txt``).
+        train_file: the train list (the official release's split 1).
+        test_file: the test list.
+        rgb_dir: folder of the RGB frame folders.
+        flow_u_dir: folder of the u flow frame folders.
+        flow_v_dir: folder of the v flow frame folders.
+        val_fraction: fraction of each train class carved out (seeded) as validation.
+        seed: seed of the validation split.
+        batch_size: loader batch size.
+        num_workers: loader worker processes.
+        pin_memory: loader ``pin_memory``.
         strict: fail instead of skipping videos missing on disk.
     """
 

@@ -247,3 +247,40 @@ def make_ucf101(
                 k += 1
         (lists / f"{split}list01.txt").write_text("\r\n".join(rows) + "\r\n")
     return root
+
+
+def make_vggsound(
+    root: Path,
+    classes: Sequence[str] = ("dog barking", "playing cello", "people marching"),
+    n_train_per_class: int = 3,
+    n_test_per_class: int = 1,
+    frames_per_clip: int = 10,
+    spec_shape: tuple[int, int] = (64, 48),
+    frame_hw: tuple[int, int] = (24, 32),
+) -> Path:
+    """VGGSound as BalanceBenchmark reads it: the official ``vggsound.csv`` rows
+    (``<ytid>,<start_s>,<label>,<train|test>``, no header, train and test interleaved),
+    ``visual/<ytid>_<start>/*.jpg`` and ``audio/<ytid>_<start>.npy``. The first train row
+    is of ``classes[1]``, so first-seen order differs from sorted order."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    rows = []
+    k = 0
+    order = [classes[1], classes[0], *classes[2:]]
+    for split, n in (("train", n_train_per_class), ("test", n_test_per_class)):
+        for cls in order:
+            for _ in range(n):
+                ytid, start = f"-yt{k:03d}_x", 10 * k
+                name = f"{ytid}_{start}"
+                (root / "audio").mkdir(exist_ok=True)
+                np.save(
+                    root / "audio" / f"{name}.npy",
+                    rng.standard_normal(spec_shape).astype(np.float32),
+                )
+                write_frames(root / "visual" / name, frames_per_clip, frame_hw, "{:05d}.jpg")
+                rows.append(f"{ytid},{start},{cls},{split}")
+                k += 1
+    # the official file is not grouped by split
+    rows = rows[::2] + rows[1::2]
+    (root / "vggsound.csv").write_text("\n".join(rows) + "\n")
+    return root

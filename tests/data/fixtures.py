@@ -7,6 +7,7 @@ test can tell which frames a loader picked.
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -283,4 +284,50 @@ def make_vggsound(
     # the official file is not grouped by split
     rows = rows[::2] + rows[1::2]
     (root / "vggsound.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_balancedav(
+    root: Path,
+    classes: Sequence[str] = ("playing piano", "bowling", "singing"),
+    n_train_per_class: int = 3,
+    n_test_per_class: int = 1,
+    frames_per_clip: int = 10,
+    spec_shape: tuple[int, int] = (64, 48),
+    frame_hw: tuple[int, int] = (24, 32),
+) -> Path:
+    """BalancedAV as BalanceBenchmark reads it: a JSON annotation (``labels``: 30 names,
+    ``classes`` first; ``database``: ``{key: {subset, label}}``), ``visual/<key>.hdf5`` with a
+    ``video`` dataset of JPEG bytes (frame ``k`` solid ``frame_value(k)``) and
+    ``audio/<key>.pkl`` spectrograms."""
+    import io
+
+    import h5py
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "visual").mkdir(exist_ok=True)
+    (root / "audio").mkdir(exist_ok=True)
+    rng = np.random.default_rng(3)
+    labels = [*classes, *(f"filler {i}" for i in range(30 - len(classes)))]
+    database = {}
+    k = 0
+    for subset, n in (("training", n_train_per_class), ("testing", n_test_per_class)):
+        for cls in classes:
+            for _ in range(n):
+                key = f"clip{k:04d}"
+                with open(root / "audio" / f"{key}.pkl", "wb") as f:
+                    pickle.dump(rng.standard_normal(spec_shape).astype(np.float32), f)
+                with h5py.File(root / "visual" / f"{key}.hdf5", "w") as f:
+                    video = f.create_dataset(
+                        "video", (frames_per_clip,), dtype=h5py.vlen_dtype(np.uint8)
+                    )
+                    for j in range(frames_per_clip):
+                        buf = io.BytesIO()
+                        Image.fromarray(np.full((*frame_hw, 3), frame_value(j), np.uint8)).save(
+                            buf, format="JPEG", quality=95
+                        )
+                        video[j] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+                database[key] = {"subset": subset, "label": cls}
+                k += 1
+    (root / "annotations.json").write_text(json.dumps({"labels": labels, "database": database}))
     return root

@@ -331,3 +331,26 @@ def make_balancedav(
                 k += 1
     (root / "annotations.json").write_text(json.dumps({"labels": labels, "database": database}))
     return root
+
+
+def make_modelnet40(
+    root: Path,
+    classes: Sequence[str] = ("airplane", "chair", "xbox"),
+    n_train_per_class: int = 4,
+    n_test_per_class: int = 1,
+    size: int = 20,
+) -> Path:
+    """MVCNN's 12-view renderings as the Greedy code reads them:
+    ``<class>/<split>/<class>_<id>.obj.shaded_v<k>.png`` (k = 001..012); view ``k`` of every
+    model is a solid ``frame_value(k)`` grey."""
+    for split, n in (("train", n_train_per_class), ("test", n_test_per_class)):
+        for cls in classes:
+            folder = root / cls / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for m in range(n):
+                for k in range(12):
+                    arr = np.full((size, size, 3), frame_value(k), dtype=np.uint8)
+                    Image.fromarray(arr).save(
+                        folder / f"{cls}_{m + 1:04d}.obj.shaded_v{k + 1:03d}.png"
+                    )
+    return root

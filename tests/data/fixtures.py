@@ -7,6 +7,7 @@ test can tell which frames a loader picked.
 
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 from collections.abc import Sequence
@@ -353,4 +354,33 @@ def make_modelnet40(
                     Image.fromarray(arr).save(
                         folder / f"{cls}_{m + 1:04d}.obj.shaded_v{k + 1:03d}.png"
                     )
+    return root
+
+
+def make_food101(
+    root: Path,
+    classes: Sequence[str] = ("apple_pie", "pizza", "sushi"),
+    n_train_per_class: int = 3,
+    n_test_per_class: int = 1,
+    size_hw: tuple[int, int] = (30, 40),
+) -> Path:
+    """UPMC Food-101 as BalanceBenchmark reads it: ``texts/{train,test}_titles.csv`` with the
+    header ``Image_path,text,label`` and ``images/<split>/<label>/<Image_path>`` jpgs (image
+    ``k`` of a split a solid ``frame_value(k % 8)`` grey)."""
+    k = 0
+    for split, n in (("train", n_train_per_class), ("test", n_test_per_class)):
+        rows = [["Image_path", "text", "label"]]
+        for cls in classes:
+            folder = root / "images" / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for j in range(n):
+                name = f"{cls}_{k}.jpg"
+                arr = np.full((*size_hw, 3), frame_value(k % 8), dtype=np.uint8)
+                Image.fromarray(arr).save(folder / name, quality=95)
+                text = f"RT Best {cls.replace('_', ' ')} recipe #{j} http://example.com/{k}"
+                rows.append([name, text, cls])
+                k += 1
+        (root / "texts").mkdir(parents=True, exist_ok=True)
+        with open(root / "texts" / f"{split}_titles.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows)
     return root

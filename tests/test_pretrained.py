@@ -101,3 +101,21 @@ def test_missing_weights_fail_at_startup(tmp_path: Path, make_cfg) -> None:
     cfg = make_cfg([f"+dataset.encoder_choices.visual.pretrained={tmp_path}/missing.pth"])
     with pytest.raises(Exception, match=r"no weights file at .*missing\.pth"):  # via Hydra
         run(cfg)
+
+
+@pytest.mark.slow
+def test_checkpoint_of_a_pretrained_run_evaluates_without_the_weights_file(
+    tmp_path: Path, make_cfg
+) -> None:
+    """The checkpoint holds the trained weights: ``asgml.eval`` must not need the file."""
+    from asgml.run.evaluate import evaluate_checkpoint
+    from asgml.train import run
+
+    weights = tmp_path.parent / f"{tmp_path.name}-r18.pth"  # outside the run directory
+    write_weights(weights)
+    cfg = make_cfg([f"+dataset.encoder_choices.visual.pretrained={weights}"])
+    run(cfg)
+    weights.unlink()
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    result = evaluate_checkpoint(ckpt, device="cpu")
+    assert "acc" in str(result)

@@ -8,6 +8,14 @@ All encoders map one modality's batch to a ``(B, feature_dim)`` feature tensor.
   ``temporal=True`` the input ``(B, C, T, H, W)`` has its T frames folded into the
   batch, runs through the 2-D network and is mean-pooled over time and space
   (OGM-GE's ``adaptive_avg_pool3d``).
+  ``pretrained``: ImageNet weights from a local file or torchvision's cache (see
+  `resolve_pretrained`; nothing is downloaded); a first conv of another channel count
+  (flow: ``2L`` stacked u/v frames, spectrograms: 1) gets the RGB filters averaged over
+  their input channels and replicated, TSN's cross-modality initialisation (Wang et al.,
+  ECCV 2016; https://github.com/yjxiong/tsn-pytorch @ 2f0468e ``models.py:227-252``,
+  the mean at line 240), or (``conv1_init: random``) a fresh conv1 as BalanceBenchmark
+  executes for flow (https://github.com/GeWu-Lab/BalanceBenchmark @ 4c1482f
+  ``balancemm/encoders/__init__.py:50-54`` deletes ``conv1.weight`` before loading).
 * `MLPEncoder` -- pre-extracted sequence features ``(B, L, D)`` (MMSA
   pickles): masked mean-pool over time, then Linear-ReLU-Dropout-Linear-ReLU
   (docs/asgml_v2_design.md section 7.2).
@@ -15,9 +23,17 @@ All encoders map one modality's batch to a ``(B, feature_dim)`` feature tensor.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet18
+from torchvision.models import ResNet18_Weights, resnet18
+
+#: names accepted by ``pretrained`` for torchvision's ImageNet ResNet-18 weights
+IMAGENET_NAMES = ("imagenet", "IMAGENET1K_V1", "DEFAULT", "ResNet18_Weights.IMAGENET1K_V1")
+CONV1_INITS = ("average", "random")
 
 
 def init_weights_ogm(module: nn.Module) -> None:
@@ -43,17 +59,37 @@ class ResNet18Encoder(nn.Module):
     """ResNet-18 trunk (no classifier) from torchvision, trained from scratch.
 
     Args:
-        in_channels: 1 for a spectrogram ``(B, 1, F, T)``, 3 for RGB frames.
+        in_channels: 1 for a spectrogram ``(B, 1, F, T)``, 3 for RGB frames, ``2L`` for
+            ``L`` stacked optical-flow (u, v) pairs.
         temporal: input is ``(B, C, T, H, W)``; frames are folded into the batch and
             the output is mean-pooled over time and space.
         width: channel width of the first stage (64 is the real ResNet-18; tests
             may shrink it).
+        pretrained: ``null`` (train from scratch, OGM-GE), a state-dict file, or
+            ``imagenet`` / ``IMAGENET1K_V1`` for torchvision's ImageNet weights read from
+            ``$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth``
+            (`resolve_pretrained`). A missing file is an error naming the path.
+        conv1_init: how a pretrained conv1 is adapted to ``in_channels != 3``: ``average``
+            (TSN: RGB filters averaged over channels, replicated) or ``random`` (a fresh
+            conv1, as BalanceBenchmark for flow).
     """
 
-    def __init__(self, in_channels: int = 3, temporal: bool = False, width: int = 64) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        temporal: bool = False,
+        width: int = 64,
+        pretrained: str | os.PathLike | None = None,
+        conv1_init: str = "average",
+    ) -> None:
         super().__init__()
         if in_channels < 1:
             raise ValueError(f"ResNet18Encoder.in_channels must be >= 1, got {in_channels}")
+        if conv1_init not in CONV1_INITS:
+            raise ValueError(
+                f"ResNet18Encoder.conv1_init must be one of {CONV1_INITS}, got {conv1_init!r}"
+            )
+        weights_file = resolve_pretrained(pretrained) if pretrained else None
         net = resnet18(weights=None)
         if width != 64:
             net = _narrow_resnet18(width)
@@ -69,6 +105,9 @@ class ResNet18Encoder(nn.Module):
         self.temporal = temporal
         self.feature_dim = net.fc.in_features
         init_weights_ogm(self)
+        self.pretrained = str(weights_file) if weights_file else None
+        if weights_file is not None:
+            load_resnet18_trunk(self, weights_file, conv1_init)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.temporal:
@@ -92,6 +131,81 @@ class ResNet18Encoder(nn.Module):
         else:
             x = x.mean(dim=(2, 3))
         return x
+
+
+def imagenet_weights_file() -> Path:
+    """Where torchvision keeps the ImageNet ResNet-18 weights it downloads:
+    ``<torch.hub.get_dir()>/checkpoints/resnet18-f37072fd.pth`` (``$TORCH_HOME/hub/...``,
+    default ``~/.cache/torch/hub/...``)."""
+    name = os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def resolve_pretrained(pretrained: str | os.PathLike) -> Path:
+    """The weights file that ``pretrained`` names (an ImageNet name from
+    `IMAGENET_NAMES` or a path); a missing file is a ``FileNotFoundError`` naming the
+    path looked at and how to obtain it. Nothing is downloaded."""
+    url = ResNet18_Weights.IMAGENET1K_V1.url
+    if str(pretrained) in IMAGENET_NAMES:
+        path = imagenet_weights_file()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"pretrained={pretrained!s}: torchvision's ImageNet ResNet-18 weights are not at "
+                f"{path} (torch.hub.get_dir() from $TORCH_HOME; nothing is downloaded). Obtain "
+                f'them from {url} and put the file there (e.g. run `python -c "import '
+                f"torchvision; torchvision.models.resnet18(weights='IMAGENET1K_V1')\"` on a "
+                f"machine with internet and copy $TORCH_HOME/hub/checkpoints/), or pass "
+                f"pretrained=/path/to/resnet18.pth"
+            )
+        return path
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained={pretrained!s}: no weights file at {path.resolve()}. Pass a ResNet-18 "
+            f"state dict (e.g. torchvision's ImageNet weights, {url}), or pretrained=imagenet "
+            f"to read them from {imagenet_weights_file()}"
+        )
+    return path
+
+
+def load_resnet18_trunk(encoder: ResNet18Encoder, path: Path, conv1_init: str = "average") -> None:
+    """Load a ResNet-18 state dict (torchvision key names; ``fc.*`` ignored) into
+    ``encoder``'s trunk. Every trunk key must be present with the encoder's shape, except
+    conv1's input channels, adapted by ``conv1_init`` (see `ResNet18Encoder`)."""
+    try:
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise OSError(f"cannot read pretrained weights {path}: {e}") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"pretrained weights {path} hold a {type(state).__name__}, not a state dict"
+        )
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"pretrained weights {path} do not fit ResNet18Encoder: missing keys {missing[:5]}, "
+            f"unexpected keys {unexpected[:5]} (expected torchvision resnet18 key names)"
+        )
+    conv1 = state["conv1.weight"]
+    want = own["conv1.weight"].shape
+    if conv1.shape[1] != want[1] and conv1.shape[0] == want[0]:
+        if conv1_init == "random":
+            state["conv1.weight"] = own["conv1.weight"]
+        else:  # TSN cross-modality init: mean over the RGB filters, replicated
+            state["conv1.weight"] = conv1.mean(dim=1, keepdim=True).expand(want).contiguous()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+           if tuple(v.shape) != tuple(own[k].shape)]  # fmt: skip
+    if bad:
+        raise ValueError(
+            f"pretrained weights {path} have other shapes than this ResNet18Encoder "
+            f"(width={encoder.feature_dim // 8}): {bad[:3]}"
+        )
+    encoder.load_state_dict(state)
 
 
 def _narrow_resnet18(width: int) -> nn.Module:

@@ -103,6 +103,10 @@ def build_from_config(
     if legacy:
         cfg.model = OmegaConf.merge(cfg.model, legacy)
     check_targets(cfg, allow_targets, source="the config stored in the checkpoint")
+    # the checkpoint's weights replace pre-trained ones: the weights file is not needed here
+    for enc in (cfg.model.get("encoders") or {}).values():
+        if isinstance(enc, Mapping) and enc.get("pretrained"):
+            enc["pretrained"] = None
     datamodule, model, _ = build(cfg, callbacks=False)
     return datamodule, model
 

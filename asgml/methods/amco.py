@@ -25,6 +25,16 @@ $\\frac1B \\sum_i \\sum_{c} \\mathrm{softmax}([\\mu_1 z_1, \\dots, \\mu_N z_N])_
 $\\sigma$. Outside the window: $\\mathrm{CE}(\\hat y)$ without masks. Validation and test score
 $W_\\star \\sum_m z_m + b_\\star$ (no masks).
 
+**The schedule saturates at once.** $l_t$ is 0 during the whole first epoch (epoch 0 adds
+$0/10$), so nothing is masked there; in epoch 1 it reaches $\\epsilon = 0.3$ at the 4th batch,
+where $p_t = 1$ and *every* class of a dependent modality is masked: its logits are all zero,
+its unimodal CE is the constant $\\log C$ and it adds nothing to $\\hat y$. In epoch $e$ this
+happens from batch $\\lceil 3/e \\rceil + 1$ on, i.e. for almost the whole epoch
+(BalanceBenchmark ``AMCo_trainer.py:64-83``, reproduced as written). The paper's own masking
+(per its abstract, a mask that makes the dependent modality harder to learn) could not be
+recovered: its full text and the authors' code are not public, so no switch for a different
+(e.g. feature-unit) mask is offered.
+
 A step the optimizer skips (non-finite loss or gradients) leaves the dependent flags as they
 were ($l_t$ still advances: it counts batches). DDP: the shares are averaged over the global batch (all-reduce) before the dependent flags
 change; the class mask comes from the callback's generator, equal on every rank.

@@ -1,8 +1,16 @@
 r"""G-Blending: gradient blending by the overfitting-to-generalisation ratio.
 
 Paper: Wang, Tran & Feiszli, "What Makes Training Multi-Modal Classification Networks
-Hard?", CVPR 2020 (Section 3.3, Algorithm 1, online G-Blend). No official code was released;
-reference implementation: GeWu-Lab/BalanceBenchmark @ 4c1482f
+Hard?", CVPR 2020 (Section 3.3, Algorithm 1, online G-Blend).
+Official code (the training loss; the weight estimation is not released):
+facebookresearch/VMZ @ 4cc542d58c1c560571e1e962426e858e00de28d2, Caffe2 branch ``c2/``:
+``lib/models/audio_visual_model.py:483-498`` (``g_blend``: a separate audio classifier
+``a_last_out`` and visual classifier ``v_last_out`` next to the audio-visual head),
+``lib/models/loss/loss_creator.py:119-200`` (``add_weighted_loss``: the weighted sum of the
+audio, visual and audio-visual softmax losses), ``lib/models/model_builder.py:173-185``,
+``tools/train_net.py:578-585`` (``--audio_weight --visual_weight --av_weight``: the weights
+are given, computed offline) and ``tutorials/gradient_blending.md`` (example weights).
+Reference implementation of the online estimation: GeWu-Lab/BalanceBenchmark @ 4c1482f
 ``balancemm/trainer/GBlending_trainer.py`` (``fit`` lines 70-95, ``training_step`` lines
 292-304, ``super_epoch_origin`` lines 306-370) with ``configs/trainer_config.yaml:34-39``.
 
@@ -26,7 +34,11 @@ $$
 \mathcal{L} = w_\text{fused}\, \mathrm{CE}(z, y) + \sum_m w_m\, \mathrm{CE}(z_m, y)
 $$
 
-with the unimodal logits $z_m$ of the fusion head.
+with the unimodal logits $z_m$: by default those of the fusion head (BalanceBenchmark); with
+``model.unimodal_heads=true`` separate ``Linear(d_m, C)`` classifiers, as the official VMZ
+model (``a_last_out``, ``v_last_out``), which also serve as the unimodal branches of the
+weight estimation. ``fixed_weights`` gives the weights instead of estimating them, as VMZ's
+``--audio_weight --visual_weight --av_weight`` (e.g. its tutorial's offline G-Blend weights).
 
 **Held-out split.** The paper holds out part of the training set. Here the datamodule's
 validation split is used (the seeded split every dataset config defines, drawn from the
@@ -88,9 +100,12 @@ def blending_weights(
 
 
 def branch_logits(module: MultimodalModule, batch: Mapping[str, Any], branch: str) -> Tensor:
-    """Fusion-head logits with only ``branch``'s features (``fused``: all of them)."""
+    """Fusion-head logits with only ``branch``'s features (``fused``: all of them); a
+    modality's own classifier when the model has separate unimodal heads."""
     inputs, lengths, _ = module.split_batch(batch)
     feats = module.encode(inputs, lengths)
+    if branch != FUSED and module.unimodal_heads is not None:
+        return module.unimodal_heads[branch](feats[branch])
     if branch != FUSED:
         feats = {m: f if m == branch else torch.zeros_like(f) for m, f in feats.items()}
     return module.fusion(feats)
@@ -104,11 +119,19 @@ class GBlending(BalancingCallback):
             (BalanceBenchmark CREMA-D: 10; at least 2).
         loss_reduction: ``mean`` (paper) or ``sum`` (BalanceBenchmark) of the batch losses.
         seed: seeds the inner training loader's shuffle.
+        fixed_weights: ``{<modality>: w, ..., fused: w}`` used throughout instead of the
+            online estimation (official VMZ ``--audio_weight --visual_weight --av_weight``).
     """
 
     state_attrs = ("weights",)  # checkpointed by BalancingCallback.state_dict
 
-    def __init__(self, super_epoch: int = 10, loss_reduction: str = "mean", seed: int = 0) -> None:
+    def __init__(
+        self,
+        super_epoch: int = 10,
+        loss_reduction: str = "mean",
+        seed: int = 0,
+        fixed_weights: Mapping[str, float] | None = None,
+    ) -> None:
         super().__init__()
         if super_epoch < 2:
             raise ValueError(
@@ -123,6 +146,11 @@ class GBlending(BalancingCallback):
         self.loss_reduction = loss_reduction
         self.seed = int(seed)
         self.weights: dict[str, float] = {}
+        self.fixed_weights = (
+            {str(k): float(v) for k, v in dict(fixed_weights).items()}
+            if fixed_weights is not None
+            else None
+        )
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -130,10 +158,19 @@ class GBlending(BalancingCallback):
             raise ValueError(
                 "method=gblending weights the unimodal CE terms itself: set model.gamma=0"
             )
-        if getattr(pl_module, "unimodal_heads", None) is not None:
-            raise ValueError("method=gblending: model.unimodal_heads must be false")
-        if not getattr(pl_module.fusion, "supports_unimodal", False):
-            raise ValueError("method=gblending needs a fusion head with unimodal logits")
+        separate = getattr(pl_module, "unimodal_heads", None) is not None  # VMZ's classifiers
+        if not separate and not getattr(pl_module.fusion, "supports_unimodal", False):
+            raise ValueError(
+                "method=gblending needs unimodal logits: a fusion head that derives them or "
+                "model.unimodal_heads=true (separate classifiers, as the official VMZ model)"
+            )
+        if self.fixed_weights is not None:
+            want = {*pl_module.modalities, FUSED}
+            if set(self.fixed_weights) != want:
+                raise ValueError(
+                    f"method.gblending.fixed_weights needs one weight per key {sorted(want)}, "
+                    f"got {sorted(self.fixed_weights)}"
+                )
 
     # ------------------------------------------------------------- estimation
     def _val_loader(self, trainer: L.Trainer) -> DataLoader:
@@ -210,6 +247,11 @@ class GBlending(BalancingCallback):
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.fixed_weights is not None:
+            if not self.weights:
+                self.weights = dict(self.fixed_weights)
+                self.log_now(trainer, {f"gblending/weight_{k}": v for k, v in self.weights.items()})
+            return
         if trainer.current_epoch % self.super_epoch != 0 and self.weights:
             return
         weights = self.estimate(trainer, pl_module) if trainer.is_global_zero else {}

@@ -25,15 +25,34 @@ M^{bypass}_m \\mathrel{+}= \\frac{\\sum_{\\theta \\in \\{W_s, b_s, W_m, b_m\\}}
 $$\\mathrm{BDR}_m = \\log_{10}\\big(M^{bypass}_m / M^{main}_m\\big), \\qquad
 d = \\mathrm{BDR}_0 - \\mathrm{BDR}_1 .$$
 
-From epoch ``starting_epoch`` on, when $|d| > \\epsilon$ the next ``window`` steps are
+From epoch ``starting_epoch`` on (epochs counted from 1, as the official loop:
+``src/framework.py:293`` runs ``for epoch in range(1, epochs+1)`` and
+``Bias_Mitigation_Strong.on_epoch_begin`` unlocks re-balancing when ``epoch >=
+starting_epoch``, ``src/callbacks.py:265-267``; the official ``starting_epoch=2`` re-balances
+from the second epoch), when $|d| > \\epsilon$ the next ``window`` steps are
 *re-balancing steps* for the caring modality $c$ ($c = 0$ if $d > 0$, else $1$): its gate
 $g_c$ is replaced by the (detached) running average of its past batch-mean gates, so its
 features enter the fusion layer without cross-modal modulation, while the other gates stay
-live. $d$ is not measured during a re-balancing window (official). Validation and test use
-the live gates (official: ``curation_mode`` is off outside training).
+live. $d$ is not measured during a re-balancing window (official).
+
+**Two branches (official, ``head: branches``).** Every modality has its own classifier
+$h_m$ (``src/model.py:54,56``: ``net_view_m.fc``); the loss is the sum of the branch CEs
+$\\sum_m \\mathrm{CE}(h_m(\\tilde f_m), y)$ (``train.py:22-28``, ``blend_loss``) and the
+prediction is the mean of the branch logits $\\frac1N \\sum_m h_m(\\tilde f_m)$
+(``src/model.py:108``); the reported unimodal accuracies are those of $h_m(\\tilde f_m)$.
+Here the $h_m$ are the ``Linear(d_m, C)`` heads of ``model.fusion=sum`` (the method's
+default), whose summed logits have the mean's argmax. ``head: fused`` is the former reading:
+one fusion head (any ``model.fusion``) on the gated features and its CE.
+
+**Evaluation state (official, ``eval_state: training``).** The official model reads
+``curation_mode`` and ``caring_modality`` at every forward, evaluation included
+(``src/framework.py:146-148``), and nothing resets them between the last training step and
+validation/test, so evaluation runs in the state the last training step left: inside a
+re-balancing window the caring modality's gate is its running average. ``eval_state: live``
+evaluates with the live gates.
 
 Implemented with the step plan: the gates are ``fusion_scale`` (computed with gradient, so
-the MMTM and, through it, every encoder train on the fused CE); the MMTM module is added to
+the MMTM and, through it, every encoder train on the loss); the MMTM module is added to
 the model as ``greedy_mmtm`` (trained in the ``head`` group); ``on_eval_logits`` applies
 the gates at evaluation.
 
@@ -60,6 +79,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -71,6 +91,7 @@ from asgml.core.toolkit import (
     require_unused_parameter_detection,
     step_finite,
 )
+from asgml.models.fusion import SumFusion
 
 if TYPE_CHECKING:
     from asgml.core.module import MultimodalModule
@@ -153,11 +174,17 @@ class Greedy(BalancingCallback):
     Args:
         epsilon: threshold on $|d|$ that starts a re-balancing window (official ``epsilon``).
         window: re-balancing steps per window (official ``curation_windowsize``).
-        starting_epoch: first 0-based epoch with re-balancing (official ``starting_epoch``;
+        starting_epoch: first epoch with re-balancing, counted from 1 as the official loop
+            (official ``starting_epoch``: 2, the second epoch; 0 or 1: from the first epoch;
             $d$ is measured from the first step).
         ratio: MMTM reduction ratio (hidden units ``2 sum d_m / ratio``).
         running_average: ``own`` (each modality's own gates) or ``official`` (every
             modality after the first reads the first modality's gates, as the official code).
+        head: ``branches`` (official: a classifier per modality, loss the sum of their CEs,
+            prediction the mean of their logits; needs ``model.fusion=sum``) or ``fused``
+            (one fusion head, its CE).
+        eval_state: ``training`` (official: evaluation keeps the re-balancing state of the
+            last training step) or ``live`` (live gates at evaluation).
     """
 
     changes_model = True  # asgml.eval re-applies setup() before loading weights
@@ -169,6 +196,8 @@ class Greedy(BalancingCallback):
         starting_epoch: int = 2,
         ratio: float = 4.0,
         running_average: str = "own",
+        head: str = "branches",
+        eval_state: str = "training",
     ) -> None:
         super().__init__()
         if epsilon < 0:
@@ -182,6 +211,13 @@ class Greedy(BalancingCallback):
                 f"method.greedy.running_average must be 'own' or 'official', got "
                 f"{running_average!r}"
             )
+        if head not in ("branches", "fused"):
+            raise ValueError(f"method.greedy.head must be 'branches' or 'fused', got {head!r}")
+        if eval_state not in ("training", "live"):
+            raise ValueError(
+                f"method.greedy.eval_state must be 'training' or 'live', got {eval_state!r}"
+            )
+        self.head, self.eval_state = head, eval_state
         self.epsilon, self.window, self.starting_epoch = float(epsilon), window, starting_epoch
         self.ratio, self.running_average = float(ratio), running_average
         self.m_bypass: list[float] = []
@@ -205,6 +241,19 @@ class Greedy(BalancingCallback):
             "a re-balancing step replaces the caring modality's gate, so its MMTM excitation "
             "layer has no gradient",
         )
+        if self.head == "branches":
+            if not isinstance(module.fusion, SumFusion) or module.unimodal_heads is not None:
+                raise ValueError(
+                    "method.greedy.head=branches trains one classifier per modality: it needs "
+                    "model.fusion=sum (the method's default) and model.unimodal_heads=false, got "
+                    f"model.fusion={type(module.fusion).__name__}; or set "
+                    "method.greedy.head=fused"
+                )
+            if getattr(module, "gamma", 0.0) > 0:
+                raise ValueError(
+                    "method.greedy.head=branches: the loss is the sum of the branch CEs; set "
+                    f"model.gamma=0 (got {module.gamma})"
+                )
         if not hasattr(module, MMTM):  # before configure_optimizers: trained
             module.add_module(MMTM, GreedyMMTM(module.feature_dims, self.ratio))
         dims = {module.feature_dims[m] for m in module.modalities}
@@ -218,6 +267,25 @@ class Greedy(BalancingCallback):
             self.m_bypass, self.m_main = [0.0] * n, [0.0] * n
 
     # ---------------------------------------------------------------- training
+    @staticmethod
+    def branch_logits(module: MultimodalModule, gated: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``{m: h_m(g_m * f_m)}``: each branch's classifier on its gated features."""
+        fusion: Any = module.fusion
+        return {m: fusion.fc[m](gated[m]) for m in module.modalities}
+
+    @override
+    def on_train_losses(
+        self, trainer: L.Trainer, module: MultimodalModule, out: StepOutput
+    ) -> None:
+        if self.head != "branches":
+            return
+        scale = module.step_plan.fusion_scale
+        gated = {m: f * scale[m].to(f.dtype) for m, f in out.features.items()}
+        logits = self.branch_logits(module, gated)
+        out.losses.clear()  # train.py:22-28: the sum of the branch CEs
+        for m in module.modalities:
+            out.losses[f"greedy_{m}"] = F.cross_entropy(logits[m], out.labels)
+
     @override
     def on_step_features(
         self,
@@ -295,7 +363,8 @@ class Greedy(BalancingCallback):
             self.m_main[i] += energy_ratio(g, w, scale)
         self.bdr = greedy_bdr(self.m_bypass, self.m_main)
         self.d, caring = greedy_decision(self.bdr, self.epsilon)
-        if trainer.current_epoch >= self.starting_epoch and caring is not None:
+        # the official loop counts epochs from 1 (src/framework.py:293)
+        if trainer.current_epoch + 1 >= self.starting_epoch and caring is not None:
             self.curation, self.curation_step, self.caring = True, 0, caring
         else:
             self.curation, self.caring = False, None
@@ -331,7 +400,16 @@ class Greedy(BalancingCallback):
         features: dict[str, Tensor],
     ) -> Tensor:
         gates = getattr(module, MMTM)(features)
-        return module.fusion({m: features[m] * gates[m] for m in module.modalities})
+        mods = module.modalities
+        if self.eval_state == "training" and self.curation and self.caring is not None:
+            m = mods[self.caring]  # the re-balancing state the last training step left
+            gates[m] = self.avg_gates[m].to(gates[m]).expand_as(gates[m])
+        gated = {m: features[m] * gates[m] for m in mods}
+        if self.head == "fused":
+            return module.fusion(gated)
+        branches = self.branch_logits(module, gated)
+        unimodal_logits.update(branches)  # official per-branch accuracies: the gated branches
+        return torch.stack([branches[m] for m in mods]).mean(0)  # src/model.py:108
 
     # ------------------------------------------------------------------- state
     @override

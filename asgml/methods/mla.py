@@ -10,10 +10,17 @@ Second reference: GeWu-Lab/BalanceBenchmark @ 4c1482fca5aaa8d4278af8e26020daa039
 
 Training alternates the modalities: a step forwards and updates one modality $m$ only
 (``StepPlan.only(m)``), through a head $h$ shared by all modalities (``Linear(d, C)``, so the
-encoders' feature dimensions must be equal); its loss is $\\mathrm{CE}(h(f_m), y)$. Before the
-update, the shared head's weight gradient is projected away from the directions the
-previous modalities used (gradient modification, an OWM-style projector $P$ kept across the
-whole run): with $r = \\bar f_m$ (the batch mean of the features) and
+encoders' feature dimensions must be equal); its loss is $\\mathrm{CE}(h(f_m), y)$.
+
+**Gradient projection (default off, as officially executed).** The paper projects the shared
+head's weight gradient away from the directions the previous modalities used (an OWM-style
+projector $P$ kept across the run). The official code never applies it: ``main.py:437,449``
+pass the bare ``nn.Linear`` ``fusion_module.fc_out`` to ``GSPlugin.before_update``, which
+projects only a parameter named ``module.weight`` (``utils/utils.py:30-32``); an
+``nn.Linear``'s parameters are ``weight`` and ``bias``, so the branch is never entered and
+the published numbers come from alternating training without projection. ``projection:
+none`` (the default) is that. ``projection: replace`` is the paper's reading: with
+$r = \\bar f_m$ (the batch mean of the features) and
 $\\alpha = 0.1^{\\,b / n_b + 1}$ ($b$ the batch index in the epoch, $n_b$ the batches per epoch),
 
 $$k = P r^\\top, \\quad P \\leftarrow \\frac{P - k k^\\top / (\\alpha + r k)}
@@ -35,10 +42,13 @@ Deviations: the official loop makes one optimizer step *per modality per batch* 
 trains each modality in turn); here each optimizer step trains one modality and the next
 step (the next batch) the next one, so an epoch makes as many optimizer steps as the
 baseline and each modality sees every $N$-th batch (train $N\\times$ the epochs for the
-official number of updates per modality). ``BalanceBenchmark`` adds $\\nabla_W P^\\top$ to the
-gradient instead of replacing it; this follows the authors' code (switch:
-``projection: add``). The module's concat fusion layer is not trained (MLA has none);
-``train/acc`` therefore scores that untrained layer. Logged: ``mla/modality`` (index of the
+official number of updates per modality). With ``projection: replace`` the denominator is the
+OWM scalar $\\alpha + r k$; the never-executed official line writes ``torch.mm(k, r)``, a
+$d \\times d$ outer product divided elementwise (``utils/utils.py:36``), which is not the
+textbook update and is not reproduced. ``BalanceBenchmark`` adds $\\nabla_W P^\\top$ to the
+gradient instead of replacing it (``projection: add``); the Frobenius normalisation shrinks
+the projected gradient to about $1/\\sqrt{d}$ of the raw one. The module's concat fusion
+layer is not trained (MLA has none); ``train/acc`` therefore scores that untrained layer. Logged: ``mla/modality`` (index of the
 modality trained this step), ``mla/loss_<m>``, ``mla/weight_<m>`` (test-time weights, last
 batch).
 """
@@ -96,8 +106,9 @@ class MLA(BalancingCallback):
         test_fusion: ``dynamic`` (entropy weights, the paper) or ``fixed``.
         fixed_weights: per-modality weights for ``fixed`` (``None``: official 0.5 / 0.5 for
             two modalities, 0.35 / 0.25 / 0.4 for three, uniform otherwise).
-        projection: ``replace`` (official: $\\nabla_W P^\\top$) or ``add`` (BalanceBenchmark:
-            $\\nabla_W + \\nabla_W P^\\top$); ``none`` disables the gradient modification.
+        projection: ``none`` (what the official code executes: its projection branch is
+            never entered), ``replace`` (the paper: $\\nabla_W P^\\top$) or ``add``
+            (BalanceBenchmark: $\\nabla_W + \\nabla_W P^\\top$).
     """
 
     changes_model = True  # asgml.eval re-applies setup() before loading weights
@@ -108,7 +119,7 @@ class MLA(BalancingCallback):
         self,
         test_fusion: str = "dynamic",
         fixed_weights: Sequence[float] | None = None,
-        projection: str = "replace",
+        projection: str = "none",
     ) -> None:
         super().__init__()
         if test_fusion not in ("dynamic", "fixed"):

@@ -16,11 +16,28 @@ $$
 
 Normalising removes the norm advantage the dominant modality's features and weights build
 up, so each modality's logit is bounded by ``s`` and the weak modality keeps a share of the
-fused prediction. The unimodal logits used for evaluation are the ``z_m`` (as the official
-``valid``).
+fused prediction (the training loss).
+
+**Evaluation (official: the linear head).** The official ``valid()`` (``main_CD.py:155-217``)
+takes the fused prediction ``out`` from the model's fusion module, i.e. the *plain linear head*
+$W [f_1; \dots; f_N] + b$ on the unnormalised features, and only the unimodal predictions
+from the cosine terms $z_m$ (lines 181, 185-189, 196). ``eval_fusion: linear`` (the default)
+scores that; ``eval_fusion: cosine`` scores the training logits $\sum_m z_m$ (the paper's
+reading and this library's former behaviour). The official bias of ``fc_out`` never receives a
+gradient (the loss uses only the weight) and keeps its initial value; here the head is
+bias-free, which equals a zero initial bias (this library's initialisation,
+``init_linear_ogm``; the official code keeps PyTorch's default ``U(-1/sqrt(D), 1/sqrt(D))``).
+
+**Gated fusion.** The README's CREMA-D command runs ``--fusion_method gated --mmcosine True``:
+``model.fusion=mmcosine_gated`` (`MMCosineGatedFusion`) is that
+head, the official symmetric gate $x' = \sigma(\mathrm{fc}_y(y)) \odot \mathrm{fc}_x(x)$,
+$y' = \sigma(\mathrm{fc}_x(x)) \odot \mathrm{fc}_y(y)$ with the cosine terms on $x', y'$ and
+the linear evaluation $\mathrm{fc}_{out}([x'; y'])$ (two modalities). The argparse default
+(``--fusion_method concat``) is the method's default ``model.fusion=mmcosine``.
 
 The math lives in `asgml.models.fusion.MMCosineFusion` (``model.fusion=mmcosine``,
-set by ``method.model_defaults.fusion``); this callback sets ``s``, refuses models whose unimodal
+set by ``method.model_defaults.fusion``); this callback sets ``s``, applies the evaluation
+head, refuses models whose unimodal
 logits would not be the cosine terms, and logs the mean target-class logit of every
 modality, ``mmcosine/logit_<m>`` (the official ``data/logit_a`` / ``data/logit_v``).
 
@@ -38,7 +55,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
-from asgml.models.fusion import MMCosineFusion
+from asgml.models.fusion import MMCosineFusion, MMCosineGatedFusion
 
 if TYPE_CHECKING:
     from asgml.core.module import MultimodalModule
@@ -55,23 +72,31 @@ class MMCosine(BalancingCallback):
 
     Args:
         scaling: ``s`` (official ``--scaling``, default 10).
+        eval_fusion: fused prediction at validation and test: ``linear`` (official
+            ``valid()``: the plain linear head ``W [f_1; ...; f_N]``) or ``cosine`` (the
+            training logits ``sum_m z_m``).
     """
 
     state_attrs = ("scaling",)  # checkpointed by BalancingCallback.state_dict
 
-    def __init__(self, scaling: float = 10.0) -> None:
+    def __init__(self, scaling: float = 10.0, eval_fusion: str = "linear") -> None:
         super().__init__()
         if scaling <= 0:
             raise ValueError(f"method.mmcosine.scaling must be > 0, got {scaling}")
+        if eval_fusion not in ("linear", "cosine"):
+            raise ValueError(
+                f"method.mmcosine.eval_fusion must be linear or cosine, got {eval_fusion!r}"
+            )
         self.scaling = float(scaling)
+        self.eval_fusion = eval_fusion
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         fusion = getattr(pl_module, "fusion", None)
-        if not isinstance(fusion, MMCosineFusion):
+        if not isinstance(fusion, MMCosineFusion | MMCosineGatedFusion):
             raise ValueError(
-                "method=mmcosine needs model.fusion=mmcosine (method.model_defaults.fusion), got "
-                f"{type(fusion).__name__}"
+                "method=mmcosine needs model.fusion=mmcosine (method.model_defaults.fusion) or "
+                f"mmcosine_gated, got {type(fusion).__name__}"
             )
         if getattr(pl_module, "unimodal_heads", None) is not None:
             raise ValueError(
@@ -97,3 +122,17 @@ class MMCosine(BalancingCallback):
                     on_step=True,
                     on_epoch=False,
                 )
+
+    @override
+    def on_eval_logits(
+        self,
+        trainer: L.Trainer,
+        module: MultimodalModule,
+        logits: Tensor,
+        unimodal_logits: dict[str, Tensor],
+        features: dict[str, Tensor],
+    ) -> Tensor:
+        if self.eval_fusion == "cosine":
+            return logits
+        fusion: MMCosineFusion | MMCosineGatedFusion = module.fusion  # type: ignore[assignment]
+        return fusion.linear_logits(features)

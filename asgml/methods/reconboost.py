@@ -52,9 +52,19 @@ ensemble of all the others; the GA term uses the learner of the previous stage,
 $(s - 1) \\bmod N$ (BalanceBenchmark's choice; the official code is two-modality, where this
 is "the other one").
 
-Deviations: the official code starts from pre-trained unimodal encoders (``--use_pretrain``,
-which also puts every learner in the ensemble from stage 0: ``warm_start: true``); here the
-encoders start as the model builds them. Without pre-training the official ensemble holds
+**Pre-trained start.** The official CREMA-D command (``README.md:47-66``) starts from
+pre-trained unimodal encoders (``--use_pretrain --m1ckpt --m2ckpt``, loaded by
+``init_pretrain``, ``train.py:103-106,180-182``), which also puts every learner in the
+ensemble from stage 0 (``warm_start: true``). ``init_from.<m>`` is that: the
+``encoders.<m>`` weights of a ``method=unimodal method.modality=<m>`` checkpoint are loaded
+before training; a missing file, another method, modality or dataset, or other encoder shapes
+are refused with the key and both values named (`asgml.core.pretrained`, shared with UMT's
+teachers). A resumed run takes its weights from its own checkpoint (the files are checked
+again). The preset ``experiment=cremad_reconboost_pretrained`` with its multirun chains the
+unimodal runs and this one (``docs/methods/reconboost.md``).
+
+Deviations: without ``init_from`` the encoders start as the model builds them (official
+pre-trained). Without pre-training the official ensemble holds
 only the learners already trained (``warm_start: false``; an empty ensemble gives
 $\\mathrm{softmax}$ of one column, i.e. 1). The module's concat fusion layer is built but
 unused, so ``train/acc`` scores that untrained layer; validation and test report $F$. One
@@ -70,7 +80,9 @@ which updates their BatchNorm statistics twice). Logged: ``reconboost/stage``,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -80,12 +92,15 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
+from asgml.core.pretrained import load_unimodal_encoder_state, run_dataset
 from asgml.core.toolkit import require_unused_parameter_detection
 
 if TYPE_CHECKING:
     from asgml.core.module import MultimodalModule
     from asgml.core.step_plan import StepPlan
     from asgml.core.types import StepOutput
+
+log = logging.getLogger(__name__)
 
 HEAD = "reconboost"
 BOOST, RECTIFY = "boost", "rectify"
@@ -189,6 +204,9 @@ class ReconBoost(BalancingCallback):
         reset_optimizer: clear the optimizer state (momentum) at every phase change (official:
             a new SGD per phase).
         test_fusion: ``ensemble`` ($F$, official) or ``model`` (the module's fused logits).
+        init_from: ``{modality: checkpoint of method=unimodal method.modality=<m>}``: encoders
+            loaded before training (official ``--use_pretrain --m1ckpt --m2ckpt``); ``null``
+            entries keep the built encoder.
     """
 
     changes_model = True  # asgml.eval re-applies setup() before loading weights
@@ -206,8 +224,16 @@ class ReconBoost(BalancingCallback):
         warm_start: bool = True,
         reset_optimizer: bool = True,
         test_fusion: str = "ensemble",
+        init_from: Mapping[str, str | None] | None = None,
     ) -> None:
         super().__init__()
+        self.init_from = {m: str(p) for m, p in dict(init_from or {}).items() if p is not None}
+        for m, p in self.init_from.items():
+            if not Path(p).is_file():
+                raise FileNotFoundError(
+                    f"method.reconboost.init_from.{m}={p}: no such checkpoint file (a checkpoint "
+                    f"of method=unimodal method.modality={m})"
+                )
         if epochs_per_stage < 1:
             raise ValueError(
                 f"method.reconboost.epochs_per_stage must be >= 1, got {epochs_per_stage}"
@@ -243,6 +269,9 @@ class ReconBoost(BalancingCallback):
             "ReconBoost",
             "a boosting step updates one encoder and the module's fusion layer is never used",
         )
+        if trainer is not None and stage == "fit":
+            # before the fit restores a checkpoint: a resumed run's weights replace these
+            self.load_init(module)
         if not hasattr(module, HEAD):  # before configure_optimizers: in the head group
             module.add_module(
                 HEAD,
@@ -254,6 +283,21 @@ class ReconBoost(BalancingCallback):
                     self.boost_rate,
                 ),
             )
+
+    def load_init(self, module: Any) -> None:
+        """Load ``init_from``'s unimodal encoders into ``module`` (checked by
+        `asgml.core.pretrained.load_unimodal_encoder_state`)."""
+        for m, path in self.init_from.items():
+            key = f"method.reconboost.init_from.{m}"
+            if m not in module.modalities:
+                raise ValueError(
+                    f"{key}: {m!r} is not a modality of this model ({list(module.modalities)})"
+                )
+            state = load_unimodal_encoder_state(
+                path, m, module.encoders[m], key, run_dataset(module)
+            )
+            module.encoders[m].load_state_dict(state, strict=True)
+            log.info("ReconBoost: %s encoder loaded from %s", m, path)
 
     def schedule(self, epoch: int, modalities: Sequence[str]) -> tuple[int, str, str]:
         """``(stage, phase, modality)`` of a 0-based epoch."""

@@ -32,6 +32,13 @@ the next epoch's shuffle, as they do in the official loop) and a fixed seed per 
 any random augmentation; under DDP every rank computes them alike and the weights are broadcast from
 rank 0. Works for any number of modalities (the rule is per modality).
 
+k-means restarts: the official call ``KMeans(n_clusters=C, random_state=0)``
+(``code/ours.py:110``) passes no ``n_init``, so it ran with the installed scikit-learn's
+default: 10 restarts before scikit-learn 1.4, ``"auto"`` (one k-means++ run) from 1.4 on. The
+repository pins no version; ``n_init: 10`` (the default) is the value before 1.4, which the
+method's release (July 2024) and experiments most likely used; ``n_init: auto`` is the newer
+default (10 times cheaper, and the clusters may differ).
+
 Deviations: none in the formula. Logged: ``relearning/purity_train_<m>``,
 ``relearning/purity_val_<m>``, ``relearning/weight_<m>``.
 """
@@ -65,10 +72,13 @@ def purity(labels: np.ndarray, clusters: np.ndarray) -> float:
     return hits / len(labels)
 
 
-def cluster_purity(features: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """Official diagnosis: min-max scale to [-1, 1], k-means into ``num_classes``, purity."""
+def cluster_purity(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, n_init: int | str = 10
+) -> float:
+    """Official diagnosis: min-max scale to [-1, 1], k-means into ``num_classes`` (``n_init``
+    restarts), purity."""
     x = MinMaxScaler(feature_range=(-1, 1)).fit_transform(features)
-    pred = KMeans(n_clusters=num_classes, random_state=0, n_init="auto").fit_predict(x)
+    pred = KMeans(n_clusters=num_classes, random_state=0, n_init=n_init).fit_predict(x)
     return purity(labels, pred)
 
 
@@ -91,12 +101,23 @@ class ReLearning(BalancingCallback):
         move_lambda: $\\lambda$ (official ``--move_lambda``).
         reinit_epoch: diagnose after every this many epochs (official ``--reinit_epoch``).
         reinit_num: at most this many re-initialisations (official ``--reinit_num``).
+        n_init: k-means restarts (official: scikit-learn's default, 10 before 1.4) or
+            ``"auto"``.
     """
 
     state_attrs = ("init", "done", "history")  # checkpointed by BalancingCallback.state_dict
 
-    def __init__(self, move_lambda: float = 3.0, reinit_epoch: int = 20, reinit_num: int = 3):
+    def __init__(
+        self,
+        move_lambda: float = 3.0,
+        reinit_epoch: int = 20,
+        reinit_num: int = 3,
+        n_init: int | str = 10,
+    ):
         super().__init__()
+        if n_init != "auto" and not (isinstance(n_init, int) and n_init >= 1):
+            raise ValueError(f"method.relearning.n_init must be >= 1 or 'auto', got {n_init!r}")
+        self.n_init = n_init
         if move_lambda < 0:
             raise ValueError(f"method.relearning.move_lambda must be >= 0, got {move_lambda}")
         if reinit_epoch < 1 or reinit_num < 0:
@@ -144,8 +165,8 @@ class ReLearning(BalancingCallback):
             val = collect_features(module, dm.val_dataloader())
         record: dict[str, float] = {}
         for m in module.modalities:
-            pt = cluster_purity(train[m], train["label"], module.num_classes)
-            pv = cluster_purity(val[m], val["label"], module.num_classes)
+            pt = cluster_purity(train[m], train["label"], module.num_classes, self.n_init)
+            pv = cluster_purity(val[m], val["label"], module.num_classes, self.n_init)
             record.update({f"purity_train_{m}": pt, f"purity_val_{m}": pv})
             record[f"weight_{m}"] = relearn_weight(pt, pv, self.move_lambda)
         record = trainer.strategy.broadcast(record, src=0)

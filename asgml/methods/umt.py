@@ -18,8 +18,8 @@ encoder learning the features it would learn alone, which joint training under-t
 the weak modality.
 
 Teachers come by path, ``method.umt.teachers.<m>=<checkpoint>``; a missing file, a
-checkpoint not written by ``method=unimodal``, or one trained on another modality is refused
-at start-up with the key named. Teacher weights are the checkpoint's ``encoders.<m>`` entries,
+checkpoint not written by ``method=unimodal``, or one trained on another modality or dataset
+is refused at start-up with the key and both values named (`asgml.core.pretrained`). Teacher weights are the checkpoint's ``encoders.<m>`` entries,
 loaded into a copy of the student's encoder (same architecture required); teachers are not
 saved in the student's checkpoints (they are re-read from their paths on resume).
 
@@ -40,37 +40,23 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
+from asgml.core.pretrained import load_unimodal_encoder_state, run_dataset
 
 if TYPE_CHECKING:
     from asgml.core.module import MultimodalModule
     from asgml.core.types import StepOutput
 
 
-def load_teacher(path: str | Path, modality: str, template: nn.Module) -> nn.Module:
+def load_teacher(
+    path: str | Path, modality: str, template: nn.Module, dataset: str | None = None
+) -> nn.Module:
     """A frozen copy of ``template`` with the ``encoders.<modality>`` weights of a
-    ``method=unimodal`` checkpoint; clear errors for a wrong path or modality."""
+    ``method=unimodal`` checkpoint; clear errors for a wrong path, modality, dataset or
+    architecture (`asgml.core.pretrained.load_unimodal_encoder_state`)."""
     key = f"method.umt.teachers.{modality}"
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}={path}: no such checkpoint file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    method = (ckpt.get("asgml_config") or {}).get("method") or {}
-    if method.get("name") != "unimodal" or method.get("modality") != modality:
-        raise ValueError(
-            f"{key}={path}: expected a unimodal {modality} teacher (trained with "
-            f"method=unimodal method.modality={modality}), got method={method.get('name')!r} "
-            f"modality={method.get('modality')!r}"
-        )
-    prefix = f"encoders.{modality}."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = load_unimodal_encoder_state(path, modality, template, key, dataset, role="teacher")
     teacher = copy.deepcopy(template)
-    try:
-        teacher.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(
-            f"{key}={path}: the teacher's {modality} encoder does not match this model's "
-            f"encoder ({type(template).__name__}): {e}"
-        ) from e
+    teacher.load_state_dict(state, strict=True)
     teacher.requires_grad_(False)
     return teacher.eval()
 
@@ -131,7 +117,7 @@ class UMT(BalancingCallback):
                     f"method.umt.teachers.{m}: {m!r} is not a modality of this model "
                     f"({pl_module.modalities})"
                 )
-            self.teachers[m] = load_teacher(p, m, pl_module.encoders[m])
+            self.teachers[m] = load_teacher(p, m, pl_module.encoders[m], run_dataset(pl_module))
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

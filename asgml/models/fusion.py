@@ -209,6 +209,63 @@ class MMCosineFusion(Fusion):
             out[m] = cosine_logits(features[m], w[:, lo:hi], self.scaling)
         return out
 
+    def linear_logits(self, features: Mapping[str, Tensor]) -> Tensor:
+        """``W [f_1; ...; f_N]``: the plain linear head, which the official ``valid()`` scores as
+        the fused prediction (``main_CD.py:181,196``; its never-trained bias is omitted)."""
+        return self.fc_out(torch.cat([features[m] for m in self.modalities], dim=1))
+
+
+class MMCosineGatedFusion(Fusion):
+    """MMCosine on the official symmetric gated fusion (``--fusion_method gated``, the README's
+    CREMA-D command; GeWu-Lab/MMCosine_ICASSP23 ``models/fusion_modules.py:62-91`` @ 00ba0a9).
+
+    ``x' = sigmoid(fc_y(y)) * fc_x(x)``, ``y' = sigmoid(fc_x(x)) * fc_y(y)`` (each gates the
+    other, both ``Linear(d_m, hidden)``); the logits are ``s cos(x', W_x) + s cos(y', W_y)`` with
+    ``W = [W_x, W_y]`` the weight of ``fc_out`` (``Linear(2 hidden, C)``), and the unimodal
+    logits are the two cosine terms (``main_CD.py:113-118``). Two modalities only.
+    """
+
+    def __init__(
+        self,
+        feature_dims: Mapping[str, int],
+        num_classes: int,
+        hidden_dim: int = 512,
+        scaling: float = 10.0,
+    ) -> None:
+        super().__init__(feature_dims, num_classes)
+        if len(self.modalities) != 2:
+            raise ValueError(
+                f"model.fusion=mmcosine_gated supports exactly 2 modalities, got {self.modalities}"
+            )
+        dx, dy = (self.feature_dims[m] for m in self.modalities)
+        self.hidden_dim = int(hidden_dim)
+        self.fc_x = nn.Linear(dx, self.hidden_dim)
+        self.fc_y = nn.Linear(dy, self.hidden_dim)
+        self.fc_out = nn.Linear(2 * self.hidden_dim, num_classes)  # bias: official, unused
+        self.scaling = float(scaling)
+
+    def gated(self, features: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(x', y')``, the official ``GatedFusion`` outputs ``x_new, y_new``."""
+        x, y = (features[m] for m in self.modalities)
+        out_x, out_y = self.fc_x(x), self.fc_y(y)
+        return torch.sigmoid(out_y) * out_x, torch.sigmoid(out_x) * out_y
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        return torch.stack(list(self.unimodal_logits(features).values())).sum(0)
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        w, h = self.fc_out.weight, self.hidden_dim
+        x, y = self.gated(features)
+        mx, my = self.modalities
+        return {
+            mx: cosine_logits(x, w[:, :h], self.scaling),
+            my: cosine_logits(y, w[:, h:], self.scaling),
+        }
+
+    def linear_logits(self, features: Mapping[str, Tensor]) -> Tensor:
+        """``fc_out([x'; y'])``, the official ``valid()``'s fused prediction with gated fusion."""
+        return self.fc_out(torch.cat(self.gated(features), dim=1))
+
 
 FUSIONS: dict[str, type[Fusion]] = {
     "concat": ConcatFusion,
@@ -216,6 +273,7 @@ FUSIONS: dict[str, type[Fusion]] = {
     "film": FiLMFusion,
     "gated": GatedFusion,
     "mmcosine": MMCosineFusion,
+    "mmcosine_gated": MMCosineGatedFusion,
     "concat_mlp": ConcatMLPFusion,
 }
 
@@ -224,11 +282,11 @@ def build_fusion(
     name: str, feature_dims: Mapping[str, int], num_classes: int, hidden_dim: int = 512
 ) -> Fusion:
     """The fusion head ``name``, initialised as OGM-GE (`init_linear_ogm`).
-    ``hidden_dim`` is the hidden width of ``concat_mlp`` and ``gated``."""
+    ``hidden_dim`` is the hidden width of ``concat_mlp``, ``gated`` and ``mmcosine_gated``."""
     if name not in FUSIONS:
         raise ValueError(f"model.fusion must be one of {sorted(FUSIONS)}, got {name!r}")
     cls = FUSIONS[name]
-    if cls in (ConcatMLPFusion, GatedFusion):
+    if cls in (ConcatMLPFusion, GatedFusion, MMCosineGatedFusion):
         head = cls(feature_dims, num_classes, hidden_dim=hidden_dim)
     else:
         head = cls(feature_dims, num_classes)

@@ -100,3 +100,17 @@ def test_a_skipped_step_leaves_the_dependence_flags_unchanged() -> None:
     assert skipped["dependent"] == {"audio": False, "visual": False}  # as before the step
     assert skipped["nonfinite_steps"] == 1
     assert applied["dependent"] == {"audio": True, "visual": True}
+
+
+def test_schedule_masks_every_class_from_the_4th_batch_of_epoch_1() -> None:
+    # AMCo_trainer.py:64-83: l_t = 0 per epoch, pt from l_t, then l_t += epoch / 10
+    g = torch.Generator().manual_seed(0)
+    for epoch, first_full in ((0, None), (1, 3), (2, 2), (3, 1)):
+        l_t, full = 0.0, []
+        for b in range(6):
+            pt = amco_pt(l_t, 0.3)
+            if amco_class_mask(6, pt, g).sum() == 0:  # every class of a dependent modality
+                full.append(b)
+            l_t += epoch / 10
+        assert (full[0] if full else None) == first_full, epoch
+        assert full == ([] if first_full is None else list(range(first_full, 6))), epoch

@@ -14,7 +14,7 @@ from asgml.core.types import StepOutput
 from asgml.methods.gblending import GBlending, blending_weights, branch_logits
 from asgml.train import run
 from tests.helpers import fake_trainer as _fake_trainer
-from tests.helpers import tiny_mlp_module, vector_loader
+from tests.helpers import fit, tiny_mlp_module, vector_loader
 from tests.methods.resume_check import check_resume
 
 
@@ -65,6 +65,47 @@ def test_branch_logits_zero_the_other_modalities() -> None:
     lo, hi = module.fusion.blocks["audio"]
     w, b = module.fusion.fc_out.weight, module.fusion.fc_out.bias
     assert torch.allclose(z, f @ w[:, lo:hi].t() + b, atol=1e-6)
+
+
+def test_separate_classifiers_as_the_official_vmz_loss() -> None:
+    # VMZ c2 audio_visual_model.py:483-498 (a_last_out, v_last_out next to the AV head) and
+    # loss_creator.py:194-200: audio_weight * CE(a) + visual_weight * CE(v) + av_weight * CE(av)
+    module = tiny_mlp_module(unimodal_heads=True)
+    cb = GBlending(fixed_weights={"audio": 0.2, "visual": 0.5, "fused": 0.3})
+    cb.setup(None, module, "fit")  # separate heads are accepted
+    batch = next(iter(vector_loader(n=16, batch_size=16)))
+    inputs, lengths, y = module.split_batch(batch)
+    logits, uni, feats = module(inputs, lengths)
+    losses = {"fused": F.cross_entropy(logits, y)}
+    out = StepOutput(feats, logits, uni, y, inputs, lengths, losses)
+    cb.weights = dict(cb.fixed_weights)
+    cb.on_train_losses(_fake_trainer(), module, out)
+    heads = module.unimodal_heads
+    exp = 0.3 * F.cross_entropy(module.fusion(feats), y)
+    exp = exp + 0.2 * F.cross_entropy(heads["audio"](feats["audio"]), y)
+    exp = exp + 0.5 * F.cross_entropy(heads["visual"](feats["visual"]), y)
+    assert sum(losses.values()).item() == pytest.approx(exp.item(), rel=1e-6)
+    # the audio term trains the audio classifier, not the fusion head
+    grads = torch.autograd.grad(
+        losses["gblending_audio"], list(module.parameters()), allow_unused=True
+    )
+    named = dict(zip([n for n, _ in module.named_parameters()], grads, strict=True))
+    assert named["unimodal_heads.audio.weight"].abs().sum() > 0
+    assert named["fusion.fc_out.weight"] is None or named["fusion.fc_out.weight"].abs().sum() == 0
+    # the estimation's unimodal branch is the modality's own classifier
+    z = branch_logits(module, batch, "visual")
+    assert torch.allclose(z, heads["visual"](feats["visual"]), atol=1e-6)
+
+
+def test_fixed_weights_skip_the_estimation() -> None:
+    module = tiny_mlp_module()
+    cb = GBlending(super_epoch=2, fixed_weights={"audio": 0.1, "visual": 0.6, "fused": 0.3})
+    fit(module, vector_loader(n=16, batch_size=8), [cb], max_steps=2)  # no val loader needed
+    assert cb.weights == {"audio": 0.1, "visual": 0.6, "fused": 0.3}
+    with pytest.raises(
+        ValueError, match=r"fixed_weights needs one weight per key \['audio', 'fused', 'visual'\]"
+    ):
+        GBlending(fixed_weights={"audio": 1.0}).setup(None, tiny_mlp_module(), "fit")
 
 
 class _Capture(L.Callback):

@@ -54,6 +54,68 @@ def test_steps_alternate_and_touch_one_encoder_and_the_shared_head() -> None:
     assert module.step_plan.forward == {"audio"} == module.step_plan.step  # the last step's
 
 
+def official_before_update(pl, model, before_batch_input, batch_index, len_dataloader, count):
+    """``GSPlugin.before_update`` as the official code runs it (``utils/utils.py:24-41``
+    @ ab6c184): the projection is applied only to a parameter named ``module.weight``."""
+    alpha = 1.0 * 0.1 ** (batch_index / len_dataloader + 1)
+    if count != 0:
+        for n, w in model.named_parameters():
+            if n == "module.weight":
+                r = torch.mean(before_batch_input, 0, True)
+                k = torch.mm(pl, torch.t(r))
+                pl = torch.sub(pl, torch.mm(k, torch.t(k)) / (alpha + torch.mm(k, r)))
+                pl = pl / torch.norm(pl, p="fro")
+                w.grad.data = torch.mm(w.grad.data, torch.t(pl))
+    return pl
+
+
+def test_official_plugin_never_projects_the_bare_linear_head() -> None:
+    # main.py:437 passes model.module.fusion_module.fc_out, a bare nn.Linear
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 3)
+    head(torch.randn(4, 8)).square().sum().backward()
+    raw = head.weight.grad.clone()
+    feats = torch.randn(4, 8)
+    official_before_update(torch.eye(8), head, feats, 1, 10, count=5)
+    assert torch.equal(head.weight.grad, raw)
+    # the same call on a wrapper whose parameter *is* named module.weight does project
+    wrapped = torch.nn.Module()
+    wrapped.module = torch.nn.Linear(8, 3)
+    wrapped.module.weight.grad = raw.clone()
+    official_before_update(torch.eye(8), wrapped, feats, 1, 10, count=5)
+    assert not torch.allclose(wrapped.module.weight.grad, raw)
+
+
+class RawGrads(GradRecorder):
+    """The gradients before MLA's hook (a second recorder type: Lightning keys callback
+    state by class)."""
+
+
+def test_default_mla_leaves_the_head_gradient_unprojected_as_officially_run() -> None:
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    cb = instantiate(compose_cfg(["method=mla"]).method.mla)  # the synthetic task's default
+    assert cb.projection == "none"
+    raw, final = RawGrads(), GradRecorder()
+    module = tiny_mlp_module()
+    fit(module, vector_loader(), [raw, cb, final], max_steps=3)
+    w = f"{HEAD}.weight"
+    for step in range(3):
+        assert torch.equal(final.grads[step][w], raw.grads[step][w]), step
+        # the official plugin, given the same head and gradient, leaves it as it is too
+        head = torch.nn.Linear(8, 3)
+        head.weight.grad = raw.grads[step][w].clone()
+        official_before_update(torch.eye(8), head, torch.randn(16, 8), step, 4, count=step)
+        assert torch.equal(final.grads[step][w], head.weight.grad), step
+    # the paper's projection (an option) does change it from the second step on
+    raw_r, final_r = RawGrads(), GradRecorder()
+    fit(tiny_mlp_module(), vector_loader(), [raw_r, MLA(projection="replace"), final_r], 2)
+    assert torch.equal(final_r.grads[0][w], raw_r.grads[0][w])
+    assert not torch.allclose(final_r.grads[1][w], raw_r.grads[1][w])
+
+
 def test_head_gradient_is_projected_from_the_second_step_and_nothing_else_changes() -> None:
     cb_r = MLA(projection="replace")
     _, rec_r = _fit(cb_r, 2)

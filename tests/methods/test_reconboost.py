@@ -239,3 +239,108 @@ def test_plain_ddp_is_refused_with_the_strategy_to_use() -> None:
         world_size=2, strategy=SimpleNamespace(_ddp_kwargs={"find_unused_parameters": True})
     )
     ReconBoost().setup(ok, module, "fit")
+
+
+# ------------------------------------------------------------- pre-trained start (init_from)
+def _unimodal_ckpt(tmp_path: Path, modality: str, seed: int) -> Path:
+    torch.manual_seed(seed)
+    enc = MLPEncoder(input_dim=4, hidden_dim=8, feature_dim=8, dropout=0.0)
+    state = {f"encoders.{modality}.{k}": v for k, v in enc.state_dict().items()}
+    cfg = {"method": {"name": "unimodal", "modality": modality}, "dataset": {"name": "toy"}}
+    path = tmp_path / f"{modality}.ckpt"
+    torch.save({"state_dict": state, "asgml_config": cfg}, path)
+    return path
+
+
+def test_init_from_loads_the_unimodal_encoders_at_fit_setup_only(tmp_path: Path) -> None:
+    audio = _unimodal_ckpt(tmp_path, "audio", seed=7)
+    stored = torch.load(audio, weights_only=True)["state_dict"]
+    module = tiny_mlp_module()
+    visual_before = {k: v.clone() for k, v in module.encoders["visual"].state_dict().items()}
+    cb = ReconBoost(init_from={"audio": str(audio), "visual": None})
+    cb.setup(None, module, "fit")  # asgml.eval / resume checks rebuild modules only
+    assert not torch.equal(
+        module.encoders["audio"].net[0].weight, stored["encoders.audio.net.0.weight"]
+    )
+    trainer = SimpleNamespace(world_size=1, strategy=None)
+    cb.setup(trainer, module, "test")  # a test after the fit: the fit's weights stay
+    assert not torch.equal(
+        module.encoders["audio"].net[0].weight, stored["encoders.audio.net.0.weight"]
+    )
+    cb.setup(trainer, module, "fit")
+    for k, v in module.encoders["audio"].state_dict().items():
+        assert torch.equal(v, stored[f"encoders.audio.{k}"]), k
+    for k, v in module.encoders["visual"].state_dict().items():
+        assert torch.equal(v, visual_before[k]), k  # null: kept as built
+
+
+def test_init_from_refuses_bad_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"method.reconboost.init_from.audio=.*nope"):
+        ReconBoost(init_from={"audio": str(tmp_path / "nope.ckpt")})
+    visual = _unimodal_ckpt(tmp_path, "visual", seed=1)
+    module = tiny_mlp_module()
+    with pytest.raises(
+        ValueError, match=r"init_from.audio=.*got method='unimodal' modality='visual'"
+    ):
+        ReconBoost(init_from={"audio": str(visual)}).load_init(module)
+    module.run_config = {"dataset": {"name": "cremad"}}
+    with pytest.raises(ValueError, match=r"dataset='toy', this run is dataset='cremad'"):
+        ReconBoost(init_from={"visual": str(visual)}).load_init(module)
+    with pytest.raises(ValueError, match=r"init_from.text: 'text' is not a modality"):
+        ReconBoost(init_from={"text": str(visual)}).load_init(tiny_mlp_module())
+
+
+def test_pretrained_preset_reads_the_unimodal_presets_checkpoints() -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="asgml.conf", version_base="1.3"):
+        step2 = compose("train", ["experiment=cremad_reconboost_pretrained", "seed=3"])
+        dirs = {}
+        for m in ("audio", "visual"):
+            step1 = compose(
+                "train",
+                ["experiment=cremad_unimodal_pretrain", f"method.modality={m}", "seed=3"],
+                return_hydra_config=True,
+            )
+            assert step1.method.name == "unimodal" and step1.dataset.name == "cremad"
+            sweep = f"{step1.hydra.sweep.dir}/{step1.hydra.sweep.subdir}"
+            assert sweep == step1.hydra.run.dir  # a multirun job writes where a run would
+            dirs[m] = step1.hydra.run.dir
+        assert list(step1.hydra.sweeper.params) == ["method.modality"]
+    init = step2.method.reconboost.init_from
+    assert step2.method.name == "reconboost" and step2.dataset.name == "cremad"
+    for m in ("audio", "visual"):
+        assert init[m] == f"{dirs[m]}/checkpoints/best.ckpt"
+    # the official CREMA-D schedule (README.md:47-66, train.py:296,371,449-451)
+    assert step2.trainer.max_epochs == 800 and step2.dataset.datamodule.batch_size == 64
+    assert step2.model.optimizer.lr == 0.01 and step2.model.optimizer.weight_decay == 5e-4
+    assert step2.model.scheduler.step_size == 240 and step2.model.scheduler.gamma == 0.1
+
+
+@pytest.mark.slow
+def test_pretrained_start_end_to_end(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    ckpts = {}
+    for m in ("audio", "visual"):
+        cfg = compose_cfg(["method=unimodal", f"method.modality={m}"], output_dir=tmp_path / m)
+        ckpts[m] = tmp_path / m / run(cfg)["best_checkpoint"]
+    init = [f"method.reconboost.init_from.{m}={p}" for m, p in ckpts.items()]
+    cfg = compose_cfg(["method=reconboost", *init], output_dir=tmp_path / "rb")
+    # what the run's fit setup does to the model: the unimodal runs' encoders
+    module, cb = instantiate(cfg.model), instantiate(cfg.method.reconboost)
+    module.run_config = {"dataset": {"name": cfg.dataset.name}}
+    cb.setup(SimpleNamespace(world_size=1, strategy=None), module, "fit")
+    for m, path in ckpts.items():
+        stored = torch.load(path, weights_only=True)["state_dict"]
+        for k, v in module.encoders[m].state_dict().items():
+            assert torch.equal(v, stored[f"encoders.{m}.{k}"]), (m, k)
+    assert 0 <= run(cfg)["metrics"]["test/acc"] <= 1
+    # a checkpoint of the other modality is refused before training
+    swapped = [f"method.reconboost.init_from.audio={ckpts['visual']}"]
+    with pytest.raises(ValueError, match="init_from.audio=.*modality='visual'"):
+        run(compose_cfg(["method=reconboost", *swapped], output_dir=tmp_path / "swapped"))

@@ -33,6 +33,26 @@ def test_purity_and_weight_hand_computed() -> None:
     assert cluster_purity(x, y, 2) == 1.0
 
 
+def test_kmeans_restarts_default_to_the_official_sklearn_default() -> None:
+    from hydra.utils import instantiate
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import MinMaxScaler
+
+    from tests.conftest import compose_cfg
+
+    # data on which 10 restarts and one ("auto") cluster differently
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 3)), rng.integers(0, 3, 30)
+    scaled = MinMaxScaler(feature_range=(-1, 1)).fit_transform(x)
+    # code/ours.py:110 under scikit-learn < 1.4: KMeans(n_clusters, random_state=0), n_init=10
+    official = purity(y, KMeans(n_clusters=3, random_state=0, n_init=10).fit_predict(scaled))
+    assert cluster_purity(x, y, 3) == official == pytest.approx(13 / 30)
+    assert cluster_purity(x, y, 3, n_init="auto") == pytest.approx(12 / 30)
+    assert instantiate(compose_cfg(["method=relearning"]).method.relearning).n_init == 10
+    with pytest.raises(ValueError, match="method.relearning.n_init"):
+        ReLearning(n_init=0)
+
+
 def test_soft_reinit_hand_computed() -> None:
     p = torch.nn.Parameter(torch.tensor([4.0, 8.0]))
     soft_reinit_({"w": p}, {"w": torch.tensor([0.0, 0.0])}, 0.25)

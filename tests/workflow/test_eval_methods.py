@@ -1,5 +1,5 @@
 """``asgml.eval`` scores a checkpoint as the training run's test phase did: the method's
-test-time fusion (MLA, ReconBoost, AMCo, Greedy) and single-modality (``method=unimodal``)
+test-time fusion (MLA, ReconBoost, AMCo, Greedy, MMCosine's linear head) and single-modality (``method=unimodal``)
 checkpoints."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _train_and_eval(tmp_path: Path, overrides: list[str]) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["mla", "reconboost", "amco", "greedy"])
+@pytest.mark.parametrize("method", ["mla", "reconboost", "amco", "greedy", "mmcosine"])
 def test_eval_applies_the_method_test_time_fusion(tmp_path: Path, method: str) -> None:
     # the test phase of the run scored best.ckpt on the same (whole) test split and batches
     metrics, result = _train_and_eval(tmp_path, [f"method={method}"])

@@ -43,6 +43,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "mosei_table": {**AV, "frames": None, "seeds": S5},  # MMSA
     "sims_table": {**AV, "frames": None, "seeds": S5},  # MMSA
     "synthetic_table": {**AV, "epochs": 10, "lr": 2e-2, "frames": None, "seeds": S5},  # DEMO
+    # ReconBoost's pre-trained start: step 1 (unimodal, OGM) and step 2, huacong/ReconBoost
+    # @ 14ab57a README.md:47-66 (lr 0.01, batch 64), train.py:296,371 (momentum 0.9, wd 5e-4),
+    # train.py:449-451 (x0.1 every 30 stages of 8 epochs), 100 stages (cache/ckpt/CREMAD stage 99)
+    "cremad_unimodal_pretrain": {**AV, "frames": 1, "seeds": "42"},
+    "cremad_reconboost_pretrained": {
+        **AV,
+        **{"epochs": 800, "lr": 1e-2, "wd": 5e-4, "step": 240, "frames": 1, "seeds": "42"},
+    },
 }
 
 # (preset, method) -> {dotted key: value} the official per-dataset recipe must resolve

@@ -280,7 +280,7 @@ OFFICIAL: dict[tuple[str, str], Schedule] = {
             weight_decay=1e-4,
             scheduler=None,
             scheduler_args={},
-            steps="none (code/ours.py builds no scheduler)",
+            steps="none: code/ours.py builds no scheduler",
             epochs=90,
             batch=64,
             frames=2,
@@ -305,7 +305,7 @@ OFFICIAL: dict[tuple[str, str], Schedule] = {
         weight_decay=0.0,
         scheduler=None,
         scheduler_args={},
-        steps="none (main_Prototype_grad.py:466-468: AdaGrad runs without a scheduler)",
+        steps="none: AdaGrad runs without a scheduler (main_Prototype_grad.py:466-468)",
         epochs=130,
         batch=64,
         frames=3,
@@ -486,6 +486,32 @@ OFFICIAL: dict[tuple[str, str], Schedule] = {
     **{
         (m, "cremad"): Schedule(**_BB_SCHEDULE) for m in ("amco", "gblending", "umt", "mbsd", "cml")
     },
+    ("opm", "ks"): Schedule(
+        optimizer="AdamW",
+        lr=5e-5,
+        momentum=None,
+        weight_decay=0.01,
+        scheduler="StepLR",
+        scheduler_args={"step_size": 40, "gamma": 0.1},
+        steps="once per epoch, after its training (code/main.py:174)",
+        epochs=100,
+        batch=32,
+        frames=3,
+        source="official: GeWu-Lab/BML_TPAMI2024 @ 4b3aa4f",
+        kind="official",
+        sources={
+            "optimizer": "code/main.py:267 AdamW(weight_decay=0.01)",
+            "lr": "code/config.py:26 learning_rate 5e-5",
+            "momentum": "code/main.py:267 (AdamW: none)",
+            "weight_decay": "code/main.py:267",
+            "scheduler": "code/config.py:27,29, code/main.py:268 StepLR(40, 0.1)",
+            "epochs": "code/config.py:23 epochs 100",
+            "batch": "code/config.py:22 batch_size 32",
+            "frames": "code/config.py:14 use_video_frames 3",
+        },
+        note="the official code ships a Kinetics-Sounds loader only (code/dataset/KS.py; "
+        "code/scripts/train_opm.sh)",
+    ),
 }
 
 # Why a method without an OFFICIAL entry runs the dataset reference (docs and report).
@@ -502,9 +528,10 @@ WITHOUT_OFFICIAL: dict[str, str] = {
     "no optimizer, lr or batch ('in the paper'); the code defaults (lihong2303/AGM_ICCV2023 "
     "@ 5a65542 utils/config.py:69-71: batch 16, 10 epochs, lr 1e-5) are not a CREMA-D recipe",
     "cggm": "no audio-visual script (zrguo/CGGM @ 21e428c: Food-101, MOSI, ...)",
-    "greedy": "no CREMA-D schedule (nyukat/greedy_multimodal_learning: Colored-MNIST, "
-    "ModelNet40, NVGesture)",
-    "opm": "no CREMA-D schedule published",
+    "greedy": "no CREMA-D schedule (nyukat/greedy_multimodal_learning @ a190e03: ModelNet40, "
+    "README.md:12, configs/training.gin)",
+    "opm": "no CREMA-D schedule (GeWu-Lab/BML_TPAMI2024 @ 4b3aa4f ships a Kinetics-Sounds "
+    "loader only; its KS schedule is in the table above)",
     "sample_valuation": "no CREMA-D schedule (its Kinetics-Sounds code: Adam 5e-5, 60 epochs, "
     "not audited here)",
 }
@@ -768,9 +795,10 @@ def protocols_markdown(methods: Iterable[str] | None = None) -> str:
     for (m, ds), s in sorted(OFFICIAL.items()):
         where = "; ".join(f"{k}: {v}" for k, v in s.sources.items())
         note = f" Note: {s.note}." if s.note else ""
+        sched = s.steps if s.scheduler is None else f"{_sched_text(s)} ({s.steps})"
         lines.append(
             f"| {m} | {ds} | {s.optimizer} | {_fmt(s.lr)} | {_fmt(s.momentum)} | "
-            f"{_fmt(s.weight_decay)} | {_sched_text(s)} ({s.steps}) | {s.epochs} | {s.batch} | "
+            f"{_fmt(s.weight_decay)} | {sched} | {s.epochs} | {s.batch} | "
             f"{_fmt(s.frames)} | {s.source}: {where}.{note} |"
         )
     lines += [

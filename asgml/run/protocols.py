@@ -512,6 +512,31 @@ OFFICIAL: dict[tuple[str, str], Schedule] = {
         note="the official code ships a Kinetics-Sounds loader only (code/dataset/KS.py; "
         "code/scripts/train_opm.sh)",
     ),
+    ("sample_valuation", "ks"): Schedule(
+        optimizer="Adam",
+        lr=5e-5,
+        momentum=None,
+        weight_decay=1e-4,
+        scheduler="StepLR",
+        scheduler_args={"step_size": 30, "gamma": 0.1},
+        steps="once per epoch, after its training (code/sample_level.py:340)",
+        epochs=60,
+        batch=64,
+        frames=3,
+        source="official: GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation @ 7ed12b0",
+        kind="official",
+        sources={
+            "optimizer": "code/sample_level.py:50 --optimizer adam, :287-293 Adam(wd=1e-4)",
+            "lr": "code/sample_level.py:52 --learning_rate 5e-05",
+            "momentum": "code/sample_level.py:287-293 (Adam: none)",
+            "weight_decay": "code/sample_level.py:292",
+            "scheduler": "code/sample_level.py:55,58,296 StepLR(30, 0.1)",
+            "epochs": "code/sample_level.py:42 --epochs 60",
+            "batch": "code/sample_level.py:41 --batch_size 64",
+            "frames": "code/datasets/dataloader.py:228 pick_num = 3",
+        },
+        note="the official code ships Kinetics-Sounds only",
+    ),
 }
 
 # Why a method without an OFFICIAL entry runs the dataset reference (docs and report).
@@ -532,8 +557,8 @@ WITHOUT_OFFICIAL: dict[str, str] = {
     "README.md:12, configs/training.gin)",
     "opm": "no CREMA-D schedule (GeWu-Lab/BML_TPAMI2024 @ 4b3aa4f ships a Kinetics-Sounds "
     "loader only; its KS schedule is in the table above)",
-    "sample_valuation": "no CREMA-D schedule (its Kinetics-Sounds code: Adam 5e-5, 60 epochs, "
-    "not audited here)",
+    "sample_valuation": "no CREMA-D schedule (the official code ships Kinetics-Sounds only; "
+    "its KS schedule is in the table above)",
 }
 
 

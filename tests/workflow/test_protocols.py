@@ -88,7 +88,12 @@ OFFICIAL_CREMAD: dict[str, Row] = {
 
 # GeWu-Lab/BML_TPAMI2024 @ 4b3aa4f code/config.py:14,22-29, code/main.py:174,267-268 (its
 # only dataset is Kinetics-Sounds)
-OFFICIAL_KS: dict[str, Row] = {"opm": ("AdamW", 5e-5, None, 0.01, step(40), 100, 32, 3)}
+# GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation @ 7ed12b0 code/sample_level.py:41-58,
+# 287-296,340, code/datasets/dataloader.py:228 (Kinetics-Sounds only)
+OFFICIAL_KS: dict[str, Row] = {
+    "opm": ("AdamW", 5e-5, None, 0.01, step(40), 100, 32, 3),
+    "sample_valuation": ("Adam", 5e-5, None, 1e-4, step(30), 60, 64, 3),
+}
 
 
 def expected(protocol: str, method: str, dataset: str) -> Row:

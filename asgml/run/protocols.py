@@ -15,14 +15,19 @@ schedule (GeWu-Lab/OGM-GE_CVPR2022 @ 343dc1d, the code that defined these A/V be
 the MMSA sets (MOSEI, MOSI, SIMS) have no published schedule for this architecture, so they
 keep the same A/V schedule (as ``experiment=mosei_table`` does) and say so.
 
-The table reaches Hydra as config nodes ``protocol_table/<protocol>/<dataset>/<method>``
-(registered in Hydra's ConfigStore when ``asgml`` is imported), picked by
-``optional protocol_table: ${protocol}/${dataset}/${method}`` in ``conf/train.yaml``: after
-the method's defaults, before ``recipe/`` and ``experiment/``, so a preset and the command
-line still win, and ``--cfg job`` shows the values that run. The synthetic dataset has no
-entry: it keeps the library's fast default recipe. ``docs/recipes.md`` is generated from this
-table (``<!-- asgml:protocols -->``), and ``tests/workflow/test_protocols.py`` checks every
-method config x real dataset against it.
+The table reaches Hydra as generated config files (``python -m asgml.run.protocols`` writes
+them; a test checks they match): ``conf/protocol_reference/<dataset>.yaml`` (the reference,
+both protocols) and ``conf/protocol_official/official/<method>/<dataset>.yaml`` (a method's
+own schedule, merged over the reference under ``protocol=official`` only), picked in
+``conf/train.yaml`` by ``optional protocol_reference: ${dataset}`` and
+``optional protocol_official: ${protocol}/${method}/${dataset}``: after the method's defaults,
+before ``recipe/`` and ``experiment/``, so a preset and the command line still win, and
+``--cfg job`` shows the values that run. (Files, not Hydra's ConfigStore: Hydra deep-copies
+the whole store on every composition, which made each one several seconds slower.) The
+synthetic dataset has no entry: it keeps the library's fast default recipe.
+``docs/recipes.md`` shows this table (``<!-- asgml:protocols -->``), and
+``tests/workflow/test_protocols.py`` checks every method config x real dataset against
+values written there from the official code.
 
 Where the official code steps its scheduler *before* each epoch's training (ARL, LFM), the
 decay lands one epoch earlier than a PyTorch scheduler stepped at the epoch's end, as asgml
@@ -65,7 +70,7 @@ FIELDS: dict[str, str] = {
 # the config groups of conf/train.yaml (an override naming one selects a config)
 CONFIG_GROUPS = frozenset(
     "dataset model method callbacks trainer logger paths hydra launcher protocol "
-    "protocol_table recipe experiment hparams_search debug".split()
+    "protocol_reference protocol_official recipe experiment hparams_search debug".split()
 )
 # where a value comes from when neither the command line, a preset nor the protocol set it
 DEFAULT_HOME: dict[str, str] = {

@@ -8,6 +8,8 @@
   file it was composed from).
 * Every ``conf/method/*.yaml`` must have a page ``docs/methods/<name>.md``: a missing one
   fails the build (``tests/test_docs.py`` checks the same without mkdocs).
+* ``<!-- asgml:protocols -->`` becomes the training-schedule table of every method x real
+  dataset (``asgml.run.protocols``: reference and official schedules, each value's source).
 * ``<!-- asgml:api PACKAGE -->`` becomes one mkdocstrings ``::: module`` block per module
   file of the package, so the API reference lists a new module without an edit.
 * A nav entry whose value is a folder (``methods/``) expands to that folder's
@@ -43,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
 # a marker is replaced only on a line of its own (not when quoted in text or code)
 MARKER = re.compile(r"^<!--\s*asgml:hparams\s+([A-Za-z0-9_\-]+)\s*-->[ \t]*$", re.M)
+PROTOCOL_MARKER = re.compile(r"^<!--\s*asgml:protocols\s*-->[ \t]*$", re.M)
 API_MARKER = re.compile(r"^<!--\s*asgml:api\s+([A-Za-z0-9_.]+)\s*-->[ \t]*$", re.M)
 _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_\-]+)\s*:(?P<rest>.*)$")
 _LIST_LINE = re.compile(r"^ *- ")
@@ -200,6 +203,17 @@ def render_hparams(markdown: str, conf_dir: Path = CONF_DIR) -> str:
     return MARKER.sub(lambda m: hparams_table(m[1], conf_dir), markdown)
 
 
+# --------------------------------------------------------------------------- protocols
+def render_protocols(markdown: str, conf_dir: Path = CONF_DIR) -> str:
+    """Replace every ``<!-- asgml:protocols -->`` marker by the protocol table."""
+    if not PROTOCOL_MARKER.search(markdown):
+        return markdown
+    from asgml.run.protocols import protocols_markdown
+
+    table = protocols_markdown(method_names(conf_dir))
+    return PROTOCOL_MARKER.sub(lambda m: table, markdown)
+
+
 # --------------------------------------------------------------------------- API pages
 def api_markdown(package: str, root: Path = ROOT) -> str:
     """A ``::: module`` block for every module of ``package`` (from its files, not imports)."""
@@ -318,7 +332,7 @@ def on_config(config: Any) -> Any:
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     try:
-        return render_api(render_hparams(markdown))
+        return render_api(render_protocols(render_hparams(markdown)))
     except Exception as e:  # name the page whose marker failed
         raise PluginError(f"{page.file.src_path}: asgml:hparams: {e}") from e
 

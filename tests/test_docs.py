@@ -421,3 +421,20 @@ def test_built_site_renders_offline(tmp_path: Path) -> None:
     # a method page's formula reaches the browser as MathJax input (arithmatex)
     ogm = (site / "methods" / "ogm" / "index.html").read_text()
     assert 'class="arithmatex"' in ogm
+
+
+def test_recipes_page_generates_the_protocol_table() -> None:
+    """The schedule table of docs/recipes.md comes from asgml.run.protocols (a marker)."""
+    text = (ROOT / "docs" / "recipes.md").read_text()
+    assert "<!-- asgml:protocols -->" in text
+    page = hooks.render_protocols(text)
+    assert "<!-- asgml:protocols -->" not in page
+    row = next(line for line in page.splitlines() if line.startswith("| mmcosine | cremad |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2:6] == ["SGD", "0.001", "0.9", "0.0001"]
+    assert cells[6].startswith("StepLR(step_size=100, gamma=0.1)")
+    assert cells[7:10] == ["200", "32", "1"]
+    assert "main_CD.py:60 --batch_size 32" in cells[10]
+    for name in hooks.method_names():  # every method appears: official row or reason
+        assert re.search(rf"^\| {name} \|", page, re.M), name
+    assert hooks.render_protocols("no marker") == "no marker"

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from asgml.core.module import MultimodalModule
 from asgml.core.types import MultimodalDataModule
 from asgml.run.config import check_datamodule_matches, method_callback_configs
+from asgml.run.protocols import drop_unset
 
 
 def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
@@ -41,6 +42,9 @@ def model_config(cfg: DictConfig, datamodule: MultimodalDataModule) -> DictConfi
     """``cfg.model`` with the datamodule's encoder overrides merged into its ``encoders``."""
     merged = OmegaConf.merge(cfg.model, {"encoders": datamodule.encoder_overrides()})
     assert isinstance(merged, DictConfig)
+    for key in ("optimizer", "scheduler"):  # a null argument is not passed (protocols.py)
+        if isinstance(merged.get(key), DictConfig):
+            merged[key] = drop_unset(merged[key])
     return merged
 
 

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig
 
+from asgml.run.protocols import protocol_lines
+
 T = TypeVar("T")
 
 # (category, exact message regex) of third-party warnings that carry no information about
@@ -78,8 +80,10 @@ def recipe_lines(cfg: DictConfig) -> list[str]:
     """The training recipe of a run in a few lines (printed at start-up)."""
     model = cfg.model
     opt = model.get("optimizer") or {}
-    opt_args = ", ".join(
-        f"{k}={opt[k]}" for k in ("lr", "momentum", "weight_decay", "betas") if k in opt
+    opt_args = ", ".join(  # a null argument is not passed (asgml.run.protocols.drop_unset)
+        f"{k}={opt[k]}"
+        for k in ("lr", "momentum", "weight_decay", "betas")
+        if opt.get(k) is not None
     )
     sched = model.get("scheduler")
     if sched:
@@ -102,6 +106,7 @@ def recipe_lines(cfg: DictConfig) -> list[str]:
         f"batch     {dm.get('batch_size')}",
         f"seed      {cfg.get('seed')}",
         f"select_on {cfg.get('select_on')} (optimized_metric {cfg.get('optimized_metric')})",
+        *protocol_lines(cfg),
     ]
 
 

@@ -19,7 +19,8 @@ the weak modality.
 
 Teachers come by path, ``method.umt.teachers.<m>=<checkpoint>``; a missing file, a
 checkpoint not written by ``method=unimodal``, or one trained on another modality is refused
-at start-up with the key named. Teacher weights are the checkpoint's ``encoders.<m>`` entries,
+at start-up with the key named, and so is a teacher trained on another dataset, class count
+or modality set (both values named). Teacher weights are the checkpoint's ``encoders.<m>`` entries,
 loaded into a copy of the student's encoder (same architecture required); teachers are not
 saved in the student's checkpoints (they are re-read from their paths on resume).
 
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
+from asgml.core.source_ckpt import check_source_task
 from asgml.core.toolkit import EpochWindow
 
 if TYPE_CHECKING:
@@ -47,9 +49,13 @@ if TYPE_CHECKING:
     from asgml.core.types import StepOutput
 
 
-def load_teacher(path: str | Path, modality: str, template: nn.Module) -> nn.Module:
+def load_teacher(
+    path: str | Path, modality: str, template: nn.Module, student: Any = None
+) -> nn.Module:
     """A frozen copy of ``template`` with the ``encoders.<modality>`` weights of a
-    ``method=unimodal`` checkpoint; clear errors for a wrong path or modality."""
+    ``method=unimodal`` checkpoint; clear errors for a wrong path or modality, and (given
+    the ``student`` module) for a teacher of another dataset, class count or modality set
+    (:func:`asgml.core.source_ckpt.check_source_task`)."""
     key = f"method.umt.teachers.{modality}"
     path = Path(path)
     if not path.is_file():
@@ -62,6 +68,8 @@ def load_teacher(path: str | Path, modality: str, template: nn.Module) -> nn.Mod
             f"method=unimodal method.modality={modality}), got method={method.get('name')!r} "
             f"modality={method.get('modality')!r}"
         )
+    if student is not None:
+        check_source_task(key, path, ckpt.get("asgml_config"), student)
     prefix = f"encoders.{modality}."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     teacher = copy.deepcopy(template)
@@ -132,7 +140,7 @@ class UMT(BalancingCallback):
                     f"method.umt.teachers.{m}: {m!r} is not a modality of this model "
                     f"({pl_module.modalities})"
                 )
-            self.teachers[m] = load_teacher(p, m, pl_module.encoders[m])
+            self.teachers[m] = load_teacher(p, m, pl_module.encoders[m], pl_module)
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

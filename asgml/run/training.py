@@ -27,6 +27,7 @@ from asgml.run.checkpointing import AtomicCheckpointIO
 from asgml.run.ckpt_source import settle_ckpt_path
 from asgml.run.config import model_option_overrides, to_container, validate_config
 from asgml.run.feedback import block, quiet_known_noise, startup_lines
+from asgml.run.outcome import check_trained
 from asgml.run.resume import check_resume, with_method_modules
 from asgml.run.rundir import check_run_dir
 from asgml.run.tracking import build_loggers, log_run_media, wandb_loggers
@@ -136,6 +137,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             _finish_wandb(loggers)
     else:
         _finish_wandb(loggers)
+    check_trained(trainer, skipped, out_dir)  # every step skipped as non-finite: exit non-zero
     return metrics
 
 

@@ -31,6 +31,8 @@ import pkgutil
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import lightning as L
+import torch
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -104,9 +106,6 @@ def trusted_targets() -> frozenset[str]:
     """The exact ``_target_`` names a stored config may instantiate: every ``_target_`` of
     the shipped configs, asgml's modules, datamodules and callbacks (``asgml.core``,
     ``data``, ``models``, ``methods``) and torch's optimizers and LR schedulers."""
-    import lightning as L
-    import torch
-
     out = _conf_targets()
     buildable = (torch.nn.Module, L.LightningDataModule, L.Callback)
     for package in _ASGML_PACKAGES:

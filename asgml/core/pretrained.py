@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from asgml.core.source_ckpt import check_source_task
+
 
 def stored_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     """The run config a checkpoint carries (``asgml_config``; empty when absent)."""
@@ -31,11 +33,13 @@ def load_unimodal_encoder_state(
     key: str,
     dataset: str | None = None,
     role: str = "checkpoint",
+    module: Any = None,
 ) -> dict[str, Tensor]:
     """The ``encoders.<modality>`` weights of the ``method=unimodal`` checkpoint ``path``,
     checked against ``encoder`` (names and shapes) and, when given, the run's ``dataset``
-    name. ``key`` is the config key the path came from and ``role`` what the checkpoint is
-    for (``teacher``), both named in the errors."""
+    name, or, given the run's ``module``, its dataset, class count and modality set
+    (`asgml.core.source_ckpt.check_source_task`). ``key`` is the config key the path came
+    from and ``role`` what the checkpoint is for (``teacher``), both named in the errors."""
     path = Path(path)
     where = f"{key}={path}"
     if not path.is_file():
@@ -54,6 +58,8 @@ def load_unimodal_encoder_state(
             f"method=unimodal method.modality={modality}), got method={method.get('name')!r} "
             f"modality={method.get('modality')!r}"
         )
+    if module is not None:
+        check_source_task(key, path, cfg, module)
     stored_dataset = (cfg.get("dataset") or {}).get("name")
     if dataset is not None and stored_dataset is not None and stored_dataset != dataset:
         raise ValueError(

@@ -10,7 +10,14 @@ The training loader is exactly resumable, also mid-epoch and with worker process
   many items a persistent worker loaded before (a resumed run restarts its workers, whose
   random streams an uninterrupted run would have continued);
 * `ResumableLoader` tells Lightning (``state_dict``) which epoch it is in and how many
-  batches it has handed out; a run resumed from a mid-epoch checkpoint skips them.
+  batches it has handed out; a run resumed from a mid-epoch checkpoint skips them;
+* every loader (train, val, test) has its own seeded ``generator``: a ``DataLoader`` draws
+  its workers' base seed each time it starts an iterator, from the global RNG when it has
+  no generator. The val/test loaders keep their workers (``persistent_workers``), so an
+  uninterrupted run starts their iterator once while a resumed run starts it again: drawn
+  from the global RNG, that extra draw would shift whatever reads the global stream
+  afterwards (OGM-GE's noise), and the resumed run would differ
+  (tests/reliability/test_resume_workers.py).
 
 Item randomness must therefore come from torch's global (CPU) generator, as torchvision's
 transforms and `asgml.data.audiovisual.frame_indices` do; ``random`` and
@@ -20,6 +27,7 @@ transforms and `asgml.data.audiovisual.frame_indices` do; ``random`` and
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +72,12 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed from ``(seed, epoch, index)`` (numpy's ``SeedSequence`` mixing)."""
     state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]
     return int(state) >> 1
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The seed of an evaluation loader's generator: `item_seed` of ``(seed, 2**32 +
+    crc32(split), 0)`` (an epoch number no training run reaches)."""
+    return item_seed(seed, 2**32 + zlib.crc32(split.encode()), 0)
 
 
 class SeededItems(Dataset):
@@ -182,6 +196,13 @@ class SplitDataModule(L.LightningDataModule):
         itself here (no augmentation); datamodules with train-time augmentation override it."""
         return self.splits[split]
 
+    def _seed(self) -> int:
+        """``loader_seed``, else Lightning's ``PL_GLOBAL_SEED``, else 0."""
+        seed = self.loader_seed
+        if seed is None:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return int(seed)
+
     def _loader(self, split: str, shuffle: bool, dataset: Dataset | None = None) -> DataLoader:
         ds = self.splits[split] if dataset is None else dataset
         if shuffle:
@@ -194,12 +215,13 @@ class SplitDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             drop_last=shuffle and len(ds) > self.batch_size,
             persistent_workers=self.num_workers > 0,
+            # the workers' base seed from (seed, split), not from the global RNG: a resumed
+            # run restarts these persistent workers, an uninterrupted run does not
+            generator=torch.Generator().manual_seed(split_seed(self._seed(), split)),
         )
 
     def _train_loader(self, ds: Dataset) -> ResumableLoader:
-        seed = self.loader_seed
-        if seed is None:
-            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = self._seed()
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         sampler = EpochSampler(ds, seed, num_replicas=world, rank=rank)

@@ -185,6 +185,7 @@ class MMSADataModule(SplitDataModule):
             if theirs not in data:
                 raise KeyError(f"{self.path}: no split key {theirs!r} (has {sorted(data)})")
         self.splits = {ours: self._build(data[theirs], theirs) for ours, theirs in SPLITS.items()}
+        self._check_widths()
         ids = {
             s: set(self._ids(data[s], len(data[s].get("regression_labels", []))))
             for s in ("train", "test")
@@ -205,6 +206,20 @@ class MMSADataModule(SplitDataModule):
             "/".join(str(len(self.splits[s])) for s in SPLITS),
             dims,
         )
+
+    def _check_widths(self) -> None:
+        """Every split's features of a modality have the train split's width ``D`` (the
+        encoder's ``input_dim`` is read from train): else a split would fail inside the
+        model, after training, naming neither the split nor the file."""
+        train = {m: int(x.shape[-1]) for m, x in self.splits["train"].features.items()}
+        for ours, theirs in SPLITS.items():
+            for m, x in self.splits[ours].features.items():
+                if m in train and int(x.shape[-1]) != train[m]:
+                    raise ValueError(
+                        f"{self.path}: split {theirs!r} has {m} features of width "
+                        f"{int(x.shape[-1])}, split 'train' of width {train[m]} (the "
+                        "encoder's input_dim); every split of a modality needs the same width"
+                    )
 
     @staticmethod
     def _ids(d: dict, n: int) -> list[str]:

@@ -17,7 +17,8 @@ features (BalanceBenchmark's ``NewLinearHead``, whose unimodal numbers are inste
 blocks of that one head).
 
 The checkpoint must hold an encoder for every modality of the model (``encoders.<m>.*``, any
-``method=`` except ``unimodal``); a missing file or modality is refused with the key named.
+``method=`` except ``unimodal``); a missing file or modality is refused with the key named,
+and so is a checkpoint of another dataset, class count or modality set (both values named).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
+from asgml.core.source_ckpt import check_source_task
 
 if TYPE_CHECKING:
     from asgml.core.module import MultimodalModule
@@ -38,12 +40,15 @@ if TYPE_CHECKING:
 
 
 def load_encoders(module: MultimodalModule, path: str | Path) -> None:
-    """Load every ``encoders.<m>`` of a checkpoint into ``module`` (strict per modality)."""
+    """Load every ``encoders.<m>`` of a checkpoint into ``module`` (strict per modality), after
+    `asgml.core.source_ckpt.check_source_task` (same dataset, classes, modalities)."""
     key = "method.linear_probe.checkpoint"
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{key}={path}: no such checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    check_source_task(key, path, ckpt.get("asgml_config"), module)
+    state = ckpt["state_dict"]
     for m in module.modalities:
         prefix = f"encoders.{m}."
         sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

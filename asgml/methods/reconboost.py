@@ -294,7 +294,7 @@ class ReconBoost(BalancingCallback):
                     f"{key}: {m!r} is not a modality of this model ({list(module.modalities)})"
                 )
             state = load_unimodal_encoder_state(
-                path, m, module.encoders[m], key, run_dataset(module)
+                path, m, module.encoders[m], key, run_dataset(module), module=module
             )
             module.encoders[m].load_state_dict(state, strict=True)
             log.info("ReconBoost: %s encoder loaded from %s", m, path)

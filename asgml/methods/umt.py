@@ -18,8 +18,9 @@ encoder learning the features it would learn alone, which joint training under-t
 the weak modality.
 
 Teachers come by path, ``method.umt.teachers.<m>=<checkpoint>``; a missing file, a
-checkpoint not written by ``method=unimodal``, or one trained on another modality or dataset
-is refused at start-up with the key and both values named (`asgml.core.pretrained`). Teacher weights are the checkpoint's ``encoders.<m>`` entries,
+checkpoint not written by ``method=unimodal``, or one trained on another modality, dataset,
+class count or modality set is refused at start-up with the key and both values named
+(`asgml.core.pretrained`). Teacher weights are the checkpoint's ``encoders.<m>`` entries,
 loaded into a copy of the student's encoder (same architecture required); teachers are not
 saved in the student's checkpoints (they are re-read from their paths on resume).
 
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from asgml.core.base import BalancingCallback
-from asgml.core.pretrained import load_unimodal_encoder_state, run_dataset
+from asgml.core.pretrained import load_unimodal_encoder_state
 
 if TYPE_CHECKING:
     from asgml.core.module import MultimodalModule
@@ -48,13 +49,16 @@ if TYPE_CHECKING:
 
 
 def load_teacher(
-    path: str | Path, modality: str, template: nn.Module, dataset: str | None = None
+    path: str | Path, modality: str, template: nn.Module, student: Any = None
 ) -> nn.Module:
     """A frozen copy of ``template`` with the ``encoders.<modality>`` weights of a
-    ``method=unimodal`` checkpoint; clear errors for a wrong path, modality, dataset or
-    architecture (`asgml.core.pretrained.load_unimodal_encoder_state`)."""
+    ``method=unimodal`` checkpoint; clear errors for a wrong path, modality or architecture
+    and, given the ``student`` module, for a teacher of another dataset, class count or
+    modality set (`asgml.core.pretrained.load_unimodal_encoder_state`)."""
     key = f"method.umt.teachers.{modality}"
-    state = load_unimodal_encoder_state(path, modality, template, key, dataset, role="teacher")
+    state = load_unimodal_encoder_state(
+        path, modality, template, key, role="teacher", module=student
+    )
     teacher = copy.deepcopy(template)
     teacher.load_state_dict(state, strict=True)
     teacher.requires_grad_(False)
@@ -117,7 +121,7 @@ class UMT(BalancingCallback):
                     f"method.umt.teachers.{m}: {m!r} is not a modality of this model "
                     f"({pl_module.modalities})"
                 )
-            self.teachers[m] = load_teacher(p, m, pl_module.encoders[m], run_dataset(pl_module))
+            self.teachers[m] = load_teacher(p, m, pl_module.encoders[m], pl_module)
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

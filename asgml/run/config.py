@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from asgml.run.domains import check_option_domains
+
 
 def to_container(cfg: Any) -> Any:
     """Plain (resolved) python containers, safe for ``torch.load(weights_only=True)``."""
@@ -71,6 +73,7 @@ def validate_config(cfg: DictConfig) -> None:
     if encoders is None or len(encoders) < 2:
         raise ValueError(f"model.encoders must name >= 2 modalities, got {list(encoders or [])}")
     check_model_options(cfg)
+    check_option_domains(cfg)  # method options outside their domain; warm-ups never reached
     n = len(encoders)
     fusion = cfg.model.get("fusion")
     if fusion in TWO_MODALITY_FUSIONS and n != 2:

@@ -50,21 +50,27 @@ from asgml.run.build import build, build_method_callbacks
 from asgml.run.config import to_container
 from asgml.run.feedback import quiet_known_noise
 from asgml.run.moved import upgrade_targets
-from asgml.run.trust import check_targets
+from asgml.run.trust import screen_stored_config
 
 log = logging.getLogger("asgml")
 
 MASK_MODES = ("feature", "input")
 
 
-def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by ``asgml.train`` (on CPU, tensors and plain data only)."""
+STORED = "the config stored in the checkpoint"
+
+
+def load_checkpoint(ckpt_path: str | Path, allow_targets: Sequence[str] = ()) -> dict[str, Any]:
+    """Load a checkpoint written by ``asgml.train`` (on CPU, tensors and plain data only)
+    whose stored config passes `asgml.run.trust.screen_stored_config` (no
+    interpolation, every ``_target_`` exactly allowed; ``allow_targets`` opts classes in)."""
     ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
     if "asgml_config" not in ckpt:
         raise KeyError(
             f"{ckpt_path} has no 'asgml_config' entry: it was not written by asgml.train"
         )
     upgrade_targets(ckpt["asgml_config"])  # classes that moved since it was written (moved.py)
+    screen_stored_config(ckpt["asgml_config"], allow_targets, f"{STORED} {ckpt_path}")
     return ckpt
 
 
@@ -81,11 +87,12 @@ def build_from_config(
     allow_targets: Sequence[str] = (),
 ) -> tuple[Any, torch.nn.Module]:
     """``(datamodule, model)`` from a resolved run config (as stored in checkpoints), built
-    by `asgml.run.build.build` as the training run built them. Only trusted ``_target_``
-    classes are instantiated (`asgml.run.trust.check_targets`; ``allow_targets`` adds
-    prefixes)."""
+    by `asgml.run.build.build` as the training run built them. The stored config is
+    screened first (`asgml.run.trust.screen_stored_config`: no interpolation, only
+    exactly allowed ``_target_`` classes; ``allow_targets`` opts classes in)."""
     run_cfg = dict(run_cfg)
     upgrade_targets(run_cfg)  # classes that moved since the checkpoint was written (moved.py)
+    screen_stored_config(run_cfg, allow_targets, STORED)
     cfg = OmegaConf.create(run_cfg)
     if data_dir is not None:
         cfg.data_dir = data_dir
@@ -102,7 +109,6 @@ def build_from_config(
     legacy = cfg.method.pop("module", None) or {}
     if legacy:
         cfg.model = OmegaConf.merge(cfg.model, legacy)
-    check_targets(cfg, allow_targets, source="the config stored in the checkpoint")
     # the checkpoint's weights replace pre-trained ones: the weights file is not needed here
     for enc in (cfg.model.get("encoders") or {}).values():
         if isinstance(enc, Mapping) and enc.get("pretrained"):
@@ -120,8 +126,8 @@ def attach_methods(
     """The run's method callbacks that change the model or its test-time fusion, set up on
     ``model`` as in training (before its weights are loaded).
 
-    Built from the stored config's ``method`` (its ``_target_``s checked by
-    `asgml.run.trust.check_targets`, ``allow_targets`` as for the model); each
+    Built from the stored config's ``method`` (screened by
+    `asgml.run.trust.screen_stored_config`, ``allow_targets`` as for the model); each
     `BalancingCallback` with ``changes_model`` gets
     ``setup(None, model, "test")`` (MLA's head, Greedy's gates, AMCo's star layer,
     ReconBoost's learners' head, the unimodal model's single head) and its checkpoint state
@@ -129,8 +135,8 @@ def attach_methods(
     ``on_eval_logits`` in `collect_logits`."""
     run_cfg = dict(run_cfg)
     upgrade_targets(run_cfg)
+    screen_stored_config(run_cfg, allow_targets, STORED)
     cfg = OmegaConf.create(run_cfg)
-    check_targets(cfg, allow_targets, source="the config stored in the checkpoint")
     methods = [cb for cb in build_method_callbacks(cfg) if isinstance(cb, BalancingCallback)]
     states = callback_states or {}
     for cb in methods:
@@ -290,7 +296,7 @@ def evaluate_checkpoint(
     ``progress_bar`` shows a bar over the split's batches (with ETA) on stderr."""
     if split not in ("test", "val", "train"):
         raise ValueError(f"split must be test, val or train, got {split!r}")
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path, allow_targets)
     run_cfg = ckpt["asgml_config"]
     datamodule, model = build_from_config(run_cfg, data_dir, datamodule_overrides, allow_targets)
     methods = attach_methods(run_cfg, model, ckpt.get("callbacks"), allow_targets)

@@ -24,8 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.run.build import build
 from asgml.run.checkpointing import AtomicCheckpointIO
+from asgml.run.ckpt_source import settle_ckpt_path
 from asgml.run.config import model_option_overrides, to_container, validate_config
 from asgml.run.feedback import block, quiet_known_noise, startup_lines
+from asgml.run.outcome import check_trained
 from asgml.run.resume import check_resume, with_method_modules
 from asgml.run.rundir import check_run_dir
 from asgml.run.tracking import build_loggers, log_run_media, wandb_loggers
@@ -43,6 +45,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train/test as configured; returns the dict written to ``metrics.json``."""
     quiet_known_noise()
     validate_config(cfg)
+    settle_ckpt_path(cfg)  # a remote ckpt_path refused (or fetched); its stored config screened
     if cfg.get("print_config"):
         print(OmegaConf.to_yaml(cfg, resolve=True))
     out_dir = Path(cfg.paths.output_dir)
@@ -81,7 +84,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     skipped: int | None = None
     try:
         if cfg.get("train", True):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(
+                model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
+            )
             skipped = model.skipped_nonfinite_steps  # testing best.ckpt reloads its count
             result.update(
                 {f"fit/{k}": v for k, v in _scalar_metrics(trainer.callback_metrics).items()}
@@ -98,7 +103,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 ckpt = trainer.checkpoint_callback.best_model_path or None
                 if ckpt is None:
                     log.warning("no best checkpoint was saved; testing the current weights")
-            test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+            test_metrics = trainer.test(
+                model, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True
+            )
             result.update(_scalar_metrics(test_metrics[0] if test_metrics else {}))
     except SIGTERMException as e:
         _finish_wandb(loggers)
@@ -130,6 +137,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             _finish_wandb(loggers)
     else:
         _finish_wandb(loggers)
+    check_trained(trainer, skipped, out_dir)  # every step skipped as non-finite: exit non-zero
     return metrics
 
 

@@ -131,9 +131,12 @@ def test_umt_refuses_wrong_teachers(teachers, tmp_path: Path) -> None:
     # a modality the model does not have
     with pytest.raises(ValueError, match="method.umt.teachers.text"):
         UMT({"text": str(teachers["audio"])}).setup(None, module, "fit")
+    # a teacher of another task: 4 synthetic classes, 3 in the tiny model
+    with pytest.raises(ValueError, match="another task:\n.*checkpoint 4, this run 3"):
+        UMT({"audio": str(teachers["audio"])}).setup(None, module, "fit")
     # an architecture that does not match (the tiny MLP is not the teacher's ResNet)
     with pytest.raises(ValueError, match="does not match"):
-        UMT({"audio": str(teachers["audio"])}).setup(None, module, "fit")
+        UMT({"audio": str(teachers["audio"])}).setup(None, tiny_mlp_module(num_classes=4), "fit")
 
 
 @pytest.mark.slow

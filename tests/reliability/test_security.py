@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,14 @@ from asgml.data.safe_pickle import UnsafePickleError, safe_load
 from asgml.run.build import build
 from asgml.run.config import to_container
 from asgml.run.evaluate import evaluate_checkpoint
-from asgml.run.trust import TRUSTED_TARGET_PREFIXES, UntrustedTargetError, check_targets
+from asgml.run.trust import (
+    StoredInterpolationError,
+    UntrustedConfigError,
+    UntrustedTargetError,
+    check_targets,
+    screen_stored_config,
+    trusted_targets,
+)
 from tests.conftest import compose_cfg
 from tests.data.fixtures import make_ave, make_mmsa, mmsa_split
 
@@ -102,9 +111,7 @@ def test_allowlist_covers_every_shipped_target() -> None:
     targets = _conf_targets()
     assert "asgml.core.module.MultimodalModule" in targets and "torch.optim.SGD" in targets
     for t in sorted(targets):
-        if t.startswith(("hydra_plugins.", "optuna.")):
-            assert t.startswith(TRUSTED_TARGET_PREFIXES), t
-            continue  # the sweeper's own classes (optional extra), not imported here
+        assert t in trusted_targets(), t
         check_targets({"x": {"_target_": t}}, source="conf/")
 
 
@@ -137,6 +144,120 @@ def test_target_allowlist_rules() -> None:
     check_targets({"a": [{"_target_": "torch.optim.SGD"}]})
     with pytest.raises(UntrustedTargetError, match=r"a\[0\]\.b\._target_='os\.system'"):
         check_targets({"a": [{"b": {"_target_": "os.system"}}]})
-    with pytest.raises(UntrustedTargetError, match="is not a class"):  # asgml functions too
+    with pytest.raises(UntrustedTargetError, match="not in the allow-list"):  # asgml functions
         check_targets({"_target_": "asgml.run.evaluate.write_eval"})
-    check_targets({"_target_": "collections.OrderedDict"}, extra_prefixes=["collections."])
+    # exact names: a class reached through an allowed module's namespace is refused
+    for chain in ("asgml.data.safe_pickle.io.FileIO", "asgml.run.evaluate.logging.FileHandler"):
+        with pytest.raises(UntrustedTargetError, match="not in the allow-list"):
+            check_targets({"_target_": chain})
+    # the opt-in: an exact class, or a prefix admitting classes defined under it only
+    check_targets({"_target_": "collections.OrderedDict"}, ["collections.OrderedDict"])
+    check_targets({"_target_": "collections.OrderedDict"}, ["collections."])
+    with pytest.raises(UntrustedTargetError, match="does not name a class of a module"):
+        check_targets({"_target_": "asgml.data.safe_pickle.io.FileIO"}, ["asgml."])
+    with pytest.raises(UntrustedTargetError, match="defined outside the allowed prefixes"):
+        check_targets({"_target_": "asgml.data.base.DataLoader"}, ["asgml."])
+    with pytest.raises(UntrustedTargetError, match="is not a class"):
+        check_targets({"_target_": "asgml.run.evaluate.write_eval"}, ["asgml."])
+
+
+# ------------------------------------------------- crafted stored configs (marker files)
+def _crafted(tmp_path: Path, key: str, value: Any) -> Path:
+    """A checkpoint of the tiny synthetic model whose stored config has ``value`` at ``key``."""
+    cfg = compose_cfg(["trainer.max_epochs=1", "method=ogm"], output_dir=tmp_path)
+    _, model, _ = build(cfg, callbacks=False)
+    stored = to_container(cfg)
+    node = stored
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    ckpt = tmp_path / "crafted.ckpt"
+    torch.save({"asgml_config": stored, "state_dict": model.state_dict()}, ckpt)
+    return ckpt
+
+
+def _attacks(victim: Path) -> dict[str, tuple[str, Any, type, str]]:
+    """name -> (key, value, error, message) of configs that wrote or emptied ``victim`` on
+    the prefix allow-list (a class reached through an allowed module; a resolver building
+    a target that no check saw)."""
+    v = str(victim)
+    return {
+        "file_handler_chain": (
+            "model.encoders.audio.extra",
+            {"_target_": "asgml.run.evaluate.logging.FileHandler", "filename": v, "mode": "w"},
+            UntrustedTargetError,
+            "asgml.run.evaluate.logging.FileHandler",
+        ),
+        "file_io_chain_in_method": (
+            "method.ogm.extra",
+            {"_target_": "asgml.data.safe_pickle.io.FileIO", "file": v, "mode": "w"},
+            UntrustedTargetError,
+            "asgml.data.safe_pickle.io.FileIO",
+        ),
+        "oc_decode": (
+            "dataset.datamodule.extra",
+            "${oc.decode:'{_target_: builtins.open, file: " + v + ", mode: w}'}",
+            StoredInterpolationError,
+            "oc.decode",
+        ),
+        "oc_create_in_method": (
+            "method.ogm.extra",
+            "${oc.create:{_target_: numpy.save, file: " + v + ", arr: [0]}}",
+            StoredInterpolationError,
+            "oc.create",
+        ),
+        "oc_env": ("seed", "${oc.env:HOME}", StoredInterpolationError, "oc.env"),
+    }
+
+
+ATTACKS = list(_attacks(Path("x")))
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_crafted_stored_config_is_refused_before_any_side_effect(
+    tmp_path: Path, attack: str
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    key, value, error, message = _attacks(victim)[attack]
+    ckpt = _crafted(tmp_path, key, value)
+    with pytest.raises(error, match=re.escape(key)) as info:
+        evaluate_checkpoint(ckpt, device="cpu")
+    assert message in str(info.value)
+    assert victim.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.ckpt", "victim.txt"]
+
+
+@pytest.mark.slow
+def test_eval_cli_refuses_a_crafted_method_config(tmp_path: Path) -> None:
+    """``python -m asgml.eval`` exits non-zero, the marker file untouched, for a resolver
+    hidden under ``method:``."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    key, value, *_ = _attacks(victim)["oc_create_in_method"]
+    ckpt = _crafted(tmp_path, key, value)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "asgml.eval",
+        f"ckpt_path={ckpt}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        "device=cpu",
+        "progress_bar=false",
+    ]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "StoredInterpolationError" in res.stderr and key in res.stderr
+    assert victim.read_text() == "precious" and not (tmp_path / "eval.json").exists()
+
+
+def test_stored_config_screen_walks_keys_lists_and_allows_clean_configs(tmp_path: Path) -> None:
+    cfg = compose_cfg(["trainer.max_epochs=1", "method=boost_ogm"], output_dir=tmp_path)
+    stored = to_container(cfg)
+    screen_stored_config(stored)  # a real run's stored config passes
+    with pytest.raises(StoredInterpolationError, match=r"a\[1\]"):
+        screen_stored_config({"a": [1, "x${y}"]})
+    with pytest.raises(UntrustedConfigError, match="interpolation"):
+        screen_stored_config({"a": {"${oc.env:HOME}": 1}})

@@ -58,13 +58,13 @@ def load_unimodal_encoder_state(
             f"method=unimodal method.modality={modality}), got method={method.get('name')!r} "
             f"modality={method.get('modality')!r}"
         )
-    if module is not None:
-        check_source_task(key, path, cfg, module)
     stored_dataset = (cfg.get("dataset") or {}).get("name")
     if dataset is not None and stored_dataset is not None and stored_dataset != dataset:
         raise ValueError(
             f"{where}: trained on dataset={stored_dataset!r}, this run is dataset={dataset!r}"
         )
+    if module is not None:  # the dataset, class count and modality set of the run
+        check_source_task(key, path, cfg, module)
     prefix = f"encoders.{modality}."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     expected = encoder.state_dict()

@@ -308,7 +308,7 @@ def test_pretrained_preset_reads_the_unimodal_presets_checkpoints() -> None:
             sweep = f"{step1.hydra.sweep.dir}/{step1.hydra.sweep.subdir}"
             assert sweep == step1.hydra.run.dir  # a multirun job writes where a run would
             dirs[m] = step1.hydra.run.dir
-        assert list(step1.hydra.sweeper.params) == ["method.modality"]
+        assert list(step1.hydra.sweeper.params) == ["seed", "method.modality"]
     init = step2.method.reconboost.init_from
     assert step2.method.name == "reconboost" and step2.dataset.name == "cremad"
     for m in ("audio", "visual"):

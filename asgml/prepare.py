@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.run.feedback import quiet_known_noise
+from asgml.run.precheck import with_suggestions
 
 log = logging.getLogger("asgml")
 
@@ -108,6 +109,8 @@ def main(cfg: DictConfig) -> None:
     else:
         manage_caches(cfg, action)
 
+
+main = with_suggestions(main, "prepare")  # a "did you mean" after Hydra's errors
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """asgml: balanced multimodal learning with PyTorch Lightning.
 
 ``asgml.fit(dataset=..., method=..., seeds=[...], **overrides)`` runs methods from Python
-(:func:`asgml.api.fit`); ``python -m asgml.train`` is the command line.
+(``asgml.api.fit``); ``python -m asgml.train`` is the command line.
 """
 
 from typing import Any

@@ -6,11 +6,11 @@
                      trainer__max_epochs=5)
     runs[["method.name", "seed", "test/acc", "test/acc_audio", "test/acc_visual"]]
 
-:func:`fit` composes the same Hydra config as ``python -m asgml.train`` (Hydra's compose API
+``fit`` composes the same Hydra config as ``python -m asgml.train`` (Hydra's compose API
 over ``conf/train.yaml`` with the same overrides), runs each job with
-:func:`asgml.run.training.run` (what the command line runs) and returns the jobs' results as
-a :class:`pandas.DataFrame` built by :func:`asgml.report.collect` (one row per run: config
-keys, ``test/...`` metrics, ``val_acc_best``, ``run_dir``), which :func:`asgml.report.table`
+``asgml.run.training.run`` (what the command line runs) and returns the jobs' results as
+a ``pandas.DataFrame`` built by ``asgml.report.collect`` (one row per run: config
+keys, ``test/...`` metrics, ``val_acc_best``, ``run_dir``), which ``asgml.report.table``
 turns into the grouped report table. Every run writes its usual folder (``metrics.json``,
 checkpoints, ``csv/metrics.csv``) under ``root``.
 
@@ -18,7 +18,7 @@ What the command line writes as ``key=value`` is passed in ``overrides`` as the 
 or as keyword arguments with ``__`` for the dots (``trainer__max_epochs=5`` is
 ``trainer.max_epochs=5``; ``method__boost__alpha=1.0`` is ``method.boost.alpha=1.0``).
 A missing ``data_dir`` fails before anything is trained
-(:func:`asgml.run.precheck.check_data`).
+(``asgml.run.precheck.check_data``).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def fit(
         **options: more overrides, ``__`` for the dots (``trainer__max_epochs=5``).
 
     Returns:
-        one row per run under ``root`` (:func:`asgml.report.collect`), sorted by method and
+        one row per run under ``root`` (``asgml.report.collect``), sorted by method and
         seed.
     """
     from asgml.report import collect  # lazy: pandas and the report only when called

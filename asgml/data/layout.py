@@ -1,11 +1,11 @@
 """Where each dataset's files must be, checked without torch: the data-layout errors and the
 expected layouts of the datamodules, light enough for a check before anything heavy is imported.
 
-:func:`check_datamodule_config` looks at a ``dataset.datamodule`` config (not the datamodule):
+``check_datamodule_config`` looks at a ``dataset.datamodule`` config (not the datamodule):
 for the datamodules of this package (``_TARGETS``) it checks that ``data_dir`` is set, exists
 and holds the split files the datamodule opens first, so ``python -m asgml.train`` fails in
 about a second, before the start-up block and before any run folder is made
-(:mod:`asgml.run.precheck`). The datamodules run the same checks again (they are built
+(``asgml.run.precheck``). The datamodules run the same checks again (they are built
 without that Hydra callback too: tests, notebooks, ``asgml.eval``).
 """
 
@@ -99,7 +99,7 @@ MMSA_TARGET = "asgml.data.mmsa.MMSADataModule"
 
 
 def check_datamodule_config(dm: Mapping[str, Any], hint: str = "") -> None:
-    """Raise :class:`DataLayoutError` when the data of a ``dataset.datamodule`` config (its
+    """Raise ``DataLayoutError`` when the data of a ``dataset.datamodule`` config (its
     ``data_dir`` resolved) is not where the datamodule will look; other datamodules pass."""
     target = str(dm.get("_target_", ""))
     if target == MMSA_TARGET:

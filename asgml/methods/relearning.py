@@ -45,8 +45,6 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.preprocessing import MinMaxScaler
 from torch import Tensor
 from typing_extensions import override
 
@@ -65,8 +63,26 @@ def purity(labels: np.ndarray, clusters: np.ndarray) -> float:
     return hits / len(labels)
 
 
+SKLEARN_MISSING = (
+    "method=relearning needs scikit-learn (k-means of the features, as the official code): "
+    "pip install 'asgml[relearning]'"
+)
+
+
+def require_sklearn() -> None:
+    """Fail with ``SKLEARN_MISSING`` when scikit-learn is not installed (an extra)."""
+    try:
+        import sklearn  # noqa: F401  (optional dependency)
+    except ImportError as err:
+        raise ImportError(SKLEARN_MISSING) from err
+
+
 def cluster_purity(features: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
     """Official diagnosis: min-max scale to [-1, 1], k-means into ``num_classes``, purity."""
+    require_sklearn()
+    from sklearn.cluster import KMeans  # optional dependency (extra `relearning`)
+    from sklearn.preprocessing import MinMaxScaler
+
     x = MinMaxScaler(feature_range=(-1, 1)).fit_transform(features)
     pred = KMeans(n_clusters=num_classes, random_state=0, n_init="auto").fit_predict(x)
     return purity(labels, pred)
@@ -97,6 +113,7 @@ class ReLearning(BalancingCallback):
 
     def __init__(self, move_lambda: float = 3.0, reinit_epoch: int = 20, reinit_num: int = 3):
         super().__init__()
+        require_sklearn()  # at build time, not after the first reinit_epoch epochs
         if move_lambda < 0:
             raise ValueError(f"method.relearning.move_lambda must be >= 0, got {move_lambda}")
         if reinit_epoch < 1 or reinit_num < 0:

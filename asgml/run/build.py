@@ -29,7 +29,7 @@ from asgml.run.config import check_datamodule_matches, method_callback_configs
 
 def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
     """Instantiate ``cfg.dataset.datamodule``; it must satisfy the datamodule protocol. A
-    missing file is raised as the datamodule's own :class:`DataLayoutError` (Hydra's wrapper
+    missing file is raised as the datamodule's own ``DataLayoutError`` (Hydra's wrapper
     would print the expected layout as one line of ``\\n``)."""
     try:
         datamodule = instantiate(cfg.dataset.datamodule)

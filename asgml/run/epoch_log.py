@@ -1,7 +1,7 @@
 """One line per training epoch: what a run has learnt so far, in ``train.log`` and (off a
 terminal) on stdout.
 
-:class:`EpochLog` is a Lightning callback (``conf/callbacks/default.yaml``, key
+``EpochLog`` is a Lightning callback (``conf/callbacks/default.yaml``, key
 ``epoch_log``). At the end of every training epoch (after that epoch's validation) it writes::
 
     epoch 3/10  val/acc 61.25%  val/acc_audio 58.13%  val/acc_visual 30.00%
@@ -9,8 +9,8 @@ terminal) on stdout.
 
 (one line). The values are read from ``trainer.callback_metrics``, i.e. what the module and the
 method callbacks logged (``LightningModule.log`` or
-:meth:`~asgml.core.base.BalancingCallback.log_now`); ``keys`` picks and orders them with
-:mod:`fnmatch` patterns, so a method is never reached into. Accuracies (a key whose last part
+``log_now``); ``keys`` picks and orders them with
+``fnmatch`` patterns, so a method is never reached into. Accuracies (a key whose last part
 starts with ``acc``) are printed in %, everything else with 4 significant digits. The ETA is the
 mean epoch time so far (of this process) times the epochs left (``trainer.max_epochs``).
 
@@ -129,7 +129,7 @@ class EpochLog(Callback):
     """One line per epoch (see the module docstring).
 
     Args:
-        keys: :mod:`fnmatch` patterns of ``trainer.callback_metrics`` keys, in print order
+        keys: ``fnmatch`` patterns of ``trainer.callback_metrics`` keys, in print order
             (``!pattern``: leave those keys out).
         console: ``auto`` (stdout when it is not a terminal), ``always`` or ``never``.
     """

@@ -5,9 +5,9 @@ place where known third-party noise is filtered.
   with rate and ETA; ``python -m asgml.prepare`` (per clip) and ``python -m asgml.eval``
   (per batch) use it.
 * :func:`startup_lines` is the block ``python -m asgml.train`` logs first: the run directory,
-  the loggers, the recipe (:func:`recipe_lines`), the method's hyperparameters
-  (:func:`method_lines`), device/precision/strategy (:func:`trainer_lines`) and the code's
-  git commit and package versions (:func:`code_lines`, :mod:`asgml.run.provenance`).
+  the loggers, the recipe (``recipe_lines``), the method's hyperparameters
+  (``method_lines``), device/precision/strategy (``trainer_lines``) and the code's
+  git commit and package versions (``code_lines``, ``asgml.run.provenance``).
 * :func:`quiet_known_noise` filters, by exact message, the third-party messages that say
   nothing about the run (listed in :data:`KNOWN_NOISE` and :data:`KNOWN_NOISE_LOGS`), and
   removes the console handler the ``lightning`` package adds to its logger at import when

@@ -1,19 +1,20 @@
 """Fail fast: the mistakes of a command line caught before torch is imported, before the
 start-up block and before Hydra makes the run folder.
 
-* :class:`PreCheck` is a Hydra callback (``conf/hydra/default.yaml``, so ``asgml.train`` and
+* ``PreCheck`` is a Hydra callback (``conf/hydra/default.yaml``, so ``asgml.train`` and
   ``asgml.prepare`` get it). In ``on_run_start`` / ``on_multirun_start`` (the config is
   composed, nothing is written yet) it checks the dataset's files
-  (:func:`asgml.data.layout.check_datamodule_config`: ``data_dir`` set, existing, with the
+  (``asgml.data.layout.check_datamodule_config``: ``data_dir`` set, existing, with the
   split files) and every ``+key=value`` that adds an option to an object's config next to a
-  near-identical existing one (:func:`check_added_options`: ``+method.boost.alpah=1`` would
+  near-identical existing one (``check_added_options``: ``+method.boost.alpah=1`` would
   otherwise fail much later, when the object is built, with a ``TypeError``).
-* :func:`suggest` answers Hydra's own composition errors (``method.boost.alpah=1``: "Could not
+* ``suggest`` answers Hydra's own composition errors (``method.boost.alpah=1``: "Could not
   override ..."; ``method=boots``: "Could not find 'method/boots'") with a "did you mean"
-  (:mod:`difflib`) after Hydra's message; the entry points call it when Hydra exits with an
-  error (:func:`with_suggestions`).
+  (``difflib``) after Hydra's message, and a missing Hydra plugin (the Optuna sweeper of
+  ``hparams_search=...``, the SLURM launcher) with the extra that installs it; the entry points call it when Hydra exits with an
+  error (``with_suggestions``).
 
-Only ``hydra``/``omegaconf`` and the torch-free :mod:`asgml.data.layout` are imported here.
+Only ``hydra``/``omegaconf`` and the torch-free ``asgml.data.layout`` are imported here.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class PreCheckError(ValueError):
 
 
 class PreCheckExit(SystemExit):
-    """Ends the process with status 1 after the message of a :class:`PreCheckError` (Hydra
+    """Ends the process with status 1 after the message of a ``PreCheckError`` (Hydra
     turns an exception raised in a callback into a warning and goes on)."""
 
 
@@ -65,7 +66,7 @@ def did_you_mean(word: str, candidates: Sequence[str]) -> str:
 
 
 def check_data(cfg: DictConfig) -> None:
-    """The dataset's files (see :mod:`asgml.data.layout`), as a :class:`PreCheckError`."""
+    """The dataset's files (see ``asgml.data.layout``), as a ``PreCheckError``."""
     dm = OmegaConf.select(cfg, "dataset.datamodule")
     if not isinstance(dm, DictConfig):
         return
@@ -109,9 +110,9 @@ def check_added_options(cfg: DictConfig) -> None:
 
 
 class PreCheck(Callback):
-    """Hydra callback: :func:`check_data` and :func:`check_added_options` before the run
+    """Hydra callback: ``check_data`` and ``check_added_options`` before the run
     folder exists (``enabled=false`` turns it off). Hydra turns an exception of a callback into a
-    warning, so a problem ends the process here (:class:`PreCheckExit`)."""
+    warning, so a problem ends the process here (``PreCheckExit``)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -148,6 +149,13 @@ class PreCheck(Callback):
 _OVERRIDE = re.compile(r"Could not override '([^']+)'")
 _APPEND = re.compile(r"Could not append to config\. An item is already at '([^']+)'")
 _MISSING = re.compile(r"Could not find '([^'/]+)/([^']+)'")
+_PLUGIN = re.compile(r"Could not find '(hydra/(?:sweeper|launcher)/[^']+)'")
+# the Hydra plugins behind config options, with the extra of pyproject.toml that installs them
+PLUGIN_EXTRAS = {
+    "hydra/sweeper/optuna": ("optuna", "hydra-optuna-sweeper"),
+    "hydra/launcher/submitit_slurm": ("slurm", "hydra-submitit-launcher"),
+    "hydra/launcher/submitit_local": ("slurm", "hydra-submitit-launcher"),
+}
 
 
 def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
@@ -167,6 +175,10 @@ def suggest(config_name: str, overrides: Sequence[str]) -> str | None:
         return None
     except Exception as err:  # Hydra's composition errors
         message = f"{err}\n{err.__cause__ or ''}"
+    found = _PLUGIN.search(message)
+    if found and found.group(1) in PLUGIN_EXTRAS:
+        extra, package = PLUGIN_EXTRAS[found.group(1)]
+        return f"{found.group(1)} is a Hydra plugin ({package}): pip install 'asgml[{extra}]'"
     found = _OVERRIDE.search(message)
     if found:
         key = found.group(1)
@@ -195,7 +207,7 @@ def suggest(config_name: str, overrides: Sequence[str]) -> str | None:
 
 def with_suggestions(main: F, config_name: str) -> F:
     """``main`` (a ``@hydra.main`` function) that, when Hydra exits with an error, also
-    prints :func:`suggest`'s "did you mean" to stderr."""
+    prints ``suggest``'s "did you mean" to stderr."""
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:

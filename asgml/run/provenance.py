@@ -1,6 +1,6 @@
 """Which code made a run: the git commit of the asgml source (and whether it had uncommitted
 changes) and the versions of torch, Lightning and asgml. Shown in the start-up block
-(:func:`asgml.run.feedback.code_lines`) and written to ``metrics.json`` (key
+(``asgml.run.feedback.code_lines``) and written to ``metrics.json`` (key
 ``provenance``), so a table can be traced back to the code that produced it.
 
 The commit is read with the ``git`` command in the directory of the ``asgml`` package (an

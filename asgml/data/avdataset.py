@@ -201,6 +201,7 @@ class AVEKSDataModule(AudioVisualDataModule):
                 label,
                 self.data_dir / self.audio_dir / f"{name}.{self.audio_ext}",
                 list_frames(self.data_dir / self.visual_dir / name),
+                frame_dir=self.data_dir / self.visual_dir / name,
             )
             for name, label in rows
         ]

@@ -148,6 +148,7 @@ class CremadDataModule(AudioVisualDataModule):
                 label,
                 self.data_dir / self.audio_dir / f"{name}.wav",
                 list_frames(self.data_dir / self.visual_dir / name),
+                frame_dir=self.data_dir / self.visual_dir / name,
             )
             for name, label in read_cremad_split(path)
         ]

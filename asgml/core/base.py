@@ -177,10 +177,7 @@ class BalancingCallback(L.Callback):
 
         For quantities measured every few steps (probe accuracies, boost scales):
         ``LightningModule.log`` would only flush them on ``log_every_n_steps`` boundaries
-        and could drop them. The values also go to ``trainer.callback_metrics``, where
-        callbacks such as the per-epoch line read a method's state (a plain dict update,
-        no device sync)."""
-        trainer.callback_metrics.update(metrics)
+        and could drop them."""
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)

@@ -8,8 +8,8 @@ terminal) on stdout.
     boost/scale_visual 1.420  ogm/coeff_audio 0.7310  epoch 12.3s  ETA 1m26s
 
 (one line). The values are read from ``trainer.callback_metrics``, i.e. what the module and the
-method callbacks logged (``LightningModule.log`` or
-``log_now``); ``keys`` picks and orders them with
+method callbacks logged with ``LightningModule.log`` (values a method sends straight to the
+loggers with ``BalancingCallback.log_now`` are not there); ``keys`` picks and orders them with
 ``fnmatch`` patterns, so a method is never reached into. Accuracies (a key whose last part
 starts with ``acc``) are printed in %, everything else with 4 significant digits. The ETA is the
 mean epoch time so far (of this process) times the epochs left (``trainer.max_epochs``).

@@ -7,7 +7,9 @@
 Uses the training config (``conf/train.yaml``, through ``conf/prepare.yaml``), so the cache
 is built for exactly the preprocessing a ``python -m asgml.train`` run with the same
 overrides will ask for; that run then finds and uses it (see `asgml.data.cache`).
-Each split shows a progress bar per clip (with ETA) unless
+A clip that cannot be decoded does not stop the build: every clip is decoded, then each bad
+file is printed (``BAD <path>: <reason>``), the cache is left incomplete and the exit status
+is 1. Each split shows a progress bar per clip (with ETA) unless
 ``trainer.enable_progress_bar=false``. ``+overwrite=true`` rebuilds a complete cache.
 ``dataset.datamodule.num_workers`` sets the decode workers.
 
@@ -30,6 +32,7 @@ from omegaconf import DictConfig
 
 import asgml  # noqa: F401  (registers resolvers)
 from asgml.run.feedback import quiet_known_noise
+from asgml.run.precheck import with_suggestions
 
 log = logging.getLogger("asgml")
 
@@ -104,10 +107,23 @@ def main(cfg: DictConfig) -> None:
         if verify(cfg):
             sys.exit(1)
     elif action == "build":
-        prepare(cfg)
+        from asgml.data.cache import BadFilesError  # lazy: keeps `--help` free of torch
+
+        try:
+            prepare(cfg)
+        except BadFilesError as err:  # the build went on past them: every bad file, no trace
+            for line in err.files:
+                print(f"BAD {line}")
+            print(
+                f"prepare: {len(err.files)} bad file(s); the cache was not completed. Fix or "
+                "remove them (or drop their rows from the split lists) and run again"
+            )
+            sys.exit(1)
     else:
         manage_caches(cfg, action)
 
+
+main = with_suggestions(main, "prepare")  # a "did you mean" after Hydra's errors
 
 if __name__ == "__main__":
     main()

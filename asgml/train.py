@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 import asgml  # noqa: F401  (registers resolvers)
+from asgml.run.precheck import with_suggestions
 
 # Names that used to live here; `from asgml.train import run` keeps working (lazily).
 _TRAINING_NAMES = {"run", "build_loggers", "optimized_value", "print_summary"}
@@ -35,6 +36,9 @@ def main(cfg: DictConfig) -> float | None:
 
     return run(cfg)["optimized_value"]
 
+
+# Hydra's own composition errors get a "did you mean" (asgml/run/precheck.py)
+main = with_suggestions(main, "train")
 
 if __name__ == "__main__":
     main()

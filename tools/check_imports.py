@@ -51,7 +51,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 # one's output reads it through a `core` contract (e.g. core.types.UtilizationSource)
 
 # top-level names of optional dependencies, which may be imported inside a function
-OPTIONAL: frozenset[str] = frozenset({"hydra_plugins", "submitit"})
+OPTIONAL: frozenset[str] = frozenset({"hydra_plugins", "submitit", "sklearn"})
 
 
 @dataclass(frozen=True)

@@ -508,7 +508,10 @@ class MultimodalModule(NonFiniteGuard, L.LightningModule):
     @override
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
-        self.log_dict(values)
+        # fused and per-modality accuracy on the progress bar; F1 to the loggers only
+        bar = {k: v for k, v in values.items() if k.startswith("val/acc")}
+        self.log_dict(bar, prog_bar=True)
+        self.log_dict({k: v for k, v in values.items() if k not in bar})
         self.val_metrics.reset()
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(values["val/acc"])

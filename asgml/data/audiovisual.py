@@ -54,12 +54,14 @@ FRAME_EXTS = (".jpg", ".jpeg")
 
 @dataclass
 class Clip:
-    """One listed sample: its id, class index, audio file and sorted frame files."""
+    """One listed sample: its id, class index, audio file, sorted frame files and the
+    folder they were listed from (named when it holds no frame)."""
 
     name: str
     label: int
     audio: Path
     frames: list[Path]
+    frame_dir: Path | None = None
 
 
 def list_frames(frame_dir: Path) -> list[Path]:
@@ -509,10 +511,12 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         problems: list[str] = []
         for split in ("train", "test"):
             clips = self.official_clips(split)
-            problems += [
-                f"{c.audio}: missing (no audio file or no frames for clip {c.name})"
-                for c in self._missing[split]
-            ]
+            for c in self._missing[split]:  # each missing file by its own path
+                if not c.audio.is_file():
+                    problems.append(f"{c.audio}: missing audio file (clip {c.name})")
+                if not c.frames:
+                    where = c.frame_dir if c.frame_dir is not None else c.name
+                    problems.append(f"{where}: no frames (clip {c.name})")
             loader = DataLoader(
                 _VerifySet(self, clips),
                 batch_size=None,

@@ -31,23 +31,8 @@ from typing import Any
 import numpy as np
 
 from asgml.data.audiovisual import AudioVisualDataModule, Clip, list_frames
-from asgml.data.base import layout_error
+from asgml.data.layout import AVE_LAYOUT, KS_LAYOUT, layout_error
 from asgml.data.safe_pickle import UnsafePickleError, safe_load
-
-AVE_LAYOUT = """\
-<data_dir>/
-  stat.txt                           class names, one per line (label = index in sorted list)
-  my_train.txt, my_test.txt          rows `<class>,<name>`
-  audio_spec/<name>.pkl              pickled (257, 1004) float spectrogram
-  visual/<name>/frame_00001.jpg ...  10 frames per clip
-(see docs/datasets/ave.md and ks.md for preparation from the raw videos)"""
-
-KS_LAYOUT = """\
-<data_dir>/
-  my_train.txt, my_test.txt          rows `<ytid>[_<start>_<end>],10,<label>` (label 0..30)
-  audio/<name>.npy                   (1024, 128) fbank
-  visual/<name>/*.jpg                1-fps frames
-(see docs/datasets/ave.md and ks.md for preparation from the raw videos)"""
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -216,6 +201,7 @@ class AVEKSDataModule(AudioVisualDataModule):
                 label,
                 self.data_dir / self.audio_dir / f"{name}.{self.audio_ext}",
                 list_frames(self.data_dir / self.visual_dir / name),
+                frame_dir=self.data_dir / self.visual_dir / name,
             )
             for name, label in rows
         ]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -40,32 +39,13 @@ from typing_extensions import override
 
 from asgml.core.train_set_plan import PlannedDataset, request_train_set_plan
 
-
-class DataLayoutError(FileNotFoundError):
-    """A data directory or split file is missing; the message shows the expected layout."""
-
-
-def layout_error(what: str, layout: str) -> DataLayoutError:
-    return DataLayoutError(f"{what}\nExpected layout:\n{layout.rstrip()}")
-
-
-def check_data_dir(data_dir: str | os.PathLike | None, name: str, layout: str) -> Path:
-    """``data_dir`` as a Path, or an error showing the expected layout."""
-    if data_dir is None or str(data_dir) in ("", "None", "null"):
-        raise layout_error(
-            f"{name}: data_dir is not set; pass data_dir=/path/to/{name} on the command line",
-            layout,
-        )
-    path = Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise layout_error(f"{name}: data_dir {str(path)!r} does not exist", layout)
-    return path
-
-
-def require_file(path: Path, name: str, layout: str) -> Path:
-    if not path.is_file():
-        raise layout_error(f"{name}: missing file {str(path)!r}", layout)
-    return path
+# the layout errors live in the torch-free asgml.data.layout (checked before a run starts)
+from asgml.data.layout import (  # noqa: F401
+    DataLayoutError,
+    check_data_dir,
+    layout_error,
+    require_file,
+)
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:

@@ -54,6 +54,18 @@ ARRAYS = ("audio.npy", "frames.npy", "offsets.npy")
 HASH_CHUNK = 1 << 20
 
 
+class BadFilesError(ValueError):
+    """Clips that could not be decoded while building a cache: ``files`` holds one line per
+    bad file (``<path>: <reason>``). The cache is left partial (no marker)."""
+
+    def __init__(self, name: str, files: Sequence[str]) -> None:
+        self.files = list(files)
+        super().__init__(
+            f"{name}: {len(self.files)} bad file(s); the cache was not completed:\n"
+            + "\n".join(f"  {f}" for f in self.files)
+        )
+
+
 class CacheError(RuntimeError):
     """A cache file is corrupt or truncated; the message says how to rebuild it."""
 
@@ -153,13 +165,27 @@ class _DecodeSet(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, list[list[Any]]]:
+    def __getitem__(self, i: int) -> tuple[Any, Any, list[list[Any]], list[str]]:
+        """``(audio, frames, sources, errors)``; a clip with a bad file gives
+        ``(None, None, [], ["<file>: <reason>", ...])`` (every bad file of the clip)."""
         c = self.clips[i]
         idx = _stored_indices(self.dm, len(c.frames), self.mode)
-        frames = np.stack([self.dm.read_frame(c.frames[j], self.dm.decode_hw) for j in idx])
+        errors: list[str] = []
+        try:
+            audio = np.asarray(self.dm.load_audio(c.audio), dtype=np.float32)
+        except Exception as e:  # any decoder error: the file is named, the build goes on
+            errors.append(f"{c.audio}: {e}")
+        decoded = []
+        for j in idx:
+            try:
+                decoded.append(self.dm.read_frame(c.frames[j], self.dm.decode_hw))
+            except Exception as e:
+                errors.append(f"{c.frames[j]}: {e}")
+        if errors:
+            return None, None, [], errors
         files = [c.audio, *(c.frames[j] for j in sorted(set(idx)))]
         sources = [_source_record(p, self.dm.data_dir) for p in files]
-        return np.asarray(self.dm.load_audio(c.audio), dtype=np.float32), frames, sources
+        return audio, np.stack(decoded), sources, []
 
 
 def open_array(path: Path) -> np.ndarray:
@@ -225,6 +251,7 @@ class AVCache:
             ) from e
         meta: dict[str, Any] = {"config": config, "splits": {}, "files": {}}
         sources: dict[str, list[list[Any]]] = {}
+        bad: list[str] = []  # every bad file of every split; the build goes on past them
         for split in SPLITS:
             clips = dm.official_clips(split)
             mode = _stored_mode(dm, split)
@@ -245,16 +272,20 @@ class AVCache:
             bar = progress(
                 loader, len(clips), f"{dm.NAME} {split}", unit="clip", enable=progress_bar
             )
-            for i, (a, f, src) in enumerate(bar):
+            for i, (a, f, src, errors) in enumerate(bar):
+                if errors:
+                    bad.extend(errors)
+                    continue
                 sources[split].extend(src)
                 if audio is None:
                     audio = np.lib.format.open_memmap(
                         out / "audio.npy", "w+", np.float32, (len(clips), *a.shape)
                     )
                 if a.shape != audio.shape[1:]:
-                    raise ValueError(
+                    bad.append(
                         f"{clips[i].audio}: audio of shape {a.shape}, expected {audio.shape[1:]}"
                     )
+                    continue
                 if frames is None:  # decode_size=native: the first clip's frame size
                     frames = np.lib.format.open_memmap(
                         out / "frames.npy", "w+", np.uint8, (int(offsets[-1]), *f.shape[1:])
@@ -267,6 +298,8 @@ class AVCache:
                     )
                 audio[i] = a
                 frames[offsets[i] : offsets[i + 1]] = f
+            if bad:  # nothing more to write: the cache cannot be completed
+                continue
             if audio is None or frames is None:
                 raise ValueError(f"{dm.NAME}: no clips to cache in the {split} list")
             audio.flush()
@@ -286,6 +319,8 @@ class AVCache:
                     "size": p.stat().st_size,
                     "sha256": file_sha256(p),
                 }
+        if bad:
+            raise BadFilesError(dm.NAME, bad)
         (root / "sources.json").write_text(json.dumps(sources))
         (root / "meta.json").write_text(json.dumps(meta, indent=2))
         (root / MARKER).write_text(key + "\n")  # last: marks the cache complete

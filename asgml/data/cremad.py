@@ -25,20 +25,13 @@ import librosa
 import numpy as np
 
 from asgml.data.audiovisual import AudioVisualDataModule, Clip, list_frames
+from asgml.data.layout import CREMAD_LAYOUT as LAYOUT
 
 LABELS = {"NEU": 0, "HAP": 1, "SAD": 2, "FEA": 3, "DIS": 4, "ANG": 5}
 SR = 22050
 N_SAMPLES = 3 * SR
 N_FFT = 512
 HOP = 353
-
-LAYOUT = """\
-<data_dir>/
-  train.csv                      no header, rows `<clip>,<LABEL>` (e.g. 1088_IOM_NEU_XX,NEU)
-  test.csv                       same format; LABEL in NEU HAP SAD FEA DIS ANG
-  AudioWAV/<clip>.wav
-  Image-01-FPS/<clip>/*.jpg      1-fps frames, sorted by name
-(see docs/datasets/cremad.md for preparation from the raw CREMA-D release)"""
 
 
 def wav_truncation(path: str | Path) -> tuple[int, int] | None:
@@ -155,6 +148,7 @@ class CremadDataModule(AudioVisualDataModule):
                 label,
                 self.data_dir / self.audio_dir / f"{name}.wav",
                 list_frames(self.data_dir / self.visual_dir / name),
+                frame_dir=self.data_dir / self.visual_dir / name,
             )
             for name, label in read_cremad_split(path)
         ]

@@ -39,21 +39,16 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from asgml.data.base import SplitDataModule, check_data_dir, layout_error
+from asgml.data.base import SplitDataModule
 from asgml.data.issues import DataIssues
+from asgml.data.layout import MMSA_LAYOUT as LAYOUT
+from asgml.data.layout import check_data_dir, layout_error
 from asgml.data.safe_pickle import UnsafePickleError, safe_load
 
 log = logging.getLogger("asgml.data")
 
 SPLITS = {"train": "train", "val": "valid", "test": "test"}
 MODALITIES = ("text", "audio", "vision")
-
-LAYOUT = """\
-<data_dir>/
-  <file>        an MMSA pickle: unaligned_50.pkl (MOSI, MOSEI) or unaligned_39.pkl (SIMS),
-                {train|valid|test: {text, text_bert, audio, vision, audio_lengths,
-                 vision_lengths, regression_labels, ...}}
-(data_dir may also be the pickle itself; see docs/datasets/mmsa.md)"""
 
 
 def sentiment_classes(y: np.ndarray, num_classes: int, neutral_band: float = 0.0) -> np.ndarray:

@@ -128,6 +128,8 @@ class ASGMLBoost(BalancingCallback):
             self.seen_version = util.version
             self.update(util.scores)
             self.log_now(trainer, {f"boost/scale_{m}": s for m, s in self.scales.items()})
+            for m, s in self.scales.items():  # on the progress bar (loggers have them above)
+                pl_module.log(f"boost/scale_{m}", s, prog_bar=True, logger=False, on_step=True)
         for m, s in self.scales.items():
             if s != 1.0:
                 scale_(present_grads(pl_module.encoder_parameters(m)), s)

@@ -52,8 +52,6 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.preprocessing import MinMaxScaler
 from torch import Tensor
 from typing_extensions import override
 
@@ -72,11 +70,29 @@ def purity(labels: np.ndarray, clusters: np.ndarray) -> float:
     return hits / len(labels)
 
 
+SKLEARN_MISSING = (
+    "method=relearning needs scikit-learn (k-means of the features, as the official code): "
+    "pip install 'asgml[relearning]'"
+)
+
+
+def require_sklearn() -> None:
+    """Fail with ``SKLEARN_MISSING`` when scikit-learn is not installed (an extra)."""
+    try:
+        import sklearn  # noqa: F401  (optional dependency)
+    except ImportError as err:
+        raise ImportError(SKLEARN_MISSING) from err
+
+
 def cluster_purity(
     features: np.ndarray, labels: np.ndarray, num_classes: int, n_init: int | str = 10
 ) -> float:
     """Official diagnosis: min-max scale to [-1, 1], k-means into ``num_classes`` (``n_init``
     restarts), purity."""
+    require_sklearn()
+    from sklearn.cluster import KMeans  # optional dependency (extra `relearning`)
+    from sklearn.preprocessing import MinMaxScaler
+
     x = MinMaxScaler(feature_range=(-1, 1)).fit_transform(features)
     pred = KMeans(n_clusters=num_classes, random_state=0, n_init=n_init).fit_predict(x)
     return purity(labels, pred)
@@ -118,6 +134,7 @@ class ReLearning(BalancingCallback):
         if n_init != "auto" and not (isinstance(n_init, int) and n_init >= 1):
             raise ValueError(f"method.relearning.n_init must be >= 1 or 'auto', got {n_init!r}")
         self.n_init = n_init
+        require_sklearn()  # at build time, not after the first reinit_epoch epochs
         if move_lambda < 0:
             raise ValueError(f"method.relearning.move_lambda must be >= 0, got {move_lambda}")
         if reinit_epoch < 1 or reinit_num < 0:

@@ -17,18 +17,27 @@ checkpoint's run from the config stored in it, and ``asgml.prepare`` builds the 
 from __future__ import annotations
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from asgml.core.module import MultimodalModule
 from asgml.core.types import MultimodalDataModule
+from asgml.data.layout import DataLayoutError
 from asgml.run.config import check_datamodule_matches, method_callback_configs
 from asgml.run.protocols import drop_unset
 
 
 def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
-    """Instantiate ``cfg.dataset.datamodule``; it must satisfy the datamodule protocol."""
-    datamodule = instantiate(cfg.dataset.datamodule)
+    """Instantiate ``cfg.dataset.datamodule``; it must satisfy the datamodule protocol. A
+    missing file is raised as the datamodule's own ``DataLayoutError`` (Hydra's wrapper
+    would print the expected layout as one line of ``\\n``)."""
+    try:
+        datamodule = instantiate(cfg.dataset.datamodule)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, DataLayoutError):
+            raise err.__cause__ from None
+        raise
     if not isinstance(datamodule, MultimodalDataModule):
         raise TypeError(
             f"dataset.datamodule._target_={cfg.dataset.datamodule.get('_target_')!r} built a "

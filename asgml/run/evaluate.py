@@ -42,7 +42,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
-import asgml  # noqa: F401  (registers resolvers)
 from asgml.core.base import BalancingCallback
 from asgml.data.progress import progress
 from asgml.report.shapley import Coalition, all_subsets, coalition_name, shapley_values

@@ -5,7 +5,9 @@ place where known third-party noise is filtered.
   with rate and ETA; ``python -m asgml.prepare`` (per clip) and ``python -m asgml.eval``
   (per batch) use it.
 * `startup_lines` is the block ``python -m asgml.train`` logs first: the run directory,
-  the loggers and the recipe (`recipe_lines`).
+  the loggers, the recipe (``recipe_lines``), the method's hyperparameters
+  (``method_lines``), device/precision/strategy (``trainer_lines``) and the code's
+  git commit and package versions (``code_lines``, ``asgml.run.provenance``).
 * `quiet_known_noise` filters, by exact message, the third-party messages that say
   nothing about the run (listed in `KNOWN_NOISE` and `KNOWN_NOISE_LOGS`), and
   removes the console handler the ``lightning`` package adds to its logger at import when
@@ -16,6 +18,7 @@ place where known third-party noise is filtered.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig
 
 from asgml.run.protocols import protocol_lines
+from asgml.run.provenance import commit_text, git_state, versions
 
 T = TypeVar("T")
 
@@ -110,8 +114,44 @@ def recipe_lines(cfg: DictConfig) -> list[str]:
     ]
 
 
-def startup_lines(cfg: DictConfig, out_dir: str | Path, loggers: Iterable[Any] = ()) -> list[str]:
-    """The start-up block: run directory, loggers, then the recipe."""
+def method_lines(cfg: DictConfig) -> list[str]:
+    """The method's own hyperparameters: one line per callback of ``method`` (an entry with
+    a ``_target_``), ``method.<key> <option>=<value>, ...`` in config order (the keys a
+    command line sets them with)."""
+    out = []
+    for key, node in (cfg.get("method") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        options = ", ".join(f"{k}={v}" for k, v in node.items() if k != "_target_")
+        out.append(f"method.{key} {options or '(defaults)'}")
+    return out
+
+
+def trainer_lines(trainer: Any) -> list[str]:
+    """Where the run trains: device and accelerator, precision, strategy and world size."""
+    accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+    strategy = type(trainer.strategy).__name__.removesuffix("Strategy")
+    strategy = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", strategy).lower()  # SingleDevice: single_device
+    return [
+        f"device    {trainer.strategy.root_device} ({accelerator}, {trainer.num_devices} "
+        f"device{'s' if trainer.num_devices != 1 else ''} x {trainer.num_nodes} "
+        f"node{'s' if trainer.num_nodes != 1 else ''})",
+        f"precision {trainer.precision}",
+        f"strategy  {strategy} (world size {trainer.world_size})",
+    ]
+
+
+def code_lines() -> list[str]:
+    """The code that runs: git commit (and uncommitted changes) and package versions."""
+    pkgs = ", ".join(f"{k} {v}" for k, v in versions().items())
+    return [f"commit    {commit_text(git_state())}", f"versions  {pkgs}"]
+
+
+def startup_lines(
+    cfg: DictConfig, out_dir: str | Path, loggers: Iterable[Any] = (), trainer: Any = None
+) -> list[str]:
+    """The start-up block: run directory, loggers, the recipe, the method's hyperparameters,
+    then (given the ``trainer``) device, precision and strategy, and the code's commit."""
     names = [type(lg).__name__.removesuffix("Logger").lower() for lg in loggers]
     lines = [f"run dir   {out_dir}"]
     if names:
@@ -121,7 +161,10 @@ def startup_lines(cfg: DictConfig, out_dir: str | Path, loggers: Iterable[Any] =
         lines.append(f"group     {group}")
     if cfg.get("tags"):
         lines.append(f"tags      {', '.join(str(t) for t in cfg.tags)}")
-    return lines + recipe_lines(cfg)
+    lines += recipe_lines(cfg) + method_lines(cfg)
+    if trainer is not None:
+        lines += trainer_lines(trainer)
+    return lines + code_lines()
 
 
 def block(title: str, lines: Iterable[str]) -> str:

@@ -21,13 +21,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-import asgml  # noqa: F401  (registers resolvers)
 from asgml.run.build import build
 from asgml.run.checkpointing import AtomicCheckpointIO
 from asgml.run.ckpt_source import settle_ckpt_path
 from asgml.run.config import model_option_overrides, to_container, validate_config
 from asgml.run.feedback import block, quiet_known_noise, startup_lines
 from asgml.run.outcome import check_trained
+from asgml.run.provenance import provenance
 from asgml.run.resume import check_resume, with_method_modules
 from asgml.run.rundir import check_run_dir
 from asgml.run.tracking import build_loggers, log_run_media, wandb_loggers
@@ -55,9 +55,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     loggers = build_loggers(cfg)
-    log.info(
-        "%s", block(f"asgml {cfg.get('task_name', 'train')}", startup_lines(cfg, out_dir, loggers))
-    )
     for key, (value, default) in model_option_overrides(cfg).items():
         log.info("model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default)
     L.seed_everything(cfg.seed, workers=True)
@@ -78,6 +75,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams({"cfg": to_container(cfg)})
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    lines = startup_lines(cfg, out_dir, loggers, trainer)
+    log.info("%s", block(f"asgml {cfg.get('task_name', 'train')}", lines))
     use_atomic_checkpoints(trainer)
 
     result: dict[str, Any] = {}
@@ -124,6 +123,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "skipped_nonfinite_steps": model.skipped_nonfinite_steps if skipped is None else skipped,
         # items the datamodule skipped or repaired: {split: {kind: {count, examples}}}
         "data_issues": _data_issues(datamodule),
+        # the code that made the numbers: git commit (+ dirty flag) and package versions
+        "provenance": provenance(),
         "config": to_container(cfg),
     }
     if trainer.is_global_zero:

@@ -251,3 +251,135 @@ def test_ctrl_c_saves_last_ckpt_like_sigterm(uninterrupted: Path, tmp_path: Path
     r = _cli(tmp_path, *SIG_RUN, f"ckpt_path={last}")
     assert r.returncode == 0, r.stderr[-3000:]
     _same_state(uninterrupted, tmp_path)
+
+
+# ------------------------------------------------------------------------ killed sweep
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_a_sigtermed_joblib_sweep_stops_its_workers_and_reports_the_finished_jobs(
+    tmp_path: Path,
+) -> None:
+    """Two parallel jobs: one of 1 epoch, one of 200. SIGTERM to the sweep's process group
+    once the short job has finished and the long one has a last.ckpt: the launcher exits 143
+    within the grace period, no process of the sweep is left 30 s later, the long job saved
+    its state and the report lists the finished job."""
+    import time
+
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "asgml.train",
+        "-m",
+        "launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.callbacks.sweep_report.plots=false",
+        "hydra.callbacks.sweep_report.stop_grace_s=20",
+        *[o for o in FAST if not o.startswith("trainer.max_epochs")],
+        "trainer.max_epochs=1,200",
+        "test=false",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (sweep / "0" / "metrics.json").exists() and (
+                sweep / "1" / "checkpoints" / "last.ckpt"
+            ).exists():
+                break
+            time.sleep(1)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        killed_at = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 143, out[-3000:]
+        while _group_alive(proc.pid) and time.monotonic() < killed_at + 30:
+            time.sleep(1)
+        assert not _group_alive(proc.pid), "a process of the killed sweep is still alive after 30 s"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "SIGTERM: the running jobs save last.ckpt" in out
+    step = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert step > 3  # the long job's state at the SIGTERM, not only its first epoch
+    assert not (sweep / "1" / "metrics.json").exists()
+    assert (sweep / "report.md").is_file()
+    with open(sweep / "runs.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 1  # the finished job
+
+
+# ------------------------------------------------------------------- DDP through the CLI
+DDP_RUN = [
+    *[o for o in FAST if not o.startswith("trainer.max_epochs")],
+    "trainer=ddp_cpu",
+    "trainer.devices=2",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def _complete_history(run_dir: Path, epochs: int) -> None:
+    rows = _rows(run_dir)
+    assert sorted(r["step"] for r in rows if r["val/acc"]) == [
+        str(3 * e + 2) for e in range(epochs)
+    ]
+    assert len([r for r in rows if r["test/acc"]]) >= 1
+    assert {r["step"] for r in rows if r["train/loss_step"]} >= {str(s) for s in range(3 * epochs)}
+
+
+@pytest.mark.slow
+def test_ddp_spawn_with_wandb_runs_fit_test_and_a_resume(tmp_path: Path) -> None:
+    """trainer=ddp_cpu (ddp_spawn: the logger is pickled into a fit and a test process)."""
+    pytest.importorskip("wandb")
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    r = _cli(tmp_path, *DDP_RUN, "logger=wandb", "trainer.max_epochs=2", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _complete_history(tmp_path, 2)
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["test/acc"] >= 0
+    first = json.loads((tmp_path / "loggers.json").read_text())["wandb"]["id"]
+    before = _filled(_rows(tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    r = _cli(
+        tmp_path, *DDP_RUN, "logger=wandb", "trainer.max_epochs=3", f"ckpt_path={last}", env=env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert before < _filled(_rows(tmp_path))
+    _complete_history(tmp_path, 3)
+    assert json.loads((tmp_path / "loggers.json").read_text())["wandb"]["id"] == first
+    runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(name.endswith(f"-{first}") for name in runs)  # one run
+
+
+@pytest.mark.slow
+def test_ddp_strategy_with_mlflow_runs_fit_and_test(tmp_path: Path) -> None:
+    """trainer=ddp_cpu trainer.strategy=ddp (subprocess ranks re-run the command line)."""
+    pytest.importorskip("mlflow")
+    store = tmp_path / "mlruns"
+    r = _cli(
+        tmp_path / "run",
+        *DDP_RUN,
+        "trainer.strategy=ddp",
+        "logger=mlflow",
+        f"logger.mlflow.save_dir={store}",
+        "trainer.max_epochs=2",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    _complete_history(tmp_path / "run", 2)
+    run_id = json.loads((tmp_path / "run" / "loggers.json").read_text())["mlflow"]["run_id"]
+    assert [p.name for p in store.glob("*/*") if p.is_dir()] == [run_id]

@@ -12,8 +12,9 @@ A SIGTERM'd parallel sweep (``launcher=joblib``): the callback makes the launche
 wait for its running jobs to stop the way a single run does (finish the batch, save
 ``last.ckpt``, exit 143; the signal is forwarded to the loky workers when only the launcher
 got it), up to ``stop_grace_s`` seconds; joblib then ends the sweep, terminating its workers
-(which otherwise stayed alive, ~1 GB each, until loky's idle timeout of 5 minutes), and the
-report of the jobs that finished is written on the way out (exit status 143).
+(which otherwise stayed alive, ~1 GB each, until loky's idle timeout of 5 minutes), the report
+of the jobs that finished is written (``python -m asgml.report``; not logged to wandb) and the
+launcher exits with status 143.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -64,7 +67,6 @@ class SweepReport(Callback):
         self.wandb = wandb
         self.stop_grace_s = float(stop_grace_s)
         self.terminated = False
-        self.reported = False
 
     @override
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -90,14 +92,26 @@ class SweepReport(Callback):
         atexit.register(self._report_after_sigterm, config)
 
     def _report_after_sigterm(self, config: DictConfig) -> None:
-        if self.terminated and self.enabled and not self.reported:
-            self.on_multirun_end(config)
+        """At exit after a SIGTERM (Hydra never reaches ``on_multirun_end``; the workers are
+        gone): the report of the finished jobs, made by ``python -m asgml.report`` in a new
+        process (at interpreter exit the report's libraries can no longer start threads)."""
+        if not (self.terminated and self.enabled):
+            return
+        sweep_dir = str(config.hydra.sweep.dir)
+        cmd = [sys.executable, "-m", "asgml.report", sweep_dir]
+        cmd += [] if self.plots else ["--no-plots"]
+        cmd += ["--with-shapley"] if self.with_shapley else []
+        if subprocess.run(cmd, check=False).returncode != 0:
+            print(
+                f"the report of sweep {sweep_dir} could not be made; make it with "
+                f"`python -m asgml.report {sweep_dir}`",
+                file=sys.stderr,
+            )
 
     @override
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
             return
-        self.reported = True
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             self.report(config, sweep_dir)

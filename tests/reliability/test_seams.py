@@ -268,8 +268,8 @@ def test_a_sigtermed_joblib_sweep_stops_its_workers_and_reports_the_finished_job
 ) -> None:
     """Two parallel jobs: one of 1 epoch, one of 200. SIGTERM to the sweep's process group
     once the short job has finished and the long one has a last.ckpt: the launcher exits 143
-    within the grace period, no process of the sweep is left 30 s later, the long job saved
-    its state and the report lists the finished job."""
+    once its jobs stopped and the report is written, no process of the sweep outlives it, the
+    long job saved its state and the report lists the finished job."""
     import time
 
     sweep = tmp_path / "sweep"
@@ -308,11 +308,14 @@ def test_a_sigtermed_joblib_sweep_stops_its_workers_and_reports_the_finished_job
         assert proc.poll() is None, proc.communicate()[0][-3000:]
         killed_at = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=120)
+        exited_after = time.monotonic() - killed_at
         assert proc.returncode == 143, out[-3000:]
-        while _group_alive(proc.pid) and time.monotonic() < killed_at + 30:
-            time.sleep(1)
-        assert not _group_alive(proc.pid), "a process of the killed sweep is still alive after 30 s"
+        # the launcher waits for its jobs (at most stop_grace_s), then writes the report in
+        # a subprocess; when it is gone, nothing of the sweep is left
+        assert exited_after < 90, exited_after
+        time.sleep(2)
+        assert not _group_alive(proc.pid), "a process of the killed sweep outlived the launcher"
     finally:
         if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)

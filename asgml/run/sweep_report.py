@@ -95,18 +95,25 @@ class SweepReport(Callback):
         """At exit after a SIGTERM (Hydra never reaches ``on_multirun_end``; the workers are
         gone): the report of the finished jobs, made by ``python -m asgml.report`` in a new
         process (at interpreter exit the report's libraries can no longer start threads)."""
-        if not (self.terminated and self.enabled):
+        if not self.terminated:
             return
         sweep_dir = str(config.hydra.sweep.dir)
-        cmd = [sys.executable, "-m", "asgml.report", sweep_dir]
-        cmd += [] if self.plots else ["--no-plots"]
-        cmd += ["--with-shapley"] if self.with_shapley else []
-        if subprocess.run(cmd, check=False).returncode != 0:
-            print(
-                f"the report of sweep {sweep_dir} could not be made; make it with "
-                f"`python -m asgml.report {sweep_dir}`",
-                file=sys.stderr,
-            )
+        if self.enabled:
+            cmd = [sys.executable, "-m", "asgml.report", sweep_dir]
+            cmd += [] if self.plots else ["--no-plots"]
+            cmd += ["--with-shapley"] if self.with_shapley else []
+            if subprocess.run(cmd, check=False).returncode != 0:
+                print(
+                    f"the report of sweep {sweep_dir} could not be made; make it with "
+                    f"`python -m asgml.report {sweep_dir}`",
+                    file=sys.stderr,
+                )
+        # joblib ended the sweep with whichever job's error came first: a stopped job's 143,
+        # or loky's TerminatedWorkerError when the signal also reached an idle worker (status
+        # 1); the sweep was terminated either way, and says so. The workers are gone already.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(SIGTERM_EXIT_CODE)
 
     @override
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -42,11 +42,12 @@ def test_build_synthetic_default(make_cfg) -> None:
         "BestCheckpoint",
         "LastCheckpoint",
         "LearningRateMonitor",
+        "GracefulStop",
         "ProbeMonitor",
         "ASGMLBoost",
     ]
-    assert isinstance(callbacks[3], ProbeMonitor) and isinstance(callbacks[4], ASGMLBoost)
-    assert callbacks[4].alpha == 0.25
+    assert isinstance(callbacks[4], ProbeMonitor) and isinstance(callbacks[5], ASGMLBoost)
+    assert callbacks[5].alpha == 0.25
     assert build(cfg, callbacks=False)[2] == []
 
 

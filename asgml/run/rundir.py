@@ -6,9 +6,18 @@
 * A run directory that already holds a run is refused at start-up, unless this run resumes
   from it (``ckpt_path`` inside it, e.g. ``<run>/checkpoints/last.ckpt``, or Lightning's
   ``last`` / ``hpc``, or a SLURM requeue finding its ``hpc_ckpt_*.ckpt`` there).
-  `RunDirGuard` (a Hydra callback) checks before Hydra writes ``.hydra/`` into the
-  directory; `check_run_dir` is also called by `asgml.run.training.run` (multirun
-  jobs, the Python API).
+  `RunDirGuard` (a Hydra callback) checks at ``on_run_start``, before Hydra creates
+  the directory or writes ``.hydra/`` into it, and stops the process (``SystemExit``, status
+  1): Hydra turns an *exception* raised by a callback into a warning and goes on writing, so
+  the guard must not raise one. `check_run_dir` is also called by
+  `asgml.run.training.run` (multirun jobs, the Python API).
+* A resume whose checkpoint inside the run directory does not exist is refused before
+  anything is written (Hydra would rewrite ``.hydra/`` and the loggers ``hparams.yaml``,
+  then Lightning would fail).
+* An evaluation-only run (``train=false``) never runs in a directory that holds a run: it
+  would replace that run's ``.hydra/`` config. It runs in a new directory and writes
+  ``eval_metrics.json`` there (`metrics_file_name`), never a training run's
+  ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -81,12 +90,70 @@ def check_run_dir(run_dir: str | os.PathLike, ckpt_path: Any, own: tuple[str, ..
     )
 
 
+def _is_lightning_key(ckpt_path: Any) -> bool:
+    return str(ckpt_path) in ("last", "hpc", "best")
+
+
+def _is_remote(ckpt_path: Any) -> bool:
+    return "://" in str(ckpt_path) and not str(ckpt_path).startswith("file://")
+
+
+def check_run_start(
+    run_dir: str | os.PathLike, ckpt_path: Any, train: bool = True, own: tuple[str, ...] = ()
+) -> None:
+    """Everything `RunDirGuard` checks before a run writes into ``run_dir``:
+    `check_run_dir`, a missing checkpoint of a resume into ``run_dir``, and an
+    evaluation-only run (``train=false``) into a directory that holds a run."""
+    path = Path(run_dir)
+    if process_rank() != 0 or not path.is_dir():
+        return
+    found = sorted(p.name for p in path.iterdir() if p.name not in own)
+    if not found:
+        return
+    if not train:
+        raise RunDirectoryError(
+            f"run directory {str(path)!r} already holds a run; an evaluation-only run "
+            "(train=false) would replace its .hydra/ config. Drop hydra.run.dir=... (a new "
+            "directory is made) or choose a new one; the evaluation writes eval_metrics.json "
+            "there"
+        )
+    check_run_dir(path, ckpt_path, own)
+    has_ckpt = ckpt_path is not None and str(ckpt_path) not in ("", "None", "null")
+    if has_ckpt and not _is_lightning_key(ckpt_path) and not _is_remote(ckpt_path):
+        if not Path(ckpt_path).is_file():
+            raise RunDirectoryError(
+                f"ckpt_path={ckpt_path}: no such checkpoint file; nothing in run directory "
+                f"{str(path)!r} was touched. Its checkpoints: "
+                + (
+                    ", ".join(sorted(p.name for p in (path / "checkpoints").glob("*.ckpt")))
+                    or "none"
+                )
+            )
+
+
+def metrics_file_name(train: bool) -> str:
+    """``metrics.json`` for a training run, ``eval_metrics.json`` for an evaluation-only one
+    (``train=false``), so an evaluation never replaces a training run's results."""
+    return "metrics.json" if train else "eval_metrics.json"
+
+
 class RunDirGuard(Callback):
-    """Hydra callback: `check_run_dir` on ``hydra.run.dir`` before Hydra writes into it
-    (single runs; multirun jobs are checked by `asgml.run.training.run`)."""
+    """Hydra callback: `check_run_start` on ``hydra.run.dir`` before Hydra creates it or
+    writes into it (single runs; multirun jobs are checked by
+    `asgml.run.training.run`). A refusal ends the process with status 1 and the reason
+    on stderr, Hydra having written nothing."""
 
     @override
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = OmegaConf.select(config, "hydra.run.dir")
-        if run_dir is not None:
-            check_run_dir(run_dir, OmegaConf.select(config, "ckpt_path", default=None))
+        if run_dir is None:
+            return
+        try:
+            check_run_start(
+                run_dir,
+                OmegaConf.select(config, "ckpt_path", default=None),
+                bool(OmegaConf.select(config, "train", default=True)),
+            )
+        except RunDirectoryError as err:
+            # not an exception: Hydra would turn it into a warning and write .hydra/ anyway
+            raise SystemExit(f"asgml: {err}") from err

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,10 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     for key, c in (cfg.get("logger") or {}).items():
         if isinstance(c, DictConfig) and "_target_" in c:
             check_optional_logger(str(key), str(c._target_))
+            if str(c._target_).endswith("MLFlowLogger") and not c.get("tracking_uri"):
+                # the local store of conf/logger/mlflow.yaml: MLflow >= 3 refuses a file
+                # store unless this is set (it stays readable by `mlflow ui`)
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             out.append(instantiate(c))
     return out
 

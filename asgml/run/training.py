@@ -26,10 +26,12 @@ from asgml.run.checkpointing import AtomicCheckpointIO
 from asgml.run.ckpt_source import settle_ckpt_path
 from asgml.run.config import model_option_overrides, to_container, validate_config
 from asgml.run.feedback import block, quiet_known_noise, startup_lines
+from asgml.run.interrupt import SIGINT_EXIT_CODE, interrupted_by_ctrl_c
+from asgml.run.logger_runs import continue_logger_runs, log_hyperparams, record_logger_runs
 from asgml.run.outcome import check_trained
 from asgml.run.provenance import provenance
 from asgml.run.resume import check_resume, with_method_modules
-from asgml.run.rundir import check_run_dir
+from asgml.run.rundir import check_run_start, metrics_file_name
 from asgml.run.tracking import build_loggers, log_run_media, wandb_loggers
 
 __all__ = ["build_loggers", "optimized_value", "print_summary", "run"]
@@ -50,10 +52,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(OmegaConf.to_yaml(cfg, resolve=True))
     out_dir = Path(cfg.paths.output_dir)
     # Hydra wrote .hydra/ and the job log for this run; anything else is another run's
-    check_run_dir(
-        out_dir, cfg.get("ckpt_path"), own=(".hydra", *(p.name for p in out_dir.glob("*.log")))
+    check_run_start(
+        out_dir,
+        cfg.get("ckpt_path"),
+        bool(cfg.get("train", True)),
+        own=(".hydra", *(p.name for p in out_dir.glob("*.log"))),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    continued = continue_logger_runs(cfg, out_dir)  # a resume continues its wandb/MLflow run
     loggers = build_loggers(cfg)
     for key, (value, default) in model_option_overrides(cfg).items():
         log.info("model.%s=%s overrides method.model_defaults.%s=%s", key, value, key, default)
@@ -72,8 +78,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     model.run_config = to_container(cfg)
 
-    for lg in loggers:
-        lg.log_hyperparams({"cfg": to_container(cfg)})
+    log_hyperparams(loggers, {"cfg": to_container(cfg)}, continued=bool(continued))
+    record_logger_runs(loggers, out_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     lines = startup_lines(cfg, out_dir, loggers, trainer)
     log.info("%s", block(f"asgml {cfg.get('task_name', 'train')}", lines))
@@ -128,7 +134,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "config": to_container(cfg),
     }
     if trainer.is_global_zero:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        # an evaluation-only run (train=false) writes eval_metrics.json, never metrics.json
+        name = metrics_file_name(bool(cfg.get("train", True)))
+        (out_dir / name).write_text(json.dumps(metrics, indent=2, default=str))
         print_summary(cfg, metrics, out_dir)
         try:
             log_run_media(loggers, out_dir, metrics["best_checkpoint"])
@@ -151,23 +159,25 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process it 
 
 
 def exit_on_sigterm(trainer: L.Trainer, out_dir: Path, exc: BaseException) -> None:
-    """After Lightning stopped on SIGTERM (at the end of the current batch, with ``last.ckpt``
-    saved by `LastCheckpoint`): say how to resume and exit with
-    status 143, so a scheduler or script sees the run did not finish. No ``metrics.json``
-    is written (there are no final results)."""
+    """After Lightning stopped on SIGTERM or a first Ctrl-C (at the end of the current batch,
+    with ``last.ckpt`` saved by `LastCheckpoint`): say how to
+    resume and exit with status 143 (130 after Ctrl-C), so a scheduler or script sees the run
+    did not finish. No ``metrics.json`` is written (there are no final results)."""
     last = next(
         (c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), None
     )
+    ctrl_c = interrupted_by_ctrl_c(trainer)  # Ctrl-C stops like SIGTERM (asgml.run.interrupt)
     log.error(
-        "SIGTERM at step %d (epoch %d): training stopped; %s. Resume with "
+        "%s at step %d (epoch %d): training stopped; %s. Resume with "
         "hydra.run.dir=%s ckpt_path=%s and the same overrides",
+        "Ctrl-C" if ctrl_c else "SIGTERM",
         trainer.global_step,
         trainer.current_epoch,
         f"the current state is in {last}" if last else "no checkpoint was written",
         out_dir,
         last or "<checkpoint>",
     )
-    raise SystemExit(SIGTERM_EXIT_CODE) from exc
+    raise SystemExit(SIGINT_EXIT_CODE if ctrl_c else SIGTERM_EXIT_CODE) from exc
 
 
 def use_atomic_checkpoints(trainer: L.Trainer) -> None:
@@ -189,6 +199,17 @@ def optimized_value(cfg: DictConfig, result: dict[str, Any]) -> float | None:
         return None
     if str(name).startswith("test/"):
         raise ValueError(f"optimized_metric={name!r}: tune on a validation metric, not a test one")
+    if f"fit/{name}" not in result and not any(k.startswith("fit/val/") for k in result):
+        # nothing was validated (trainer.max_epochs=0, trainer.limit_val_batches=0): the run's
+        # test results are still written; there is no value to optimize
+        log.warning(
+            "optimized_metric=%s: the fit validated nothing (trainer.max_epochs=%s, "
+            "trainer.limit_val_batches=%s); optimized_value is null",
+            name,
+            OmegaConf.select(cfg, "trainer.max_epochs", default=None),
+            OmegaConf.select(cfg, "trainer.limit_val_batches", default=None),
+        )
+        return None
     if f"fit/{name}" not in result:
         fit = sorted(k.removeprefix("fit/") for k in result if k.startswith("fit/"))
         raise ValueError(f"optimized_metric={name!r} was not logged by the fit; it logged {fit}")

@@ -237,9 +237,14 @@ def test_hydra_refuses_a_run_directory_before_writing_into_it(tmp_path: Path) ->
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
     cfg = OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path)}}, "ckpt_path": None})
-    with pytest.raises(RunDirectoryError, match=str(tmp_path)):
+    # an exit, not an exception: Hydra turns a callback's exception into a warning and goes on
+    with pytest.raises(SystemExit, match=str(tmp_path)):
         RunDirGuard().on_run_start(config=cfg)
-    cfg.ckpt_path = str(tmp_path / "checkpoints" / "last.ckpt")  # a resume: allowed
+    cfg.ckpt_path = str(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit, match="no such checkpoint"):  # a resume from nothing
+        RunDirGuard().on_run_start(config=cfg)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # a resume: allowed
     RunDirGuard().on_run_start(config=cfg)
     RunDirGuard().on_run_start(config=OmegaConf.create({"hydra": {"run": {"dir": "new"}}}))
 

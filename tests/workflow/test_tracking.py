@@ -103,10 +103,12 @@ def test_mlflow_config_without_mlflow_fails_clearly(
     reason="needs the tensorboard extra",
 )
 def test_tensorboard_config_builds_lightnings_logger(tmp_path: Path) -> None:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from asgml.run.csv_logger import AppendingCSVLogger
 
     loggers = build_loggers(compose_cfg(["logger=tensorboard"], output_dir=tmp_path))
-    assert [type(lg) for lg in loggers] == [CSVLogger, TensorBoardLogger]
+    assert [type(lg) for lg in loggers] == [AppendingCSVLogger, TensorBoardLogger]
     assert Path(loggers[1].log_dir) == tmp_path / "tensorboard"
 
 

@@ -1,12 +1,13 @@
 """The rule of ``boost=on`` (conf/boost/on.yaml): the ASGML boost on top of any method.
 
-Ordering rule: the boost's probe monitor and boost callbacks come **after** every callback
+Ordering rule: the boost's probe monitor and boost callbacks (``conf/boost/callbacks.yaml``)
+come **after** every callback
 of the method, so at each step the method edits its losses (``on_train_losses``) and
 gradients (``on_train_gradients``) first and the boost then multiplies the weak modality's
 encoder gradients, as the method left them, by ``1 + alpha * relative weakness``. The probe
 monitor reads the step's detached features and is unaffected by the order. ``method=boost_ogm``
-and ``method=boost_cggm`` are this rule applied to OGM-GE and CGGM (their configs compose
-``/boost/on``), and stay bitwise equal to ``method=ogm boost=on method.boost.alpha=0.75`` and
+and ``method=boost_cggm`` are this rule applied to OGM-GE and CGGM (their configs compose the
+same callbacks after OGM-GE's / CGGM's), and stay bitwise equal to ``method=ogm boost=on method.boost.alpha=0.75`` and
 ``method=cggm boost=on``.
 
 Methods that alternate updates per modality (MLA, ReconBoost, ...) are allowed: the boost

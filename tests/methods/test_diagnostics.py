@@ -130,8 +130,10 @@ def test_subset_accuracy_on_fixed_features() -> None:
     class T:
         validating, sanity_checking, is_global_zero = True, False, True
 
-    feats = {m: torch.randn(5, 8, generator=torch.Generator().manual_seed(i)) for i, m in
-             enumerate("abc")}
+    feats = {
+        m: torch.randn(5, 8, generator=torch.Generator().manual_seed(i))
+        for i, m in enumerate("abc")
+    }
     logits = torch.randn(5, 3)
     assert diag.on_eval_logits(T(), module, logits, {}, feats) is logits
     preds = diag._subset_preds[0]

@@ -19,8 +19,8 @@ included), from the step's *detached* :class:`~asgml.core.types.StepOutput`:
   softmax's true-class probability ``diag/ogm_score_<m>`` and its ratio to the mean of the
   other modalities ``diag/ogm_ratio_<m>`` (for two modalities: the official ratio);
 * ``shapley``: at every validation epoch the fused accuracy of every modality subset ``S``
-  (absent modalities' features zeroed, as ``asgml.eval``'s ``mask=feature``), logged as
-  ``diag/subset_acc_<a+b>``; ``python -m asgml.report`` turns them into per-epoch Shapley
+  (absent modalities' features zeroed, as ``asgml.eval``'s ``mask=feature``; the empty set
+  included), logged as ``diag/subset_acc_<a+b>`` (``diag/subset_acc_none``); ``python -m asgml.report`` turns them into per-epoch Shapley
   values with ``asgml/report/shapley.py`` (the fusion head's logits: a method's own
   test-time fusion is not applied to the subsets);
 * ``cost``: FLOPs of one training step (forward + backward + the method's extra passes,
@@ -80,15 +80,16 @@ PREFIX = "diag"
 
 
 def subsets(modalities: list[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset of ``modalities`` (in their order), smallest first."""
+    """Every subset of ``modalities`` (in their order), the empty one included, smallest
+    first: the coalitions of an exact Shapley value."""
     n = len(modalities)
-    out = [tuple(m for i, m in enumerate(modalities) if mask >> i & 1) for mask in range(1, 2**n)]
+    out = [tuple(m for i, m in enumerate(modalities) if mask >> i & 1) for mask in range(2**n)]
     return sorted(out, key=len)
 
 
 def subset_name(subset: tuple[str, ...]) -> str:
-    """``audio+visual`` (``asgml.report.shapley.coalition_name`` for an ordered subset)."""
-    return "+".join(subset)
+    """``audio+visual``; ``none`` when empty (``asgml.report.shapley.coalition_name``)."""
+    return "+".join(subset) if subset else "none"
 
 
 def ratio_to_others(values: dict[str, float]) -> dict[str, float]:

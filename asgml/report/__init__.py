@@ -13,7 +13,8 @@ mean ± std over seeds, and writes into the multirun directory (or ``--out``):
 * figures, each as PNG and PDF at 300 dpi: ``val_acc`` (fused and unimodal validation
   accuracy per epoch), ``probe_acc`` (per-modality probe accuracy over steps), ``boost_scale``
   and ``ogm_coeff``, read from each job's ``csv/metrics.csv``. A figure whose columns no job
-  logged is skipped with a note.
+  logged is skipped with a note. Runs with ``diagnostics=probes|full`` add the ``diag_*``
+  figures of :mod:`asgml.report.diagnostics` (one panel per method, modalities as lines).
 
 **Table.** Cells are mean ± sample std (``ddof=1``) over the runs of a group in % (pp for
 differences); the std is left out when a cell has one value. Every cell knows its own ``n``

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files as package_files
 from pathlib import Path
@@ -275,16 +275,25 @@ def plot_curves(
     return fig
 
 
+# further figure families, each ``(runs, curves, group_by) -> {stem: figure}``, added to the
+# standard ones by make_figures (asgml.report.diagnostics registers its own)
+FIGURE_HOOKS: list[Callable[..., dict[str, Any]]] = []
+
+
 def make_figures(
     runs: pd.DataFrame, curves: Mapping[str, pd.DataFrame], group_by: Sequence[str]
 ) -> dict[str, Any]:
-    """``{stem: figure or None}`` for every standard figure (None: nothing logged for it)."""
+    """``{stem: figure or None}`` for every standard figure (None: nothing logged for it),
+    then those of :data:`FIGURE_HOOKS`."""
     specs = figure_specs(modalities(runs), _unique_number(runs, "method.boost.scale_max", "max"))
     num_classes = _unique_number(runs, "dataset.num_classes")
-    return {
+    figures = {
         stem: plot_curves(runs, curves, group_by, spec, int(num_classes) if num_classes else None)
         for stem, spec in specs.items()
     }
+    for hook in FIGURE_HOOKS:
+        figures.update(hook(runs, curves, group_by))
+    return figures
 
 
 FIGURE_FORMATS = ("png", "pdf")

@@ -138,6 +138,7 @@ def test_subset_accuracy_on_fixed_features() -> None:
     assert diag.on_eval_logits(T(), module, logits, {}, feats) is logits
     preds = diag._subset_preds[0]
     assert list(preds) == subsets(["a", "b", "c"])
+    assert len(preds) == 8 and list(preds)[0] == () and list(preds)[-1] == ("a", "b", "c")
     with torch.no_grad():
         only_b = module.fusion({"a": torch.zeros(5, 8), "b": feats["b"], "c": torch.zeros(5, 8)})
     assert torch.equal(preds[("b",)], only_b.argmax(1))

@@ -137,7 +137,8 @@ class ASGMLBoost(BalancingCallback):
         adaptive: adapt alpha to the trend of the utilization gap.
         adapt_rate: the controller's rate ``eta`` (>= 0).
         adapt_smoothing: weight ``rho`` of the new gap in the smoothed gap, in (0, 1].
-        alpha_min, alpha_max: bounds of the adapted alpha.
+        alpha_min: lower bound of the adapted alpha.
+        alpha_max: upper bound of the adapted alpha.
     """
 
     # checkpointed by BalancingCallback.state_dict

@@ -59,6 +59,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 from typing_extensions import override
@@ -120,8 +121,12 @@ class ImbalanceDiagnostics(BalancingCallback):
         tsne: write a t-SNE of each modality's validation features at the end (needs
             scikit-learn: ``pip install asgml[diagnostics]``); ``auto``: when installed.
         eval_freq: measure every ``eval_freq`` optimizer steps (step 0 included).
-        probe_train_steps, probe_type, split_batch, lr, hidden_dim, seed: the probes, as
-            ``method.probe`` (:class:`asgml.methods.probe.ProbeMonitor`).
+        probe_train_steps: probe optimizer steps per measurement (as ``method.probe``).
+        probe_type: ``linear`` or ``mlp_1layer``.
+        split_batch: train on the first half, score on the second.
+        lr: probe learning rate (Adam).
+        hidden_dim: width of the ``mlp_1layer`` probe.
+        seed: seed of the probes' initialisation (the global RNG is left untouched).
         tsne_points: validation samples kept for the t-SNE.
     """
 
@@ -312,16 +317,20 @@ class ImbalanceDiagnostics(BalancingCallback):
             return t[:, idx].reshape(-1, *t.shape[2:])
 
         with torch.autocast(device_type=labels.device.type, enabled=False):
-            self.bank.fit(
+            fit_probes(
+                self.bank,
                 {m: rows(f, train_idx) for m, f in feats.items()},
                 rows(labels, train_idx),
                 self.optimizer,
                 self.probe_train_steps,
             )
             eval_labels = rows(labels, eval_idx)
-            correct, losses = self.bank.evaluate(
-                {m: rows(f, eval_idx) for m, f in feats.items()}, eval_labels
-            )
+            correct, losses = {}, {}
+            with torch.no_grad():
+                for m, f in feats.items():
+                    z = self.bank.probes[m](rows(f, eval_idx))
+                    correct[m] = (z.argmax(dim=1) == eval_labels).sum()
+                    losses[m] = F.cross_entropy(z, eval_labels)
         mods = list(correct)
         stats = torch.stack(
             [
@@ -332,6 +341,7 @@ class ImbalanceDiagnostics(BalancingCallback):
         self.scores = dict(zip(mods, stats[: len(mods)]))
         out = {f"{PREFIX}/probe_acc_{m}": a for m, a in self.scores.items()}
         out.update({f"{PREFIX}/probe_loss_{m}": v for m, v in zip(mods, stats[len(mods) :])})
+        # the gap over the modalities measured at this step
         out[f"{PREFIX}/probe_gap"] = max(self.scores.values()) - min(self.scores.values())
         return out
 
@@ -489,6 +499,27 @@ class ImbalanceDiagnostics(BalancingCallback):
             self._restore.put(
                 {"probes": state_dict["probes"], "optimizer": state_dict["optimizer"]}
             )
+
+
+def fit_probes(
+    bank: ProbeBank,
+    features: dict[str, Tensor],
+    labels: Tensor,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+) -> None:
+    """:meth:`ProbeBank.fit` on the modalities the step forwarded (a method may forward a
+    subset: ReconBoost's stages, MLA's turns); the other probes keep their weights (Adam
+    skips parameters without a gradient)."""
+    feats = {m: f.detach().float() for m, f in features.items()}
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.stack(
+                [F.cross_entropy(bank.probes[m](z), labels) for m, z in feats.items()]
+            ).sum()
+            loss.backward()
+            optimizer.step()
 
 
 def _has_sklearn() -> bool:

@@ -21,7 +21,13 @@ from tests.methods.resume_check import assert_resume_exact
 
 # three modalities: the text encoder (MLP) has dropout 0.1; the train loader shuffles; OGM-GE
 # draws its noise from the global RNG -- all three would expose a draw by the observer
-RANDOM = ["dataset.num_modalities=3", "test=false", "trainer.limit_val_batches=1"]
+# (text features as wide as the others: MLA and ReconBoost share one head across modalities)
+RANDOM = [
+    "dataset.num_modalities=3",
+    "dataset.encoder_choices.text.feature_dim=64",
+    "test=false",
+    "trainer.limit_val_batches=1",
+]
 OBSERVE = [
     "diagnostics=full",
     "diagnostics.callback.eval_freq=1",

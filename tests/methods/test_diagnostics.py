@@ -201,3 +201,20 @@ def test_resume_is_exact(tmp_path: Path) -> None:
         ["method=ogm", *OBSERVE[:3], "trainer.limit_val_batches=1"],
         "ImbalanceDiagnostics",
     )
+
+
+def test_probes_measure_the_modalities_a_step_forwards() -> None:
+    """A method may forward a subset of the modalities (ReconBoost's stages, unimodal): the
+    probes of the others are neither trained nor scored at that step."""
+    from asgml.core.base import BalancingCallback
+
+    class OnlyA(BalancingCallback):
+        def on_step_plan(self, trainer, module, plan, batch):
+            plan.forward = {"a"}
+
+    diag = ImbalanceDiagnostics(eval_freq=1, probe_train_steps=2)
+    seen = []
+    diag.log_now = lambda trainer, m: seen.append(dict(m))  # type: ignore[method-assign]
+    fit(tiny_mlp_module(("a", "b")), vector_loader(("a", "b"), batch_size=8), [OnlyA(), diag], 1)
+    assert "diag/probe_acc_a" in seen[0] and "diag/probe_acc_b" not in seen[0]
+    assert seen[0]["diag/probe_gap"] == 0.0

@@ -50,8 +50,9 @@ def test_training_is_bitwise_unchanged(tmp_path: Path, method: str) -> None:
     for k in plain:
         assert torch.equal(plain[k], watched[k]), k
     logged = pd.read_csv(tmp_path / "watched" / "csv" / "metrics.csv")
-    for m in ("audio", "visual", "text"):  # the observer did measure, every step
-        assert logged[f"diag/probe_acc_{m}"].notna().sum() == 3
+    assert logged["diag/probe_gap"].notna().sum() == 3  # the observer measured every step
+    for m in ("audio", "visual", "text"):  # each modality when forwarded (MLA: on its turn)
+        assert logged[f"diag/probe_acc_{m}"].notna().sum() >= 1
         assert logged[f"diag/grad_norm_{m}"].notna().sum() == 3
 
 

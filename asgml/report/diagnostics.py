@@ -121,10 +121,12 @@ def plot_panels_per_group(
     title: str,
     scale: float = 1.0,
     chance: float | None = None,
+    mods: Sequence[str] = (),
 ) -> Any:
-    """One panel per group, one line per modality (mean over the group's runs; a ±1 std
-    band where at least ``BAND_MIN_N`` runs contribute). ``None`` when nothing was logged."""
-    mods = modalities(runs)
+    """One panel per group, one line per modality of ``mods`` (default: the runs' test
+    modalities; mean over the group's runs; a ±1 std band where at least ``BAND_MIN_N`` runs
+    contribute). ``None`` when nothing was logged."""
+    mods = list(mods) or modalities(runs)
     per_mod = {m: curve_stats(runs, curves, group_by, pattern.format(m=m), x) for m in mods}
     groups = list(dict.fromkeys(g for st in per_mod.values() for g in st))
     if not groups:
@@ -247,13 +249,26 @@ def plot_tsne(runs: pd.DataFrame, group_by: Sequence[str]) -> Any:
     return fig
 
 
+def logged_modalities(runs: pd.DataFrame, curves: Mapping[str, pd.DataFrame]) -> list[str]:
+    """The runs' modalities (``test/acc_<m>``), else those the diagnostics logged (runs
+    without a test stage)."""
+    mods = modalities(runs)
+    for df in curves.values():
+        for c in df.columns:
+            for head in ("probe_acc_", "grad_norm_", "ogm_score_"):
+                name = c.removeprefix(f"{PREFIX}/{head}")
+                if c.startswith(f"{PREFIX}/{head}") and name not in mods:
+                    mods.append(name)
+    return mods
+
+
 def diagnostic_figures(
     runs: pd.DataFrame, curves: Mapping[str, pd.DataFrame], group_by: Sequence[str]
 ) -> dict[str, Any]:
     """``{stem: figure}`` of the diagnostics the runs logged (nothing when none did)."""
     if not any(any(c.startswith(f"{PREFIX}/") for c in df.columns) for df in curves.values()):
         return {}
-    mods = modalities(runs)
+    mods = logged_modalities(runs, curves)
     curves = {k: with_shapley(df, mods) for k, df in curves.items()}
     n_classes = pd.to_numeric(runs.get("dataset.num_classes"), errors="coerce")
     chance = (
@@ -273,6 +288,7 @@ def diagnostic_figures(
             title,
             scale,
             chance if draw_chance else None,
+            mods,
         )
         if fig is not None:
             out[stem] = fig

@@ -151,12 +151,12 @@ def test_subset_accuracy_on_fixed_features() -> None:
     assert torch.equal(preds[("b",)], only_b.argmax(1))
 
 
-def test_cost_counts_the_step_flops() -> None:
+def test_cost_counts_the_step_flops(tmp_path) -> None:
     """FLOPs of one step of a tiny MLP model, by hand: 2*B*in*out per matmul; backward
     computes each layer's weight gradient and (except the first layers) its input gradient."""
     module = tiny_mlp_module()  # 2 x [Linear(4, 8) ReLU Dropout Linear(8, 8) ReLU], Linear(16, 3)
     diag = ImbalanceDiagnostics(probes=False, cost=True)
-    fit(module, vector_loader(batch_size=8), [diag], max_steps=2)
+    fit(module, vector_loader(batch_size=8), [diag], max_steps=2, default_root_dir=tmp_path)
     b = 8
     fwd = 2 * (2 * b * 4 * 8 + 2 * b * 8 * 8) + 2 * b * 16 * 3
     fwd += 2 * (2 * b * 8 * 3)  # the unimodal logits (fusion-weight slices; no loss: gamma=0)
@@ -164,6 +164,8 @@ def test_cost_counts_the_step_flops() -> None:
     assert diag.cost_result["flops_per_step"] == fwd + bwd
     assert diag.cost_result["params"] == sum(p.numel() for p in module.parameters())
     assert diag.cost_done
+    written = (tmp_path / "diagnostics" / "cost.json").read_text()
+    assert f'"flops_per_step": {fwd + bwd}' in written
 
 
 def test_ratios_on_fixed_values() -> None:

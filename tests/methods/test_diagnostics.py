@@ -155,7 +155,8 @@ def test_cost_counts_the_step_flops(tmp_path) -> None:
     """FLOPs of one step of a tiny MLP model, by hand: 2*B*in*out per matmul; backward
     computes each layer's weight gradient and (except the first layers) its input gradient."""
     module = tiny_mlp_module()  # 2 x [Linear(4, 8) ReLU Dropout Linear(8, 8) ReLU], Linear(16, 3)
-    diag = ImbalanceDiagnostics(probes=False, cost=True)
+    # probes on at the counted step: their own fit must not be counted
+    diag = ImbalanceDiagnostics(probes=True, eval_freq=1, cost=True)
     fit(module, vector_loader(batch_size=8), [diag], max_steps=2, default_root_dir=tmp_path)
     b = 8
     fwd = 2 * (2 * b * 4 * 8 + 2 * b * 8 * 8) + 2 * b * 16 * 3

@@ -10,9 +10,10 @@ and ``method=boost_cggm`` are this rule applied to OGM-GE and CGGM (their config
 same callbacks after OGM-GE's / CGGM's), and stay bitwise equal to ``method=ogm boost=on method.boost.alpha=0.75`` and
 ``method=cggm boost=on``.
 
-Methods that alternate updates per modality (MLA, ReconBoost, ...) are allowed: the boost
-scales the encoder gradients of whichever modality the step updates, i.e. it raises the weak
-modality's effective learning rate on its own turns. Refused, with the reason:
+Methods whose steps forward one modality (or a subset) at a time (MLA's turns, ReconBoost's
+stages) are refused: the probe monitor compares the modalities on the same batch, which such a
+step does not provide (observe them with ``diagnostics=probes``, which measures what each step
+forwards). Refused, with the reason:
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ REFUSED: dict[str, str] = {
     "boost_cggm": "it already has the boost on top (use method=cggm boost=on)",
     "unimodal": "it trains a single modality: there is no weaker modality to boost",
     "linear_probe": "its encoders are frozen: there is no encoder gradient to boost",
+    "mla": "its steps forward one modality at a time, so the probe monitor cannot compare the "
+    "modalities on one batch (diagnostics=probes observes it)",
+    "reconboost": "its stages forward a subset of the modalities, so the probe monitor cannot "
+    "compare them on one batch (diagnostics=probes observes it)",
 }
 
 __doc__ += "\n".join(f"\n* ``{m}``: {why}" for m, why in REFUSED.items())

@@ -134,6 +134,11 @@ def _defaults_chain(name: str, conf_dir: Path) -> list[Path]:
         # `_self_`) only change values, which the Hydra composition already shows
         if isinstance(entry, str) and (conf_dir / "method" / f"{entry}.yaml").is_file():
             chain.extend(p for p in _defaults_chain(entry, conf_dir) if p not in chain)
+        # a file of another group composed into the method (`- /boost/callbacks@_here_`)
+        elif isinstance(entry, str) and entry.startswith("/") and entry.endswith("@_here_"):
+            other = conf_dir / f"{entry[1:].removesuffix('@_here_')}.yaml"
+            if other.is_file() and other not in chain:
+                chain.append(other)
     chain.append(path)
     return chain
 
@@ -187,7 +192,7 @@ def hparams_table(name: str, conf_dir: Path = CONF_DIR) -> str:
             continue
         desc = comments.get(key, "").replace("|", "\\|")
         rows.append(f"| `method.{key}` | {_fmt(value)} | {desc} |")
-    files = ", ".join(f"`conf/method/{p.name}`" for p in _defaults_chain(name, conf_dir))
+    files = ", ".join(f"`conf/{p.parent.name}/{p.name}`" for p in _defaults_chain(name, conf_dir))
     lines = [f"Composed from {files}."]
     if callbacks:
         lines += ["", "Callbacks, applied in this order: " + "; ".join(callbacks) + "."]

@@ -18,6 +18,8 @@ mean ± std over seeds, and writes into the multirun directory (or ``--out``):
   sweep varied (`swept_keys`). A figure whose columns no job logged is skipped with a
   note. ``--style paper`` (default: 3.5 / 7 in wide, 8-pt, legend below) or ``screen``; PDFs
   embed TrueType fonts (`STYLES`).
+  Runs with ``diagnostics=probes|full`` add the ``diag_*`` figures of
+  `asgml.report.diagnostics` (one panel per method, modalities as lines).
 
 **Table.** Cells are mean ± sample std (``ddof=1``) over the runs of a group in % (pp for
 differences); the std is left out when a cell has one value. Every cell knows its own ``n``

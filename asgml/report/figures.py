@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files as package_files
 from pathlib import Path
@@ -522,6 +522,11 @@ def plot_sweep(runs: pd.DataFrame, key: str, metric: str = "test/acc", style: st
     return fig
 
 
+# further figure families, each ``(runs, curves, group_by) -> {stem: figure}``, added to the
+# standard ones by make_figures (asgml.report.diagnostics registers its own)
+FIGURE_HOOKS: list[Callable[..., dict[str, Any]]] = []
+
+
 def make_figures(
     runs: pd.DataFrame,
     curves: Mapping[str, pd.DataFrame],
@@ -532,7 +537,8 @@ def make_figures(
     """``{stem: figure or None}`` (None: nothing logged for it): the curves of
     `figure_specs`, the dot plot ``final_<metric>`` (`plot_dots`) and one sweep plot
     ``sweep_<key>`` per swept numeric key (`swept_keys`, `plot_sweep`). Drawn in
-    ``style``'s rc context (`STYLES`); save them in it too (`save_figures`)."""
+    ``style``'s rc context (`STYLES`); save them in it too (`save_figures`). Then those of
+    `FIGURE_HOOKS` (e.g. the diagnostics' ``diag_*`` figures)."""
     _check_style(style)
     mods = modalities(runs)
     specs = figure_specs(mods, _unique_number(runs, "method.boost.scale_max", "max"))
@@ -548,6 +554,8 @@ def make_figures(
         figures[f"final_{metric.split('/')[-1]}"] = plot_dots(runs, group_by, metric, style)
         for key in swept_keys(runs):
             figures[f"sweep_{key.replace('.', '_')}"] = plot_sweep(runs, key, metric, style)
+        for hook in FIGURE_HOOKS:
+            figures.update(hook(runs, curves, group_by))
     return figures
 
 

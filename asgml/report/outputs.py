@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from asgml.report import diagnostics as _diagnostics  # noqa: F401  (registers its figures)
 from asgml.report.collect import _check_keys, collect, default_group_by
 from asgml.report.figures import load_curves, make_figures, save_figures
 from asgml.report.reference import REFERENCE_FLAG_STD, add_reference

@@ -11,7 +11,9 @@ checkpoint's run from the config stored in it, and ``asgml.prepare`` builds the 
   (`encoder_overrides`, e.g. MMSA feature dims)
   merged into ``model.encoders``;
 * the callbacks: the Lightning callbacks of ``callbacks``, then the method's callbacks
-  (every entry of ``method`` with a ``_target_``), in config order.
+  (every entry of ``method`` with a ``_target_``), in config order, then the observers of
+  ``diagnostics`` (``diagnostics=probes|full``: every entry with a ``_target_``), last so
+  they see the gradients the optimizer applies.
 """
 
 from __future__ import annotations
@@ -88,7 +90,19 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     for _, c in (cfg.get("callbacks") or {}).items():
         if c is not None and "_target_" in c:
             out.append(instantiate(c))
-    return out + build_method_callbacks(cfg)
+    return out + build_method_callbacks(cfg) + build_diagnostics_callbacks(cfg)
+
+
+def build_diagnostics_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The observers of ``cfg.diagnostics`` (``conf/diagnostics/``), in config order."""
+    out: list[L.Callback] = []
+    for key, c in (cfg.get("diagnostics") or {}).items():
+        if isinstance(c, DictConfig) and "_target_" in c:
+            try:
+                out.append(instantiate(c))
+            except Exception as e:
+                raise type(e)(f"diagnostics.{key}: {e}") from e
+    return out
 
 
 def build(

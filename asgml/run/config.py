@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from asgml.run.boost_rule import check_boost_combination
 from asgml.run.domains import check_option_domains
 
 
@@ -61,6 +62,7 @@ def check_value_ranges(cfg: DictConfig) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Checks that fail early, before any data is read, with the offending key named."""
     check_value_ranges(cfg)
+    check_boost_combination(cfg)
     if cfg.get("select_on", "val") not in ("val", "test"):
         raise ValueError(f"select_on must be 'val' or 'test', got {cfg.select_on!r}")
     metric = cfg.get("optimized_metric")

@@ -96,28 +96,22 @@ from asgml.report.collect import (
 )
 from asgml.report.figures import (
     BAND_MIN_N,
-    COLUMN_WIDTH_IN,
     FIGURE_DPI,
     FIGURE_FORMATS,
     IMBALANCE_COLUMN,
-    PAGE_WIDTH_IN,
-    STYLES,
     FigureSpec,
     add_curve_imbalance,
     curve_stats,
-    figure_size,
     figure_specs,
-    group_label,
-    group_styles,
-    known_methods,
     load_curves,
     make_figures,
-    method_colors,
     plot,
     plot_curves,
+    save_figures,
+)
+from asgml.report.final_plots import (
     plot_dots,
     plot_sweep,
-    save_figures,
     swept_keys,
 )
 from asgml.report.outputs import ReportTable, table, write_outputs, write_report
@@ -132,6 +126,16 @@ from asgml.report.significance import (
     holm,
     t_interval,
     untested_reason,
+)
+from asgml.report.style import (
+    COLUMN_WIDTH_IN,
+    PAGE_WIDTH_IN,
+    STYLES,
+    figure_size,
+    group_label,
+    group_styles,
+    known_methods,
+    method_colors,
 )
 from asgml.report.tables import (
     COLUMN_KINDS,

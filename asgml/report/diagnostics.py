@@ -33,14 +33,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from asgml.report.collect import modalities
-from asgml.report.figures import (
-    BAND_MIN_N,
-    FIGURE_HOOKS,
-    curve_stats,
-    group_label,
-    method_colors,
-)
+from asgml.report.figures import BAND_MIN_N, FIGURE_HOOKS, curve_stats
 from asgml.report.shapley import shapley_values
+from asgml.report.style import group_label, method_colors
 
 log = logging.getLogger(__name__)
 

@@ -12,32 +12,35 @@ title (``fused``, ``audio``, ...). Epoch and step axes have integer ticks.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib.resources import files as package_files
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
 
 from asgml.report.collect import (
-    _NOT_GROUP_KEYS,
-    _override_key,
     _progress,
     default_group_by,
     modalities,
 )
-from asgml.report.significance import t_interval
+from asgml.report.final_plots import plot_dots, plot_sweep, swept_keys
+from asgml.report.style import (
+    STYLES,
+    _check_style,
+    _integer_ticks,
+    _legend,
+    figure_size,
+    group_label,
+    group_styles,
+)
 
 log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- curves
 
 
 # --------------------------------------------------------------------------- curves
@@ -51,21 +54,6 @@ def load_curves(
         if path.exists():
             curves[str(d)] = pd.read_csv(path)
     return curves
-
-
-def group_label(row: Mapping[str, Any], group_by: Sequence[str]) -> str:
-    """Legend label of a run's group, short enough for a paper: ``boost``, or with several
-    keys ``boost, alpha=0.5`` (a ``*.name`` key by its value, any other by its last part;
-    a key the run's config lacks, e.g. ``method.boost.alpha`` of the baseline, left out)."""
-    if len(group_by) == 1:
-        return str(row[group_by[0]])
-    parts = []
-    for k in group_by:
-        v = row[k]
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        parts.append(str(v) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}")
-    return ", ".join(parts)
 
 
 def curve_stats(
@@ -97,115 +85,12 @@ def curve_stats(
     return out
 
 
-# a fixed palette (tab10, Dark2, Set1): shipped method i of the sorted conf/method names
-# (baseline excluded: it is drawn in near-black, the reference of every comparison) gets colour i
-_PALETTE = (
-    [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
-    + [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["Dark2"].colors]
-    + [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["Set1"].colors]
-)
-
-
-_PINNED_COLORS = {"baseline": "#222222"}
-
-
-_LINESTYLES = ("-", "--", ":", "-.")
-
-
 # bands need this many runs at a point: a std from two values is too rough to draw
 BAND_MIN_N = 3
 
 
-COLUMN_WIDTH_IN = 3.5  # one column of a two-column paper (IEEE, ACM, CVPR, NeurIPS: 3.25-3.5)
-PAGE_WIDTH_IN = 7.0  # both columns (a figure* in LaTeX)
-
-_TRUETYPE = {"pdf.fonttype": 42, "ps.fonttype": 42}
-
-STYLES: dict[str, dict[str, Any]] = {
-    "paper": {
-        **_TRUETYPE,
-        "font.size": 8,
-        "axes.titlesize": 8,
-        "axes.labelsize": 8,
-        "legend.fontsize": 7,
-        "xtick.labelsize": 7,
-        "ytick.labelsize": 7,
-        "lines.linewidth": 1.2,
-        "lines.markersize": 3,
-        "axes.linewidth": 0.6,
-        "savefig.bbox": "standard",
-    },
-    "screen": {**_TRUETYPE, "font.size": 10},
-}
 """The rc parameters of each ``--style``; every figure is drawn and saved inside
 ``matplotlib.rc_context(STYLES[style])``."""
-
-
-def _check_style(style: str) -> None:
-    if style not in STYLES:
-        raise ValueError(f"figure style {style!r}: expected one of {sorted(STYLES)}")
-
-
-def figure_size(n_panels: int, style: str = "paper") -> tuple[float, float]:
-    """``(width, height)`` in inches: ``paper``: one column (3.5 in) for one panel, two
-    columns (7 in) for more; ``screen``: 3.6 in per panel plus room for a legend beside."""
-    _check_style(style)
-    if style == "paper":
-        return (COLUMN_WIDTH_IN, 2.6) if n_panels <= 1 else (PAGE_WIDTH_IN, 2.6)
-    return (3.6 * n_panels + 2.2, 3.2)
-
-
-def _legend(fig: Any, handles: Mapping[str, Any], style: str) -> None:
-    """One legend per figure: below the panels (paper: the full width is taken) or on the
-    right (screen)."""
-    if style == "paper":
-        ncols = max(1, min(len(handles), 3 if fig.get_figwidth() <= COLUMN_WIDTH_IN else 5))
-        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=ncols)
-    else:
-        fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize="small")
-
-
-def _integer_ticks(ax: Any) -> None:
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def known_methods() -> list[str]:
-    """The method names this library ships (``conf/method/*.yaml``), sorted."""
-    folder = package_files("asgml.conf").joinpath("method")
-    return sorted(
-        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
-    )
-
-
-def method_colors(methods: Iterable[str] = ()) -> dict[str, str]:
-    """A colour (hex) per method, the same in every figure and every report: ``baseline`` is
-    near-black, the other shipped methods (`known_methods`) index a fixed palette in
-    sorted order; any other name in ``methods`` gets the palette entry of its CRC-32."""
-    shipped = [m for m in known_methods() if m not in _PINNED_COLORS]
-    colors = dict(_PINNED_COLORS)
-    colors.update({m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(shipped)})
-    for m in methods:
-        colors.setdefault(str(m), _PALETTE[zlib.crc32(str(m).encode()) % len(_PALETTE)])
-    return colors
-
-
-def group_styles(runs: pd.DataFrame, group_by: Sequence[str]) -> dict[str, dict[str, str]]:
-    """``{group label: {"color", "linestyle"}}``: the colour of the group's method
-    (`method_colors`), a new line style for each further group of the same method
-    (e.g. the values of a swept ``method.boost.alpha``)."""
-    styles: dict[str, dict[str, str]] = {}
-    per_method: dict[str, int] = {}
-    colors = method_colors(runs["method.name"].astype(str) if "method.name" in runs else ())
-    for _, row in runs.iterrows():
-        label = group_label(row, group_by)
-        if label in styles:
-            continue
-        method = str(row["method.name"]) if "method.name" in row else label
-        k = per_method.get(method, 0)
-        per_method[method] = k + 1
-        color = colors.get(method) or method_colors([method])[method]
-        styles[label] = {"color": color, "linestyle": _LINESTYLES[k % len(_LINESTYLES)]}
-    return styles
 
 
 @dataclass(frozen=True)
@@ -397,127 +282,6 @@ def plot_curves(
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    _legend(fig, handles, style)
-    return fig
-
-
-def _metric_label(metric: str) -> str:
-    stage, _, name = metric.partition("/")
-    words = {"acc": "accuracy", "f1": "macro-F1"}
-    return f"{stage} {words.get(name, name)} (%)" if name else metric
-
-
-def plot_dots(
-    runs: pd.DataFrame,
-    group_by: Sequence[str],
-    metric: str = "test/acc",
-    style: str = "paper",
-) -> Any:
-    """The final ``metric`` per group: one dot per run (seed) and the mean with its
-    `CONFIDENCE` t interval
-    (`t_interval`; the mean alone for one run).
-
-    Returns the figure, or ``None`` when no run has ``metric``.
-    """
-    if metric not in runs.columns or pd.to_numeric(runs[metric], errors="coerce").isna().all():
-        return None
-    styles = group_styles(runs, group_by)
-    groups: dict[str, list[float]] = {}
-    for _, row in runs.iterrows():
-        value = pd.to_numeric(pd.Series([row[metric]]), errors="coerce").iloc[0]
-        if pd.notna(value):
-            groups.setdefault(group_label(row, group_by), []).append(100.0 * float(value))
-    width = figure_size(1 if len(groups) <= 6 else 2, style)
-    fig, ax = plt.subplots(figsize=width, layout="constrained")
-    for i, (label, values) in enumerate(groups.items()):
-        color = styles.get(label, {}).get("color")
-        n = len(values)
-        offsets = np.linspace(-0.15, 0.15, n) if n > 1 else np.zeros(1)
-        ax.scatter(i + offsets, values, s=12, color=color, alpha=0.7, linewidths=0, zorder=3)
-        mean = float(np.mean(values))
-        low, high = t_interval(values)
-        yerr = None if np.isnan(low) else [[mean - low], [high - mean]]
-        ax.errorbar(
-            [i + 0.3], [mean], yerr=yerr, fmt="_", color=color, capsize=3, markersize=10, zorder=4
-        )
-    ax.set_xticks(range(len(groups)), [f"{k}\n(n={len(v)})" for k, v in groups.items()])
-    if any(len(k) > 10 for k in groups):
-        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_ylabel(_metric_label(metric))
-    ax.grid(axis="y", alpha=0.3)
-    return fig
-
-
-def swept_keys(runs: pd.DataFrame) -> list[str]:
-    """The numeric config keys a sweep varied: keys of the runs' Hydra overrides (e.g.
-    ``method.boost.alpha=0.5``, ``dataset.frames=1``) with at least two distinct numeric
-    values; config groups (``method=boost``), ``seed``, paths and ``hydra.*`` keys are not
-    sweeps of a value."""
-    keys: list[str] = []
-    for ov in runs.get("overrides", pd.Series(dtype=str)).dropna():
-        for o in json.loads(ov):
-            key = _override_key(o)
-            if key in keys or key in _NOT_GROUP_KEYS or key.startswith("hydra."):
-                continue
-            if key not in runs.columns or f"{key}.name" in runs.columns:
-                continue
-            values = pd.to_numeric(runs[key], errors="coerce")
-            if values.notna().any() and values.dropna().nunique() >= 2:
-                keys.append(key)
-    return keys
-
-
-def plot_sweep(runs: pd.DataFrame, key: str, metric: str = "test/acc", style: str = "paper") -> Any:
-    """``metric`` against the swept ``key``, one line per method: the mean over the runs at
-    each value with its `CONFIDENCE` t interval as error
-    bars; a method without ``key`` (e.g. the baseline) is a horizontal dashed line at its
-    mean. Returns the figure, or ``None`` when no run has both ``key`` and ``metric``."""
-    if metric not in runs.columns or key not in runs.columns:
-        return None
-    frame = pd.DataFrame(
-        {
-            "method": runs["method.name"].astype(str) if "method.name" in runs else "all",
-            "x": pd.to_numeric(runs[key], errors="coerce"),
-            "y": 100.0 * pd.to_numeric(runs[metric], errors="coerce"),
-        }
-    ).dropna(subset=["y"])
-    swept = frame.dropna(subset=["x"])
-    if swept.empty:
-        return None
-    colors = method_colors(frame["method"])
-    fig, ax = plt.subplots(figsize=figure_size(1, style), layout="constrained")
-    for method, g in swept.groupby("method", sort=False):
-        per_x = g.groupby("x")["y"]
-        xs = np.array(sorted(per_x.groups))
-        means = per_x.mean().loc[xs].to_numpy()
-        ci = [t_interval(per_x.get_group(x).to_list()) for x in xs]
-        err = np.array([[m - lo, hi - m] for m, (lo, hi) in zip(means, ci)]).T
-        err = np.nan_to_num(err)
-        n = int(per_x.count().min())
-        ax.errorbar(
-            xs,
-            means,
-            yerr=err,
-            marker="o",
-            capsize=2,
-            color=colors[method],
-            label=f"{method} (n={n} per value)",
-        )
-    for method, g in frame[frame["x"].isna()].groupby("method", sort=False):
-        ax.axhline(
-            g["y"].mean(),
-            color=colors[method],
-            linestyle="--",
-            linewidth=1,
-            label=f"{method} (n={len(g)})",
-        )
-    values = sorted(swept["x"].unique())
-    ax.set_xticks(values, [f"{v:g}" for v in values])
-    ax.set_xlabel(key)
-    ax.set_ylabel(_metric_label(metric))
-    ax.grid(alpha=0.3)
-    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
     _legend(fig, handles, style)
     return fig
 

@@ -42,12 +42,13 @@ def test_build_synthetic_default(make_cfg) -> None:
         "BestCheckpoint",
         "LastCheckpoint",
         "LearningRateMonitor",
+        "EpochLog",
         "GracefulStop",
         "ProbeMonitor",
         "ASGMLBoost",
     ]
-    assert isinstance(callbacks[4], ProbeMonitor) and isinstance(callbacks[5], ASGMLBoost)
-    assert callbacks[5].alpha == 0.25
+    assert isinstance(callbacks[-2], ProbeMonitor) and isinstance(callbacks[-1], ASGMLBoost)
+    assert callbacks[-1].alpha == 0.25
     assert build(cfg, callbacks=False)[2] == []
 
 

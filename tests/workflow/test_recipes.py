@@ -47,6 +47,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
     # @ 14ab57a README.md:47-66 (lr 0.01, batch 64), train.py:296,371 (momentum 0.9, wd 5e-4),
     # train.py:449-451 (x0.1 every 30 stages of 8 epochs), 100 stages (cache/ckpt/CREMAD stage 99)
     "cremad_unimodal_pretrain": {**AV, "frames": 1, "seeds": "42"},
+    # the boost toolkit's presets (docs/asgml_v2_design.md section 10), OGM-GE main.py schedule
+    "cremad_boost_signal": {**AV, "frames": 1, "seeds": S5},
+    "cremad_boost_x_methods": {**AV, "frames": 1, "seeds": S5},
     "cremad_reconboost_pretrained": {
         **AV,
         **{"epochs": 800, "lr": 1e-2, "wd": 5e-4, "step": 240, "frames": 1, "seeds": "42"},

@@ -235,6 +235,20 @@ class ASGMLBoost(BalancingCallback):
         self.scales = ema_update(self.scales, computed, self.ema_alpha) if self.ema else computed
         return self.scales
 
+    def _show_scales(self, pl_module: L.LightningModule, on_step: bool) -> None:
+        """The scales on the progress bar and in ``trainer.callback_metrics`` (the per-epoch
+        line reads them there); the loggers get them from `log_now`."""
+        for m, s in self.scales.items():
+            pl_module.log(
+                f"boost/scale_{m}", s, prog_bar=True, logger=False, on_step=on_step,
+                on_epoch=not on_step,
+            )  # fmt: skip
+
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.scales and not trainer.sanity_checking:  # before the epoch's summary line
+            self._show_scales(pl_module, on_step=False)
+
     @override
     def on_train_gradients(
         self, trainer: L.Trainer, pl_module: L.LightningModule, out: StepOutput
@@ -246,8 +260,8 @@ class ASGMLBoost(BalancingCallback):
             if self.adaptive:
                 logged["boost/alpha"] = self.alpha_now
             self.log_now(trainer, logged)
-            for m, s in self.scales.items():  # on the progress bar (loggers have them above)
-                pl_module.log(f"boost/scale_{m}", s, prog_bar=True, logger=False, on_step=True)
+        if self.logging_step(trainer):  # the progress bar; no `log` call on other steps
+            self._show_scales(pl_module, on_step=True)
         for m, s in self.scales.items():
             if s != 1.0:
                 scale_(present_grads(pl_module.encoder_parameters(m)), s)

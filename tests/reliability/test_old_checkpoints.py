@@ -93,17 +93,26 @@ def _train(out: Path, *extra: str) -> None:
 
 
 @pytest.mark.slow
-def test_pre_move_checkpoint_resumes_exactly(tmp_path: Path) -> None:
-    """Resumed from the pre-move epoch-1 checkpoint, the 2-epoch run ends with the weights,
-    optimizer and callback states of an uninterrupted 2-epoch run of today's code."""
+def test_pre_move_checkpoint_resumes(tmp_path: Path) -> None:
+    """Resumed from the pre-move epoch-1 checkpoint, the run trains its second epoch from the
+    stored weights and callback states. (Not bitwise equal to an uninterrupted run of today's
+    code: the evaluation loaders have since stopped drawing their worker seeds from the global
+    RNG, so the RNG state stored after epoch 1 differs; tests/reliability/test_resume_workers.py
+    checks exactness within one version.)"""
     first = tmp_path / "first.ckpt"
     shutil.copy(FIXTURES / "boost_ogm_epoch1.ckpt", first)
+    before = torch.load(first, weights_only=True)
     _train(tmp_path / "resumed", "trainer.max_epochs=2", f"ckpt_path={first}")
-    _train(tmp_path / "full", "trainer.max_epochs=2")
-    a = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 4
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for k in b["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
-    assert a["callbacks"]["ASGMLBoost"] == b["callbacks"]["ASGMLBoost"]
+    after = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert before["global_step"] == 2 and after["global_step"] == 4
+    assert after["state_dict"].keys() == before["state_dict"].keys()
+    moved = [
+        k for k, v in before["state_dict"].items() if not torch.equal(v, after["state_dict"][k])
+    ]
+    assert moved, "the resumed run did not train"
+    # the method state continued from the checkpoint's, under the methods' new module paths
+    assert (
+        after["callbacks"]["ProbeMonitor"]["version"]
+        >= before["callbacks"]["ProbeMonitor"]["version"]
+    )
+    assert set(after["callbacks"]["ASGMLBoost"]["scales"]) == {"audio", "visual"}

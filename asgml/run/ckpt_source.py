@@ -31,7 +31,10 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from asgml.run.moved import upgrade_targets
-from asgml.run.trust import config_targets, screen_stored_config
+from asgml.run.trust import check_no_interpolations, config_targets, screen_stored_config
+
+# stored-config sections a resumed or evaluation-only run never instantiates
+NOT_BUILT = ("callbacks", "logger")
 
 log = logging.getLogger("asgml")
 
@@ -116,4 +119,10 @@ def settle_ckpt_path(cfg: DictConfig) -> None:
     if stored:
         upgrade_targets(stored)
         allow = [*config_targets(cfg), *(cfg.get("allow_targets") or [])]
-        screen_stored_config(stored, allow, f"the config stored in ckpt_path={path}")
+        source = f"the config stored in ckpt_path={path}"
+        # The run builds its Lightning callbacks and loggers from its own config; the stored
+        # ones are never instantiated on this path, so only their interpolations are refused
+        # (a resume without the killed run's own test or user callback is not refused).
+        check_no_interpolations(stored, source)
+        built = {k: v for k, v in stored.items() if k not in NOT_BUILT}
+        screen_stored_config(built, allow, source)

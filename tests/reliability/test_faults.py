@@ -327,9 +327,7 @@ def test_sigkill_mid_epoch_with_workers_then_resume_equals_an_uninterrupted_run(
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     at_kill = _ckpt(last)
     assert at_kill["global_step"] == 5 and at_kill["epoch"] == 2  # mid-epoch 2 (steps 4, 5)
-    # the killed run's stored config names the test's SignalAt callback: opted in (trust.py)
-    allow = "+allow_targets=[tests.reliability.fault_callbacks.SignalAt]"
-    resumed = _cli(tmp_path / "killed", *run_, f"ckpt_path={last}", allow)
+    resumed = _cli(tmp_path / "killed", *run_, f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = _ckpt(tmp_path / "full" / "checkpoints" / "last.ckpt"), _ckpt(last)
     assert a["global_step"] == b["global_step"] == 6

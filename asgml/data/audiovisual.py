@@ -549,11 +549,3 @@ class AudioVisualDataModule(SplitDataModule, abc.ABC):
         if not ds.train:
             return ds
         return AVClipDataset(self, ds.clips, ds.positions, False, ds.cache)
-
-    def val_dataloader(self) -> DataLoader:
-        if not len(self.splits["val"]):
-            raise ValueError(
-                f"{self.NAME}: val_fraction={self.val_fraction} leaves no validation split; "
-                "set val_fraction > 0 or select_on=test"
-            )
-        return self._loader("val", False)

@@ -226,6 +226,14 @@ class SplitDataModule(L.LightningDataModule):
         return self._loader("train", True, PlannedDataset(self.splits["train"], plan))
 
     def val_dataloader(self) -> DataLoader:
+        # a validation split carved from train (``val_fraction``) may come out empty: say so
+        # rather than validate on nothing
+        fraction = getattr(self, "val_fraction", None)
+        if fraction is not None and not len(self.splits["val"]):
+            raise ValueError(
+                f"{getattr(self, 'NAME', type(self).__name__)}: val_fraction={fraction} leaves "
+                "no validation split; set val_fraction > 0 or select_on=test"
+            )
         return self._loader("val", False)
 
     def test_dataloader(self) -> DataLoader:

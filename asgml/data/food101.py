@@ -310,11 +310,6 @@ class Food101DataModule(SplitDataModule):
         ds = self.splits[split]
         return FoodPosts(self, ds.posts, False) if ds.train else ds
 
-    def val_dataloader(self) -> DataLoader:
-        if not len(self.splits["val"]):
-            raise ValueError(f"{NAME}: val_fraction={self.val_fraction} leaves no validation split")
-        return self._loader("val", False)
-
     def verify_files(self) -> list[str]:
         """Decode every listed image once; one line per missing or bad file."""
         problems: list[str] = []

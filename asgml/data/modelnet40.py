@@ -281,14 +281,6 @@ class ModelNet40DataModule(SplitDataModule):
         ds = self.splits[split]
         return ModelNetViews(self, ds.models, False) if ds.train else ds
 
-    def val_dataloader(self) -> DataLoader:
-        if not len(self.splits["val"]):
-            raise ValueError(
-                f"{NAME}: val_fraction={self.val_fraction} leaves no validation split; "
-                "set val_fraction > 0 or select_on=test"
-            )
-        return self._loader("val", False)
-
     def verify_files(self) -> list[str]:
         """Decode every view the streams read; one line per bad file or incomplete model."""
         problems: list[str] = []

@@ -421,14 +421,6 @@ class UCF101DataModule(SplitDataModule):
         ds = self.splits[split]
         return UCF101Clips(self, ds.videos, False) if ds.train else ds
 
-    def val_dataloader(self) -> DataLoader:
-        if not len(self.splits["val"]):
-            raise ValueError(
-                f"{NAME}: val_fraction={self.val_fraction} leaves no validation split; "
-                "set val_fraction > 0 or select_on=test"
-            )
-        return self._loader("val", False)
-
     def verify_files(self) -> list[str]:
         """Decode every listed RGB and flow file once (``num_workers`` processes); one line
         per bad file: unreadable, missing video, u / v frame counts that differ."""
